@@ -1,0 +1,88 @@
+//! The command line. Every `///` line is help text users read.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Atomic releases over SSH: deploy, list, roll back and prune a workspace's snapshots.
+#[derive(Debug, Parser)]
+#[command(name = "bst", version, about, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Config file [default: targets.toml in the current directory or the nearest parent]
+    #[arg(long, global = true, env = "BST_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Print one JSON document on stdout instead of human output
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Show each remote command (-vv: in full)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Print only errors
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Trust and record the host key of a host not yet in known_hosts
+    #[arg(long, global = true)]
+    pub accept_new_host_key: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Upload the workspace as a new release and switch `current` to it
+    Deploy {
+        /// Target name from targets.toml
+        target: String,
+        /// Run the target's `install` and `build` commands in the new release before switching
+        #[arg(long)]
+        build: bool,
+    },
+    /// Show the current release and every release on the target
+    List {
+        /// Target name from targets.toml
+        target: String,
+    },
+    /// Point `current` back at an earlier ok release
+    Rollback {
+        /// Target name from targets.toml
+        target: String,
+        /// Release to switch to [default: the newest ok release older than current]
+        #[arg(long, value_name = "ID")]
+        release_id: Option<String>,
+    },
+    /// Remove old releases, keeping the newest (never current or its rollback target)
+    Prune {
+        /// Target name from targets.toml
+        target: String,
+        /// How many releases to keep [default: the target's keep_releases]
+        #[arg(long, value_name = "N")]
+        keep: Option<usize>,
+    },
+    /// Break the target's deploy lock (after a crashed run), naming who held it
+    Unlock {
+        /// Target name from targets.toml
+        target: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+}

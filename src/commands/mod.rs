@@ -1,0 +1,47 @@
+//! One file per command. Each takes resolved settings and a printer; none looks at clap.
+
+pub mod deploy;
+pub mod list;
+pub mod lock;
+pub mod prune;
+pub mod rollback;
+pub mod unlock;
+
+use serde::Serialize;
+
+use crate::release;
+
+/// One line of `<base>/logs/deploys.jsonl`. Never carries values from env files.
+#[derive(Debug, Serialize)]
+pub struct Audit<'a> {
+    pub at: String,
+    pub who: String,
+    pub command: &'a str,
+    pub target: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<&'a str>,
+    pub result: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl<'a> Audit<'a> {
+    pub fn new(command: &'a str, target: &'a str, result: &'a str) -> Self {
+        Audit {
+            at: release::rfc3339(release::now_unix()),
+            who: lock::who(),
+            command,
+            target,
+            release: None,
+            previous: None,
+            result,
+            error: None,
+        }
+    }
+
+    pub fn json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}

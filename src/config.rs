@@ -1,0 +1,199 @@
+//! `targets.toml`: strict serde structs (unknown keys are errors), `[defaults]` merged under
+//! every target, and errors that name the file, line and column.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::Error;
+
+/// Every per-target key. All optional here so `[defaults]` and targets share one shape;
+/// required-ness is checked when a target is resolved.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    pub identity_file: Option<String>,
+    pub known_hosts: Option<String>,
+    pub base: Option<String>,
+    pub source: Option<String>,
+    pub keep_releases: Option<usize>,
+    pub shared_files: Option<Vec<String>>,
+    pub shared_dirs: Option<Vec<String>>,
+    pub exclude: Option<Vec<String>>,
+    pub install: Option<String>,
+    pub build: Option<String>,
+}
+
+impl RawTarget {
+    /// `self` wins; `defaults` fills the gaps.
+    fn merged_over(self, defaults: &RawTarget) -> RawTarget {
+        let d = defaults.clone();
+        RawTarget {
+            host: self.host.or(d.host),
+            port: self.port.or(d.port),
+            user: self.user.or(d.user),
+            identity_file: self.identity_file.or(d.identity_file),
+            known_hosts: self.known_hosts.or(d.known_hosts),
+            base: self.base.or(d.base),
+            source: self.source.or(d.source),
+            keep_releases: self.keep_releases.or(d.keep_releases),
+            shared_files: self.shared_files.or(d.shared_files),
+            shared_dirs: self.shared_dirs.or(d.shared_dirs),
+            exclude: self.exclude.or(d.exclude),
+            install: self.install.or(d.install),
+            build: self.build.or(d.build),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    defaults: RawTarget,
+    #[serde(default)]
+    targets: BTreeMap<String, RawTarget>,
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    /// Targets with `[defaults]` already merged in.
+    pub targets: BTreeMap<String, RawTarget>,
+}
+
+impl Config {
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Usage(format!("cannot read config {}: {e}", path.display())))?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> anyhow::Result<Config> {
+        let raw: RawFile = toml::from_str(text).map_err(|e| {
+            let (line, col) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+            Error::Config { path: path.display().to_string(), line, col, msg: e.message().trim().to_string() }
+        })?;
+        for name in raw.targets.keys() {
+            if !valid_target_name(name) {
+                let (line, col) = find_key(text, name);
+                return Err(Error::Config {
+                    path: path.display().to_string(),
+                    line,
+                    col,
+                    msg: format!("invalid target name `{name}`: use letters, digits, `-`, `_` and `.`"),
+                }
+                .into());
+            }
+        }
+        let targets = raw.targets.into_iter().map(|(k, v)| (k, v.merged_over(&raw.defaults))).collect();
+        Ok(Config { path: path.to_path_buf(), targets })
+    }
+
+    /// Where a key of a target was written, for errors found after parsing.
+    pub fn locate(&self, target: &str, key: &str) -> (usize, usize) {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        let header = [format!("[targets.{target}]"), format!("[targets.\"{target}\"]")];
+        let start = header.iter().filter_map(|h| text.find(h.as_str())).min().unwrap_or(0);
+        let rest = &text[start..];
+        let off = rest
+            .lines()
+            .scan(0, |pos, l| {
+                let here = *pos;
+                *pos += l.len() + 1;
+                Some((here, l))
+            })
+            .find(|(_, l)| l.trim_start().starts_with(key) && l[l.find(key).unwrap_or(0) + key.len()..].trim_start().starts_with('='))
+            .map_or(0, |(p, l)| p + l.find(key).unwrap_or(0));
+        line_col(&text, start + off)
+    }
+
+    pub fn error_at(&self, target: &str, key: &str, msg: impl Into<String>) -> Error {
+        let (line, col) = self.locate(target, key);
+        Error::Config { path: self.path.display().to_string(), line, col, msg: msg.into() }
+    }
+}
+
+pub fn valid_target_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+fn find_key(text: &str, name: &str) -> (usize, usize) {
+    text.find(name).map_or((1, 1), |o| line_col(text, o))
+}
+
+/// `--config`, else `BST_CONFIG` (clap folds both into one value), else the nearest
+/// `targets.toml` from the current directory upwards.
+pub fn discover(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    let cwd = std::env::current_dir()?;
+    for dir in cwd.ancestors() {
+        let candidate = dir.join("targets.toml");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    Err(Error::Usage(format!("no targets.toml in {} or any parent; pass --config <path> or set BST_CONFIG", cwd.display())).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(Path::new("targets.toml"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_merge_under_targets() {
+        let c = parse(
+            "[defaults]\nkeep_releases = 3\nuser = \"bonk\"\n[targets.a]\nhost = \"h\"\nkeep_releases = 7\n[targets.b]\nhost = \"h\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.targets["a"].keep_releases, Some(7));
+        assert_eq!(c.targets["b"].keep_releases, Some(3));
+        assert_eq!(c.targets["b"].user.as_deref(), Some("bonk"));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_column() {
+        let e = parse("[targets.a]\nhost = \"h\"\nkeep_relases = 3\n").unwrap_err();
+        assert!(e.starts_with("targets.toml:3:1:"), "{e}");
+        assert!(e.contains("keep_relases"), "{e}");
+        let e = parse("[targets.a]\nport = \"22\"\n").unwrap_err();
+        assert!(e.starts_with("targets.toml:2:8:"), "{e}");
+        let e = parse("[targets.a\nhost = 1\n").unwrap_err();
+        assert!(e.starts_with("targets.toml:1:"), "{e}");
+        let e = parse("[targets.\"a b\"]\nhost = \"h\"\n").unwrap_err();
+        assert!(e.contains("invalid target name"), "{e}");
+    }
+
+    #[test]
+    fn locate_finds_keys_inside_the_target_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("targets.toml");
+        std::fs::write(&p, "[targets.a]\nbase = \"/x\"\n\n[targets.b]\nhost = \"h\"\nbase = \"/\"\n").unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.locate("b", "base"), (6, 1));
+        assert_eq!(c.locate("a", "base"), (2, 1));
+    }
+}

@@ -1,0 +1,86 @@
+//! Every user-facing failure and its exit code, in one reviewed place. Commands return
+//! `anyhow` chains; `main` finds the [`Error`] in the chain to pick the exit code.
+
+use std::fmt;
+
+/// Documented in the README; tests rely on them. Never renumber.
+pub mod code {
+    pub const OK: i32 = 0;
+    /// The operation ran and failed (build failed, nothing to roll back, remote error).
+    pub const FAILED: i32 = 1;
+    /// Bad command line or configuration; nothing was contacted.
+    pub const USAGE: i32 = 2;
+    /// A service is inactive or unhealthy (`systemctl`'s LSB convention).
+    pub const UNHEALTHY: i32 = 3;
+    /// Another run holds the target's lock.
+    pub const LOCKED: i32 = 4;
+    /// Could not connect, authenticate, or trust the host key.
+    pub const CONNECT: i32 = 5;
+    /// Interrupted by Ctrl-C (128 + SIGINT).
+    pub const INTERRUPTED: i32 = 130;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Usage(String),
+
+    #[error("{path}:{line}:{col}: {msg}")]
+    Config { path: String, line: usize, col: usize, msg: String },
+
+    #[error("unknown target `{name}` in {config} (known: {known})")]
+    UnknownTarget { name: String, config: String, known: String },
+
+    #[error("invalid release id `{0}`: expected UTC YYYYMMDDTHHMMSSZ, e.g. 20260220T051228Z")]
+    BadReleaseId(String),
+
+    #[error("target `{target}` is locked by {holder}\n  if that run is gone, break the lock with: bst unlock {target}")]
+    Locked { target: String, holder: String },
+
+    #[error("cannot connect to {host}:{port}: {cause}")]
+    Connect { host: String, port: u16, cause: String },
+
+    #[error("host key for {host}:{port} is not known ({fingerprint})\n  refusing to continue; verify the fingerprint, then re-run with --accept-new-host-key to record it in {known_hosts}")]
+    HostKeyUnknown { host: String, port: u16, fingerprint: String, known_hosts: String },
+
+    #[error("HOST KEY FOR {host}:{port} HAS CHANGED: {known_hosts} does not list the key it offered ({fingerprint})\n  this may be an attack; if the server was really reinstalled, remove the old entry from {known_hosts}")]
+    HostKeyChanged { host: String, port: u16, fingerprint: String, known_hosts: String },
+
+    #[error("authentication as `{user}` on {host}:{port} failed; tried: {tried}")]
+    Auth { user: String, host: String, port: u16, tried: String },
+
+    #[error("interrupted")]
+    Interrupted,
+
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl Error {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) | Error::Config { .. } | Error::UnknownTarget { .. } | Error::BadReleaseId(_) => code::USAGE,
+            Error::Locked { .. } => code::LOCKED,
+            Error::Connect { .. } | Error::HostKeyUnknown { .. } | Error::HostKeyChanged { .. } | Error::Auth { .. } => code::CONNECT,
+            Error::Interrupted => code::INTERRUPTED,
+            Error::Failed(_) => code::FAILED,
+        }
+    }
+}
+
+/// The exit code for any error chain: the first [`Error`] found decides, else 1.
+pub fn exit_code_of(err: &anyhow::Error) -> i32 {
+    err.chain().find_map(|e| e.downcast_ref::<Error>()).map_or(code::FAILED, Error::exit_code)
+}
+
+/// `a, b, c` for messages.
+pub struct Listed<'a>(pub &'a [String]);
+
+impl fmt::Display for Listed<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("none");
+        }
+        f.write_str(&self.0.join(", "))
+    }
+}

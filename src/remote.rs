@@ -1,0 +1,285 @@
+//! The POSIX `sh` scripts bst runs on a target, built from quoted parts. One script per
+//! phase keeps a deploy to a handful of round trips (Mina's lesson: latency, not
+//! bandwidth, dominates small deploys).
+//!
+//! Layout under `<base>`: `releases/<id>`, `current -> releases/<id>` (relative, so the base
+//! can move), `shared/`, `logs/`, and bst's own `.bst-lock/` and `.bst-incoming/<id>` (the
+//! upload staging name that no command counts as a release).
+
+use std::fmt::Write as _;
+
+use crate::shell::quote;
+
+pub const LOCK_DIR: &str = ".bst-lock";
+pub const INCOMING_DIR: &str = ".bst-incoming";
+
+fn base_var(base: &str) -> String {
+    format!("B={}\n", quote(base))
+}
+
+/// Prints the state listing parsed by [`crate::release::parse_state`].
+fn state_body() -> &'static str {
+    r#"if [ ! -d "$B" ]; then exit 0; fi
+echo B
+cd "$B" || exit 1
+for d in releases/*/; do
+  [ -d "$d" ] || continue
+  n=${d#releases/}; n=${n%/}
+  printf 'R %s\n' "$n"
+  if [ -f "$d.release-meta" ]; then printf 'M '; tr -d '\n' < "$d.release-meta"; echo; fi
+done
+if [ -L current ]; then printf 'C %s\n' "$(readlink current)"; elif [ -e current ]; then echo 'C !not-a-symlink'; fi
+"#
+}
+
+pub fn read_state(base: &str) -> String {
+    base_var(base) + state_body()
+}
+
+/// Takes the lock with an atomic `mkdir` and records who holds it. Prints `LOCKED` then the
+/// state listing, or `HELD <owner json>`, or `NOBASE` when `create` is off and nothing was
+/// ever deployed. Staging leftovers of dead runs are removed once we hold the lock.
+pub fn lock(base: &str, owner_json: &str, create: bool) -> String {
+    let mut s = base_var(base);
+    if create {
+        s.push_str("mkdir -p \"$B/releases\" \"$B/shared\" \"$B/logs\" || exit 1\n");
+    } else {
+        s.push_str("if [ ! -d \"$B/releases\" ]; then echo NOBASE; exit 0; fi\n");
+    }
+    let _ = write!(
+        s,
+        r#"if mkdir "$B/{LOCK_DIR}" 2>/dev/null; then
+  printf '%s\n' {owner} > "$B/{LOCK_DIR}/owner" || exit 1
+  echo LOCKED
+  rm -rf "$B/{INCOMING_DIR}"
+else
+  printf 'HELD '; tr -d '\n' < "$B/{LOCK_DIR}/owner" 2>/dev/null; echo
+  exit 0
+fi
+"#,
+        owner = quote(owner_json)
+    );
+    s.push_str(state_body());
+    s
+}
+
+/// Removes the lock only if it is still ours: a lock broken and retaken by someone else
+/// must survive our cleanup.
+pub fn unlock_fragment(token: &str) -> String {
+    format!(
+        "if [ -f \"$B/{LOCK_DIR}/owner\" ] && grep -qF {t} \"$B/{LOCK_DIR}/owner\"; then rm -rf \"$B/{LOCK_DIR}\"; fi\n",
+        t = quote(token)
+    )
+}
+
+pub fn unlock(base: &str, token: &str) -> String {
+    base_var(base) + &unlock_fragment(token)
+}
+
+/// `bst unlock`: prints the holder (if any) and breaks the lock.
+pub fn force_unlock(base: &str) -> String {
+    base_var(base)
+        + &format!(
+            "if [ -d \"$B/{LOCK_DIR}\" ]; then printf 'HELD '; tr -d '\\n' < \"$B/{LOCK_DIR}/owner\" 2>/dev/null; echo; rm -rf \"$B/{LOCK_DIR}\"; else echo FREE; fi\n"
+        )
+}
+
+/// `../` enough times to get from a path inside `releases/<id>/` back to `<base>`.
+fn up_to_base(rel_path: &str) -> String {
+    "../".repeat(rel_path.matches('/').count() + 2)
+}
+
+fn parent(rel_path: &str) -> Option<&str> {
+    rel_path.rfind('/').map(|i| &rel_path[..i])
+}
+
+/// Receives the tar.gz on stdin into the staging dir, links shared paths, writes the
+/// pending meta, and only then renames the staging dir to `releases/<id>`.
+pub fn upload(base: &str, id: &str, shared_files: &[String], shared_dirs: &[String], meta_json: &str) -> String {
+    let mut s = base_var(base);
+    let _ = write!(
+        s,
+        r#"set -eu
+I="$B/{INCOMING_DIR}/{id}"
+R="$B/releases/{id}"
+if [ -e "$R" ]; then echo "release {id} already exists" >&2; exit 1; fi
+mkdir -p "$I"
+tar -xzf - -C "$I" --no-same-owner
+cd "$I"
+"#
+    );
+    let shared = shared_files.iter().map(|p| (p, false)).chain(shared_dirs.iter().map(|p| (p, true)));
+    for (p, is_dir) in shared {
+        let q = quote(p);
+        if let Some(dir) = parent(p) {
+            let _ = writeln!(s, "mkdir -p {} \"$B/shared/\"{}", quote(dir), quote(dir));
+        }
+        if is_dir {
+            let _ = writeln!(s, "mkdir -p \"$B/shared/\"{q}");
+        } else {
+            let _ = writeln!(s, "[ -e \"$B/shared/\"{q} ] || printf 'W shared file shared/%s does not exist yet\\n' {q}");
+        }
+        let _ = writeln!(s, "rm -rf {q}\nln -s {} {q}", quote(&format!("{}shared/{p}", up_to_base(p))));
+    }
+    let _ = write!(
+        s,
+        r#"printf '%s\n' {meta} > .release-meta
+cd "$B"
+mv "$I" "$R"
+rmdir "$B/{INCOMING_DIR}" 2>/dev/null || true
+"#,
+        meta = quote(meta_json)
+    );
+    s
+}
+
+/// Runs install and build in the release dir in the user's login shell (so nvm, pnpm and
+/// friends are on PATH), streaming output and saving it to `logs/<id>.log`.
+pub fn build(base: &str, id: &str, target: &str, steps: &[&str]) -> String {
+    let mut s = base_var(base);
+    let _ = write!(
+        s,
+        r#"set -u
+R="$B/releases/{id}"
+cd "$R" || exit 1
+BST_RELEASE_ID={id} BST_TARGET={target} BST_BASE="$B" BST_RELEASE_DIR="$R"
+export BST_RELEASE_ID BST_TARGET BST_BASE BST_RELEASE_DIR
+run() {{ printf '==> %s\n' "$1"; "${{SHELL:-/bin/sh}}" -lc "cd \"\$BST_RELEASE_DIR\" || exit 1
+$1"; }}
+{{ rc=0"#,
+        target = quote(target)
+    );
+    for step in steps {
+        let _ = write!(s, "; [ $rc -ne 0 ] || run {} || rc=$?", quote(step));
+    }
+    let _ = write!(
+        s,
+        r#"; echo $rc > "$B/logs/.{id}.rc"; }} < /dev/null 2>&1 | tee "$B/logs/{id}.log"
+rc=$(cat "$B/logs/.{id}.rc" 2>/dev/null || echo 1)
+rm -f "$B/logs/.{id}.rc"
+exit "$rc"
+"#
+    );
+    s
+}
+
+/// Points `current` at `releases/<id>` atomically: a new link under a temp name renamed
+/// over the old one, so there is never a moment without `current`. Verified by readlink.
+fn switch_fragment(id: &str) -> String {
+    format!(
+        r#"if [ -e current ] && [ ! -L current ]; then echo "$B/current exists and is not a symlink; refusing to replace it" >&2; exit 1; fi
+ln -sfn releases/{id} .bst-current.tmp
+if ! mv -T .bst-current.tmp current 2>/dev/null; then
+  rm -f .bst-current.tmp releases/current
+  ln -s releases/{id} releases/current
+  mv releases/current .
+fi
+if [ "$(readlink current)" != releases/{id} ]; then echo "current does not point at releases/{id} after the switch" >&2; exit 1; fi
+echo SWITCHED
+"#
+    )
+}
+
+fn audit_fragment(line_json: &str) -> String {
+    format!("printf '%s\\n' {} >> \"$B/logs/deploys.jsonl\" || true\n", quote(line_json))
+}
+
+fn prune_fragment(ids: &[String]) -> String {
+    let mut s = String::new();
+    for id in ids {
+        let _ = writeln!(s, "if rm -rf releases/{id}; then echo P {id}; else echo 'W could not remove releases/{id}'; fi");
+    }
+    s
+}
+
+/// The end of a good deploy: meta `ok` first (so `current` only ever points at an ok
+/// release), then the switch; pruning and unlocking after it are best effort and can no
+/// longer fail the deploy.
+pub fn finish_deploy(base: &str, id: &str, meta_json: &str, prune: &[String], audit_json: &str, token: &str) -> String {
+    let mut s = base_var(base);
+    let _ = write!(
+        s,
+        r#"set -eu
+cd "$B"
+printf '%s\n' {meta} > releases/{id}/.release-meta.tmp
+mv -f releases/{id}/.release-meta.tmp releases/{id}/.release-meta
+"#,
+        meta = quote(meta_json)
+    );
+    s.push_str(&switch_fragment(id));
+    s.push_str("set +e\n");
+    s.push_str(&prune_fragment(prune));
+    s.push_str(&audit_fragment(audit_json));
+    s.push_str(&unlock_fragment(token));
+    s
+}
+
+/// After a failed deploy: drop the staging dir, mark the release failed unless it is live,
+/// release the lock.
+pub fn abort_deploy(base: &str, id: &str, failed_meta_json: &str, audit_json: &str, token: &str) -> String {
+    let mut s = base_var(base);
+    let _ = write!(
+        s,
+        r#"rm -rf "$B/{INCOMING_DIR}/{id}"
+if [ -d "$B/releases/{id}" ] && [ "$(readlink "$B/current" 2>/dev/null)" != releases/{id} ]; then
+  printf '%s\n' {meta} > "$B/releases/{id}/.release-meta.tmp" && mv -f "$B/releases/{id}/.release-meta.tmp" "$B/releases/{id}/.release-meta"
+fi
+"#,
+        meta = quote(failed_meta_json)
+    );
+    s.push_str(&audit_fragment(audit_json));
+    s.push_str(&unlock_fragment(token));
+    s
+}
+
+pub fn rollback(base: &str, id: &str, audit_json: &str, token: &str) -> String {
+    let mut s = base_var(base);
+    s.push_str("set -eu\ncd \"$B\"\n");
+    s.push_str(&switch_fragment(id));
+    s.push_str("set +e\n");
+    s.push_str(&audit_fragment(audit_json));
+    s.push_str(&unlock_fragment(token));
+    s
+}
+
+pub fn prune(base: &str, ids: &[String], token: &str) -> String {
+    let mut s = base_var(base);
+    s.push_str("cd \"$B\" || exit 1\n");
+    s.push_str(&prune_fragment(ids));
+    s.push_str(&unlock_fragment(token));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_links_are_relative_to_the_base() {
+        assert_eq!(up_to_base(".env"), "../../");
+        assert_eq!(up_to_base("apps/api/.env"), "../../../../");
+        let s = upload("/b", "20260220T051228Z", &["apps/api/.env".into()], &["storage".into()], "{}");
+        assert!(s.contains("ln -s ../../../../shared/apps/api/.env apps/api/.env"), "{s}");
+        assert!(s.contains("mkdir -p \"$B/shared/\"storage"), "{s}");
+    }
+
+    #[test]
+    fn every_value_is_quoted() {
+        let evil = "/srv/it's $(reboot)";
+        for script in [read_state(evil), lock(evil, "{\"u\":\"$(x)\"}", true), unlock(evil, "t'ok"), prune(evil, &[], "t")] {
+            assert!(script.starts_with("B='/srv/it'\\''s $(reboot)'\n"), "{script}");
+            assert!(!script.contains("{\"u\":\"$(x)\"}'") || script.contains("'{\"u\":\"$(x)\"}'"));
+        }
+        let b = build("/b", "20260220T051228Z", "t", &["pnpm i; echo '$HOME'"]);
+        assert!(b.contains("run 'pnpm i; echo '\\''$HOME'\\'''"), "{b}");
+    }
+
+    #[test]
+    fn deploy_finish_marks_ok_before_switching() {
+        let s = finish_deploy("/b", "20260220T051228Z", "{}", &["20260101T000000Z".into()], "{}", "tok");
+        let meta = s.find(".release-meta.tmp").unwrap();
+        let switch = s.find("mv -T").unwrap();
+        let prune = s.find("rm -rf releases/20260101T000000Z").unwrap();
+        assert!(meta < switch && switch < prune);
+    }
+}

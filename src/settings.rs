@@ -1,0 +1,247 @@
+//! Resolution of CLI flags + `targets.toml` + environment into plain structs, done once.
+//! Commands never look at clap, the environment or raw TOML again.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::{Config, RawTarget};
+use crate::error::Error;
+
+/// Flags that apply to every command.
+#[derive(Debug, Clone, Default)]
+pub struct Globals {
+    pub json: bool,
+    pub verbose: u8,
+    pub quiet: bool,
+    pub accept_new_host_key: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ssh {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub identity_file: Option<PathBuf>,
+    /// `None`: `~/.ssh/known_hosts` (plus the system-wide file for reading).
+    pub known_hosts: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Host {
+    /// The same layout on this machine, driven through `sh`: the demo target, and tests.
+    Local,
+    Ssh(Ssh),
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    pub host: Host,
+    /// Absolute, normalised POSIX path on the target host.
+    pub base: String,
+    /// Local workspace root.
+    pub source: PathBuf,
+    pub keep_releases: usize,
+    pub shared_files: Vec<String>,
+    pub shared_dirs: Vec<String>,
+    pub exclude: Vec<String>,
+    pub install: Option<String>,
+    pub build: Option<String>,
+}
+
+impl Target {
+    pub fn host_label(&self) -> String {
+        match &self.host {
+            Host::Local => "local".into(),
+            Host::Ssh(s) => format!("{}@{}:{}", s.user, s.host, s.port),
+        }
+    }
+}
+
+pub fn resolve_target(config: &Config, name: &str) -> anyhow::Result<Target> {
+    let raw: &RawTarget = config.targets.get(name).ok_or_else(|| Error::UnknownTarget {
+        name: name.to_string(),
+        config: config.path.display().to_string(),
+        known: config.targets.keys().cloned().collect::<Vec<_>>().join(", "),
+    })?;
+    let bad = |key: &str, msg: String| config.error_at(name, key, msg);
+
+    let host_s = raw.host.clone().ok_or_else(|| bad("host", format!("target `{name}` has no `host`")))?;
+    let host = if host_s == "local" {
+        Host::Local
+    } else {
+        if host_s.is_empty() || host_s.starts_with('-') || host_s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(bad("host", format!("invalid host `{host_s}`")).into());
+        }
+        let user = match raw.user.clone() {
+            Some(u) => u,
+            None => local_user().ok_or_else(|| bad("user", format!("target `{name}` has no `user` and $USER is not set")))?,
+        };
+        if user.is_empty() || user.starts_with('-') || user.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(bad("user", format!("invalid user `{user}`")).into());
+        }
+        Host::Ssh(Ssh {
+            host: host_s,
+            port: raw.port.unwrap_or(22),
+            user,
+            identity_file: raw.identity_file.as_deref().map(expand_home),
+            known_hosts: raw.known_hosts.as_deref().map(expand_home),
+        })
+    };
+
+    let base_raw = raw.base.clone().ok_or_else(|| bad("base", format!("target `{name}` has no `base`")))?;
+    let base = match &host {
+        Host::Local if !base_raw.starts_with('/') && base_raw != "~" && !base_raw.is_empty() => posix(&config.dir().join(&base_raw)),
+        _ => base_raw.clone(),
+    };
+    let base = normalise_base(&base).map_err(|why| bad("base", format!("invalid base `{base_raw}`: {why}")))?;
+
+    let source = config.dir().join(raw.source.as_deref().unwrap_or("."));
+    let source = std::fs::canonicalize(&source).unwrap_or(source);
+    let keep_releases = raw.keep_releases.unwrap_or(5);
+    if keep_releases == 0 {
+        return Err(bad("keep_releases", "keep_releases must be at least 1".into()).into());
+    }
+    let shared_files = raw.shared_files.clone().unwrap_or_default();
+    let shared_dirs = raw.shared_dirs.clone().unwrap_or_default();
+    for (key, list) in [("shared_files", &shared_files), ("shared_dirs", &shared_dirs)] {
+        for p in list {
+            check_relative(p).map_err(|why| bad(key, format!("invalid {key} entry `{p}`: {why}")))?;
+        }
+    }
+    Ok(Target {
+        name: name.to_string(),
+        host,
+        base,
+        source,
+        keep_releases,
+        shared_files,
+        shared_dirs,
+        exclude: raw.exclude.clone().unwrap_or_default(),
+        install: raw.install.clone().filter(|s| !s.trim().is_empty()),
+        build: raw.build.clone().filter(|s| !s.trim().is_empty()),
+    })
+}
+
+/// An absolute path with no `.`/`..`, no empty components and not `/` itself: `rm -rf` and
+/// `mv` run under it, so "close enough" is not good enough.
+pub fn normalise_base(base: &str) -> Result<String, &'static str> {
+    if base.contains('\0') {
+        return Err("contains a NUL byte");
+    }
+    if !base.starts_with('/') {
+        return Err("must be an absolute path");
+    }
+    let parts: Vec<&str> = base.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.is_empty() {
+        return Err("refusing to use `/`");
+    }
+    if parts.iter().any(|p| *p == "." || *p == "..") {
+        return Err("must not contain `.` or `..`");
+    }
+    Ok(format!("/{}", parts.join("/")))
+}
+
+/// Paths inside a release (shared files and dirs): relative, no `..`, no NUL.
+pub fn check_relative(p: &str) -> Result<(), &'static str> {
+    if p.is_empty() || p.contains('\0') {
+        return Err("must be a non-empty path");
+    }
+    if p.starts_with('/') || p.starts_with('\\') || p.contains(':') && cfg!(windows) {
+        return Err("must be relative to the release");
+    }
+    if p.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return Err("must not contain empty, `.` or `..` components");
+    }
+    Ok(())
+}
+
+fn posix(p: &Path) -> String {
+    p.to_string_lossy().replace('\\', "/")
+}
+
+pub fn local_user() -> Option<String> {
+    ["USER", "USERNAME", "LOGNAME"].iter().find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty())).or_else(passwd_user)
+}
+
+/// Containers and CI often run without `$USER`; the passwd entry still knows.
+#[cfg(unix)]
+fn passwd_user() -> Option<String> {
+    // SAFETY: getpwuid returns a pointer into static storage or null; we copy out at once.
+    unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        if pw.is_null() || (*pw).pw_name.is_null() {
+            return None;
+        }
+        Some(std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned())
+    }
+}
+
+#[cfg(not(unix))]
+fn passwd_user() -> Option<String> {
+    None
+}
+
+pub fn home_dir() -> Option<PathBuf> {
+    let keys: &[&str] = if cfg!(windows) { &["USERPROFILE", "HOME"] } else { &["HOME"] };
+    keys.iter().find_map(|k| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from))
+}
+
+/// `~/x` (and on Windows `%USERPROFILE%\x`) the way each platform's users write them.
+pub fn expand_home(p: &str) -> PathBuf {
+    let home = home_dir();
+    if let Some(h) = &home {
+        if p == "~" {
+            return h.clone();
+        }
+        if let Some(rest) = p.strip_prefix("~/").or_else(|| p.strip_prefix("~\\")) {
+            return h.join(rest);
+        }
+        if let Some(rest) = p.strip_prefix("%USERPROFILE%") {
+            return h.join(rest.trim_start_matches(['/', '\\']));
+        }
+    }
+    PathBuf::from(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bases_are_normalised_and_dangerous_ones_refused() {
+        assert_eq!(normalise_base("/home/bonk/stagging-bst/").unwrap(), "/home/bonk/stagging-bst");
+        assert_eq!(normalise_base("/a//b").unwrap(), "/a/b");
+        for bad in ["/", "//", "~", "relative/x", "/a/../b", "/a/./b", ""] {
+            assert!(normalise_base(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn shared_paths_stay_inside_the_release() {
+        assert!(check_relative(".env").is_ok());
+        assert!(check_relative("apps/api/.env").is_ok());
+        for bad in ["/etc/passwd", "../x", "a/../../x", "", "a//b"] {
+            assert!(check_relative(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn resolves_a_target_with_defaults_and_errors_point_at_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("targets.toml");
+        std::fs::write(
+            &p,
+            "[defaults]\nkeep_releases = 4\n[targets.demo]\nhost = \"local\"\nbase = \".bst-demo\"\n[targets.bad]\nhost = \"h\"\nuser = \"u\"\nbase = \"/\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&p).unwrap();
+        let t = resolve_target(&c, "demo").unwrap();
+        assert_eq!(t.host, Host::Local);
+        assert_eq!(t.keep_releases, 4);
+        assert!(t.base.ends_with("/.bst-demo") && t.base.starts_with('/'), "{}", t.base);
+        let e = resolve_target(&c, "bad").unwrap_err().to_string();
+        assert!(e.contains("targets.toml:9:1:") && e.contains("refusing to use `/`"), "{e}");
+        let e = resolve_target(&c, "nope").unwrap_err().to_string();
+        assert!(e.contains("unknown target `nope`") && e.contains("bad, demo"), "{e}");
+    }
+}

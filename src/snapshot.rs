@@ -1,0 +1,321 @@
+//! The workspace snapshot: which files ship, and the streaming tar.gz writer.
+//!
+//! The list comes from git when `source` is inside a work tree (tracked files plus untracked
+//! ones not ignored; modes from the index, so a Windows checkout still ships `chmod +x`
+//! scripts and symlinks), else from a walk honouring ignore files. `.git` never ships.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
+
+use crate::interrupt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    File { exec: bool },
+    Symlink,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Relative, `/`-separated, as it will appear in the release.
+    pub path: String,
+    pub kind: Kind,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct GitInfo {
+    pub commit: Option<String>,
+    pub branch: Option<String>,
+    pub dirty: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stats {
+    pub files: u64,
+    /// Uncompressed content bytes.
+    pub bytes: u64,
+}
+
+fn git(source: &Path, args: &[&str]) -> Option<Vec<u8>> {
+    let out = Command::new("git").arg("-C").arg(source).args(args).output().ok()?;
+    out.status.success().then_some(out.stdout)
+}
+
+fn in_git_work_tree(source: &Path) -> bool {
+    git(source, &["rev-parse", "--is-inside-work-tree"]).is_some_and(|o| o.starts_with(b"true"))
+}
+
+pub fn git_info(source: &Path) -> GitInfo {
+    if !in_git_work_tree(source) {
+        return GitInfo::default();
+    }
+    let line = |args: &[&str]| git(source, args).map(|o| String::from_utf8_lossy(&o).trim().to_string()).filter(|s| !s.is_empty());
+    GitInfo {
+        commit: line(&["rev-parse", "HEAD"]),
+        branch: line(&["rev-parse", "--abbrev-ref", "HEAD"]),
+        dirty: git(source, &["status", "--porcelain", "--untracked-files=no"]).map(|o| !o.is_empty()),
+    }
+}
+
+/// Lists what ships. `skip` are release paths that will be shared links (never shipped, so
+/// a local `.env` cannot reach the server); `exclude` are gitignore-style patterns.
+pub fn collect(source: &Path, exclude: &[String], skip: &[String]) -> anyhow::Result<Vec<Entry>> {
+    if !source.is_dir() {
+        bail!("source {} is not a directory", source.display());
+    }
+    let mut b = GitignoreBuilder::new(source);
+    for pat in exclude {
+        b.add_line(None, pat).with_context(|| format!("invalid exclude pattern `{pat}`"))?;
+    }
+    let excluded = b.build()?;
+    let keep = |path: &str| -> bool {
+        !path.split('/').any(|c| c == ".git")
+            && !skip.iter().any(|s| path == s || path.starts_with(&format!("{s}/")))
+            && !excluded.matched_path_or_any_parents(path, false).is_ignore()
+    };
+    let mut entries = if in_git_work_tree(source) { from_git(source)? } else { from_walk(source, &excluded)? };
+    entries.retain(|e| keep(&e.path));
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    entries.dedup_by(|a, b| a.path == b.path);
+    Ok(entries)
+}
+
+fn from_git(source: &Path) -> anyhow::Result<Vec<Entry>> {
+    let staged = git(source, &["ls-files", "-z", "--stage"]).context("git ls-files failed")?;
+    let others = git(source, &["ls-files", "-z", "--others", "--exclude-standard"]).context("git ls-files failed")?;
+    let mut out = Vec::new();
+    for rec in staged.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+        let rec = String::from_utf8_lossy(rec);
+        let Some((meta, path)) = rec.split_once('\t') else { continue };
+        let mode = meta.split(' ').next().unwrap_or("");
+        // Files deleted in the work tree do not ship: the work tree is the truth.
+        let Ok(md) = std::fs::symlink_metadata(source.join(path)) else { continue };
+        let kind = match mode {
+            "120000" => Kind::Symlink,
+            "100755" => Kind::File { exec: true },
+            "100644" => Kind::File { exec: false },
+            _ => continue, // 160000: submodules are not snapshotted
+        };
+        // A tracked file replaced by a directory locally: skip rather than ship garbage.
+        if md.is_dir() {
+            continue;
+        }
+        out.push(Entry { path: path.to_string(), kind });
+    }
+    for rec in others.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+        let path = String::from_utf8_lossy(rec).to_string();
+        if path.ends_with('/') {
+            continue; // a nested repository
+        }
+        if let Some(e) = entry_from_fs(source, &path)? {
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
+fn from_walk(source: &Path, excluded: &Gitignore) -> anyhow::Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    let walker = ignore::WalkBuilder::new(source)
+        .hidden(false)
+        .require_git(false)
+        .follow_links(false)
+        .filter_entry(|e| e.file_name() != ".git")
+        .build();
+    for dent in walker {
+        let dent = dent?;
+        if dent.depth() == 0 || dent.file_type().is_some_and(|t| t.is_dir()) {
+            continue;
+        }
+        let rel = dent.path().strip_prefix(source).unwrap_or(dent.path());
+        let path = rel.to_string_lossy().replace('\\', "/");
+        if excluded.matched_path_or_any_parents(&path, false).is_ignore() {
+            continue;
+        }
+        if let Some(e) = entry_from_fs(source, &path)? {
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
+fn entry_from_fs(source: &Path, path: &str) -> anyhow::Result<Option<Entry>> {
+    let Ok(md) = std::fs::symlink_metadata(source.join(path)) else { return Ok(None) };
+    let kind = if md.file_type().is_symlink() {
+        Kind::Symlink
+    } else if md.is_file() {
+        Kind::File { exec: is_exec(&md) }
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(Entry { path: path.to_string(), kind }))
+}
+
+#[cfg(unix)]
+fn is_exec(md: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    md.permissions().mode() & 0o111 != 0
+}
+
+#[cfg(not(unix))]
+fn is_exec(_: &std::fs::Metadata) -> bool {
+    false
+}
+
+/// A symlink's target. Where the checkout has no symlinks (Windows, `core.symlinks=false`)
+/// git writes the target as the file's content.
+fn link_target(full: &Path) -> io::Result<PathBuf> {
+    match std::fs::read_link(full) {
+        Ok(t) => Ok(PathBuf::from(t.to_string_lossy().replace('\\', "/"))),
+        Err(_) => {
+            let mut s = String::new();
+            File::open(full)?.take(4096).read_to_string(&mut s)?;
+            Ok(PathBuf::from(s.trim_end_matches('\n')))
+        }
+    }
+}
+
+fn mtime(md: &std::fs::Metadata) -> u64 {
+    md.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs())
+}
+
+/// Streams `entries` as a gzip'd tar into `w`. Memory stays bounded: files are copied
+/// through, never loaded whole. `progress` gets each entry's content size.
+pub fn write_tar_gz<W: Write>(
+    source: &Path,
+    entries: &[Entry],
+    w: W,
+    level: u32,
+    progress: &mut dyn FnMut(&Entry, u64),
+) -> anyhow::Result<Stats> {
+    let gz = flate2::write::GzEncoder::new(w, flate2::Compression::new(level));
+    let mut tar = tar::Builder::new(gz);
+    tar.follow_symlinks(false);
+    let mut stats = Stats::default();
+    for e in entries {
+        interrupt::check()?;
+        let full = source.join(&e.path);
+        let md = std::fs::symlink_metadata(&full).with_context(|| format!("cannot read {}", full.display()))?;
+        let mut h = tar::Header::new_gnu();
+        h.set_mtime(mtime(&md));
+        h.set_uid(0);
+        h.set_gid(0);
+        match e.kind {
+            Kind::Symlink => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_mode(0o777);
+                h.set_size(0);
+                let target = link_target(&full).with_context(|| format!("cannot read link {}", full.display()))?;
+                tar.append_link(&mut h, &e.path, &target).with_context(|| format!("cannot add link {}", e.path))?;
+                progress(e, 0);
+            }
+            Kind::File { exec } => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(if exec { 0o755 } else { 0o644 });
+                let f = File::open(&full).with_context(|| format!("cannot open {}", full.display()))?;
+                let size = md.len();
+                h.set_size(size);
+                // A file that changes while we read it must not corrupt the stream: send
+                // exactly `size` bytes, failing if it shrank.
+                let mut body = Exact { inner: f.take(size), left: size };
+                tar.append_data(&mut h, &e.path, &mut body).with_context(|| format!("cannot add {}", e.path))?;
+                stats.bytes += size;
+                progress(e, size);
+            }
+        }
+        stats.files += 1;
+    }
+    let gz = tar.into_inner()?;
+    let mut w = gz.finish()?;
+    w.flush()?;
+    Ok(stats)
+}
+
+struct Exact<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Exact<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let n = self.inner.read(buf)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while being read"));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    fn sh(dir: &Path, script: &str) {
+        let ok = Command::new("sh").arg("-c").arg(script).current_dir(dir).status().unwrap().success();
+        assert!(ok, "{script}");
+    }
+
+    #[test]
+    fn git_workspace_lists_tracked_and_untracked_minus_ignored() {
+        let d = tempfile::tempdir().unwrap();
+        sh(
+            d.path(),
+            "git init -q . && printf 'ignored.txt\\nbuild/\\n' > .gitignore && echo a > a.txt && printf '#!/bin/sh\\n' > run.sh && chmod +x run.sh \
+             && ln -s a.txt link && mkdir build && echo x > build/out && echo i > ignored.txt && echo s > .env && mkdir sub && echo u > sub/new.txt \
+             && git add .gitignore a.txt run.sh link && git -c user.name=t -c user.email=t@e commit -qm init && echo u > untracked.txt && echo z > zz.log",
+        );
+        let e = collect(d.path(), &["*.log".to_string()], &[".env".to_string()]).unwrap();
+        let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, vec![".gitignore", "a.txt", "link", "run.sh", "sub/new.txt", "untracked.txt"]);
+        assert_eq!(e[2].kind, Kind::Symlink);
+        assert_eq!(e[3].kind, Kind::File { exec: true });
+        let info = git_info(d.path());
+        assert_eq!(info.commit.as_deref().map(str::len), Some(40));
+        assert_eq!(info.dirty, Some(false));
+    }
+
+    #[test]
+    fn plain_directory_walk_honours_gitignore_and_skips_dot_git() {
+        let d = tempfile::tempdir().unwrap();
+        sh(
+            d.path(),
+            "printf 'secret\\n' > .gitignore && echo s > secret && mkdir .git && echo x > .git/config && echo a > a && echo h > .hidden",
+        );
+        let e = collect(d.path(), &[], &[]).unwrap();
+        let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, vec![".gitignore", ".hidden", "a"]);
+    }
+
+    #[test]
+    fn tar_round_trips_through_gnu_tar() {
+        let d = tempfile::tempdir().unwrap();
+        let long = "d/".repeat(60) + "long-name-file.txt";
+        sh(
+            d.path(),
+            &format!("mkdir -p src/$(dirname {long}) && echo hi > src/{long} && printf x > src/x && chmod +x src/x && ln -s x src/l"),
+        );
+        let src = d.path().join("src");
+        let entries = collect(&src, &[], &[]).unwrap();
+        let mut buf = Vec::new();
+        let stats = write_tar_gz(&src, &entries, &mut buf, 1, &mut |_, _| {}).unwrap();
+        assert_eq!(stats.files, 3);
+        std::fs::create_dir(d.path().join("out")).unwrap();
+        let mut child =
+            Command::new("tar").args(["-xzf", "-", "-C"]).arg(d.path().join("out")).stdin(std::process::Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(&buf).unwrap();
+        assert!(child.wait().unwrap().success());
+        assert_eq!(std::fs::read_to_string(d.path().join("out").join(&long)).unwrap(), "hi\n");
+        assert_eq!(std::fs::read_link(d.path().join("out/l")).unwrap(), PathBuf::from("x"));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(d.path().join("out/x")).unwrap().permissions().mode() & 0o777, 0o755);
+    }
+}

@@ -1,0 +1,160 @@
+//! The transport for `host = "local"`: the same scripts, run by this machine's `sh`.
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::{capture, show_command, Feed, Output, Stream, Transport};
+use crate::interrupt;
+
+pub struct Local {
+    verbose: u8,
+    sent: u64,
+}
+
+impl Local {
+    pub fn new(verbose: u8) -> Self {
+        Local { verbose, sent: 0 }
+    }
+
+    fn spawn(&self, script: &str, stdin: bool) -> anyhow::Result<std::process::Child> {
+        show_command(self.verbose, "local", script);
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(script).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() });
+        // Own process group: a Ctrl-C is ours to handle (clean up, then stop the group),
+        // not something that kills `tar` under our feet.
+        #[cfg(unix)]
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        cmd.spawn().context("cannot start sh")
+    }
+}
+
+enum Msg {
+    Data(Stream, Vec<u8>),
+    Done,
+}
+
+fn pump(mut r: impl Read + Send + 'static, which: Stream, tx: mpsc::Sender<Msg>) {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.send(Msg::Data(which, buf[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = tx.send(Msg::Done);
+    });
+}
+
+fn kill_group(child: &mut std::process::Child) {
+    #[cfg(unix)]
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: kill(2) with a negative pid signals the process group we created.
+        unsafe {
+            libc::kill(-pid, libc::SIGTERM);
+        }
+    }
+    let _ = child.kill();
+}
+
+struct Counting<'a, W: Write> {
+    inner: W,
+    sent: &'a mut u64,
+}
+
+impl<W: Write> Write for Counting<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        *self.sent += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl Transport for Local {
+    fn run_with_input(&mut self, script: &str, feed: Feed<'_>) -> anyhow::Result<Output> {
+        let mut child = self.spawn(script, true)?;
+        let (tx, rx) = mpsc::channel();
+        pump(child.stdout.take().expect("piped"), Stream::Stdout, tx.clone());
+        pump(child.stderr.take().expect("piped"), Stream::Stderr, tx);
+        let stdin = child.stdin.take().expect("piped");
+        let fed = {
+            let mut w = Counting { inner: stdin, sent: &mut self.sent };
+            let r = feed(&mut w);
+            drop(w);
+            r
+        };
+        let interrupted = fed.is_err() && interrupt::seen();
+        if interrupted {
+            kill_group(&mut child);
+        }
+        let mut out = Output::default();
+        let mut done = 0;
+        while done < 2 {
+            match rx.recv() {
+                Ok(Msg::Data(Stream::Stdout, d)) => capture(&mut out.stdout, &d),
+                Ok(Msg::Data(Stream::Stderr, d)) => capture(&mut out.stderr, &d),
+                Ok(Msg::Done) => done += 1,
+                Err(_) => break,
+            }
+        }
+        let status = child.wait()?;
+        out.status = exit_status(status);
+        match fed {
+            Err(e) if interrupted => Err(e),
+            Err(e) => {
+                out.feed_error = Some(e);
+                Ok(out)
+            }
+            Ok(()) => Ok(out),
+        }
+    }
+
+    fn run_streaming(&mut self, script: &str, sink: &mut dyn FnMut(Stream, &[u8])) -> anyhow::Result<i32> {
+        let mut child = self.spawn(script, false)?;
+        let (tx, rx) = mpsc::channel();
+        pump(child.stdout.take().expect("piped"), Stream::Stdout, tx.clone());
+        pump(child.stderr.take().expect("piped"), Stream::Stderr, tx);
+        let mut done = 0;
+        while done < 2 {
+            if let Err(e) = interrupt::check() {
+                kill_group(&mut child);
+                let _ = child.wait();
+                return Err(e.into());
+            }
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(Msg::Data(s, d)) => sink(s, &d),
+                Ok(Msg::Done) => done += 1,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        Ok(exit_status(child.wait()?))
+    }
+
+    fn bytes_sent(&self) -> u64 {
+        self.sent
+    }
+}
+
+fn exit_status(s: std::process::ExitStatus) -> i32 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(sig) = s.signal() {
+            return 128 + sig;
+        }
+    }
+    s.code().unwrap_or(1)
+}

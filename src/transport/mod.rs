@@ -1,0 +1,83 @@
+//! How commands reach a target. Everything runs as a POSIX `sh` script, the same text on the
+//! local transport and over SSH, so the demo target and tests exercise the real scripts.
+
+use std::io::Write;
+
+pub mod local;
+pub mod ssh;
+
+use crate::settings::{Globals, Host, Target};
+
+#[derive(Debug, Default)]
+pub struct Output {
+    pub status: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// Why feeding stdin stopped early, if it did. Reported together with the script's own
+    /// stderr: a local read error and the remote `tar`'s "unexpected EOF" are one story.
+    pub feed_error: Option<anyhow::Error>,
+}
+
+impl Output {
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    pub fn stderr_str(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).trim_end().to_string()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Writes the stdin of a running script; returns what it wrote.
+pub type Feed<'a> = &'a mut dyn FnMut(&mut dyn Write) -> anyhow::Result<()>;
+
+pub trait Transport {
+    /// Runs `script` with `sh -c`, stdin closed, output captured.
+    fn run(&mut self, script: &str) -> anyhow::Result<Output> {
+        self.run_with_input(script, &mut |_| Ok(()))
+    }
+
+    /// Runs `script` while `feed` streams its stdin. If the script exits early (e.g. `tar`
+    /// hits a full disk) the feed's write error is swallowed and the script's status and
+    /// stderr tell the story.
+    fn run_with_input(&mut self, script: &str, feed: Feed<'_>) -> anyhow::Result<Output>;
+
+    /// Runs `script`, handing output to `sink` as it arrives (builds). Returns the status.
+    fn run_streaming(&mut self, script: &str, sink: &mut dyn FnMut(Stream, &[u8])) -> anyhow::Result<i32>;
+
+    /// Bytes written to the target so far (for the summary and benchmarks).
+    fn bytes_sent(&self) -> u64;
+}
+
+/// Keeps output bounded: a failing `tar` can print one line per file.
+pub(crate) const CAPTURE_LIMIT: usize = 256 * 1024;
+
+pub(crate) fn capture(buf: &mut Vec<u8>, data: &[u8]) {
+    let room = CAPTURE_LIMIT.saturating_sub(buf.len());
+    buf.extend_from_slice(&data[..data.len().min(room)]);
+}
+
+pub fn connect(target: &Target, globals: &Globals) -> anyhow::Result<Box<dyn Transport>> {
+    match &target.host {
+        Host::Local => Ok(Box::new(local::Local::new(globals.verbose))),
+        Host::Ssh(s) => Ok(Box::new(ssh::SshTransport::connect(s, globals)?)),
+    }
+}
+
+pub(crate) fn show_command(verbose: u8, where_: &str, script: &str) {
+    if verbose > 0 {
+        let shown = if verbose > 1 || script.lines().count() <= 12 {
+            script.trim_end().to_string()
+        } else {
+            let head: Vec<&str> = script.lines().take(12).collect();
+            format!("{}\n… ({} more lines, -vv shows all)", head.join("\n"), script.lines().count() - 12)
+        };
+        eprintln!("[{where_}] $ {}", shown.replace('\n', "\n    "));
+    }
+}

@@ -1,0 +1,396 @@
+//! The only module that talks ssh2: connect with a timeout, verify the host key against
+//! known_hosts, authenticate, and run scripts over exec channels of ONE session.
+//!
+//! After authentication the session is non-blocking and every wait goes through
+//! [`Pump::wait`]: it polls the socket, sends keepalives (ssh2 only configures them), and
+//! turns Ctrl-C into an error, so long silent builds neither drop nor hang the run.
+
+use std::io::{self, BufWriter, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use base64::Engine;
+use ssh2::{BlockDirections, Channel, CheckResult, ErrorCode, HashType, KnownHostFileKind, Session};
+
+use super::{capture, show_command, Feed, Output, Stream, Transport};
+use crate::error::Error;
+use crate::interrupt;
+use crate::settings::{home_dir, Globals, Ssh};
+use crate::shell::quote;
+
+const LIBSSH2_ERROR_EAGAIN: i32 = -37;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const KEEPALIVE_SECS: u32 = 15;
+
+pub struct SshTransport {
+    pump: Pump,
+    label: String,
+    verbose: u8,
+    sent: u64,
+}
+
+/// The session plus its socket, for waiting.
+struct Pump {
+    sess: Session,
+    #[cfg(unix)]
+    fd: std::os::unix::io::RawFd,
+}
+
+impl Pump {
+    fn wait(&self) -> anyhow::Result<()> {
+        interrupt::check()?;
+        let _ = self.sess.keepalive_send();
+        #[cfg(unix)]
+        {
+            let events = match self.sess.block_directions() {
+                BlockDirections::Outbound => libc::POLLOUT,
+                BlockDirections::Both => libc::POLLIN | libc::POLLOUT,
+                _ => libc::POLLIN,
+            };
+            let mut pfd = libc::pollfd { fd: self.fd, events, revents: 0 };
+            // SAFETY: one valid pollfd for a socket the session keeps open.
+            unsafe {
+                libc::poll(&mut pfd, 1, 1000);
+            }
+        }
+        #[cfg(not(unix))]
+        std::thread::sleep(Duration::from_millis(1));
+        Ok(())
+    }
+
+    fn retry<T>(&self, mut f: impl FnMut() -> Result<T, ssh2::Error>) -> anyhow::Result<T> {
+        loop {
+            match f() {
+                Ok(v) => return Ok(v),
+                Err(e) if e.code() == ErrorCode::Session(LIBSSH2_ERROR_EAGAIN) => self.wait()?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+type Sink<'a> = &'a mut dyn FnMut(Stream, &[u8]);
+
+/// Reads whatever stdout/stderr data is ready; `Ok(true)` if anything came.
+fn drain(ch: &mut Channel, out: &mut Output, sink: &mut Option<Sink<'_>>) -> io::Result<bool> {
+    let mut buf = [0u8; 32 * 1024];
+    let mut progress = false;
+    for which in [Stream::Stdout, Stream::Stderr] {
+        loop {
+            let r = match which {
+                Stream::Stdout => ch.read(&mut buf),
+                Stream::Stderr => ch.stderr().read(&mut buf),
+            };
+            match r {
+                Ok(0) => break,
+                Ok(n) => {
+                    progress = true;
+                    match sink {
+                        Some(s) => s(which, &buf[..n]),
+                        None if which == Stream::Stdout => capture(&mut out.stdout, &buf[..n]),
+                        None => capture(&mut out.stderr, &buf[..n]),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(progress)
+}
+
+/// stdin of a remote script. While the window is full it keeps reading the script's output,
+/// so a remote `tar` that fills stderr cannot deadlock us.
+struct ChanWriter<'a, 'b> {
+    pump: &'a Pump,
+    ch: &'a mut Channel,
+    out: &'a mut Output,
+    sink: &'a mut Option<Sink<'b>>,
+    sent: &'a mut u64,
+}
+
+impl Write for ChanWriter<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            match self.ch.write(buf) {
+                Ok(n) => {
+                    *self.sent += n as u64;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    drain(self.ch, self.out, self.sink)?;
+                    if self.ch.eof() {
+                        return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the remote command stopped reading"));
+                    }
+                    self.pump.wait().map_err(io::Error::other)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        loop {
+            match self.ch.flush() {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.pump.wait().map_err(io::Error::other)?,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Whether a feed error is really Ctrl-C: the writer can only hand it up wrapped in an
+/// io::Error, so the sticky flag is the reliable witness.
+fn interrupted(e: &anyhow::Error) -> bool {
+    interrupt::seen() || e.chain().any(|c| matches!(c.downcast_ref::<Error>(), Some(Error::Interrupted)))
+}
+
+impl SshTransport {
+    pub fn connect(s: &Ssh, g: &Globals) -> anyhow::Result<Self> {
+        let conn_err = |cause: String| Error::Connect { host: s.host.clone(), port: s.port, cause };
+        let addrs: Vec<_> =
+            (s.host.as_str(), s.port).to_socket_addrs().map_err(|e| conn_err(format!("cannot resolve host name: {e}")))?.collect();
+        let mut last = None;
+        let mut tcp = None;
+        for a in &addrs {
+            match TcpStream::connect_timeout(a, CONNECT_TIMEOUT) {
+                Ok(t) => {
+                    tcp = Some(t);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let tcp = tcp.ok_or_else(|| {
+            conn_err(match last {
+                Some(e) if e.kind() == io::ErrorKind::TimedOut => format!("timed out after {}s", CONNECT_TIMEOUT.as_secs()),
+                Some(e) if e.kind() == io::ErrorKind::ConnectionRefused => "connection refused (is sshd running on that port?)".into(),
+                Some(e) => e.to_string(),
+                None => "the name resolved to no address".into(),
+            })
+        })?;
+        let _ = tcp.set_nodelay(true);
+        #[cfg(unix)]
+        let fd = std::os::unix::io::AsRawFd::as_raw_fd(&tcp);
+        let mut sess = Session::new().context("cannot create an SSH session")?;
+        sess.set_timeout(20_000);
+        sess.set_compress(false);
+        sess.set_tcp_stream(tcp);
+        sess.handshake().map_err(|e| conn_err(format!("SSH handshake failed: {}", e.message())))?;
+        verify_host_key(&sess, s, g.accept_new_host_key)?;
+        authenticate(&sess, s)?;
+        sess.set_keepalive(true, KEEPALIVE_SECS);
+        sess.set_timeout(0);
+        sess.set_blocking(false);
+        Ok(SshTransport {
+            pump: Pump {
+                sess,
+                #[cfg(unix)]
+                fd,
+            },
+            label: format!("{}@{}", s.user, s.host),
+            verbose: g.verbose,
+            sent: 0,
+        })
+    }
+
+    fn exec(&mut self, script: &str, feed: Option<Feed<'_>>, mut sink: Option<Sink<'_>>) -> anyhow::Result<Output> {
+        show_command(self.verbose, &self.label, script);
+        // Always `sh`: the login shell may be fish or csh, our scripts are POSIX.
+        let cmd = format!("sh -c {}", quote(script));
+        let pump = &self.pump;
+        let mut ch = pump.retry(|| pump.sess.channel_session()).context("cannot open an SSH channel")?;
+        pump.retry(|| ch.exec(&cmd)).context("cannot start the remote command")?;
+        let mut out = Output::default();
+        if let Some(feed) = feed {
+            let mut w = BufWriter::with_capacity(
+                256 * 1024,
+                ChanWriter { pump, ch: &mut ch, out: &mut out, sink: &mut sink, sent: &mut self.sent },
+            );
+            let r = feed(&mut w).and_then(|()| w.flush().map_err(anyhow::Error::from));
+            drop(w);
+            if let Err(e) = r {
+                if interrupted(&e) {
+                    // Closing makes sshd end the remote `tar` before cleanup runs.
+                    let _ = pump.retry(|| ch.close());
+                    return Err(Error::Interrupted.into());
+                }
+                out.feed_error = Some(e);
+            }
+        }
+        let _ = pump.retry(|| ch.send_eof());
+        loop {
+            let progress = drain(&mut ch, &mut out, &mut sink).context("lost the connection while reading")?;
+            if ch.eof() {
+                break;
+            }
+            if !progress {
+                if let Err(e) = pump.wait() {
+                    let _ = pump.retry(|| ch.close());
+                    return Err(e);
+                }
+            }
+        }
+        pump.retry(|| ch.wait_close())?;
+        out.status = ch.exit_status()?;
+        if let Ok(sig) = ch.exit_signal() {
+            if let Some(name) = sig.exit_signal {
+                out.status = 128 + signal_number(&name);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn signal_number(name: &str) -> i32 {
+    match name {
+        "HUP" => 1,
+        "INT" => 2,
+        "KILL" => 9,
+        "PIPE" => 13,
+        "TERM" => 15,
+        _ => 127,
+    }
+}
+
+impl Transport for SshTransport {
+    fn run_with_input(&mut self, script: &str, feed: Feed<'_>) -> anyhow::Result<Output> {
+        self.exec(script, Some(feed), None)
+    }
+
+    fn run(&mut self, script: &str) -> anyhow::Result<Output> {
+        self.exec(script, None, None)
+    }
+
+    fn run_streaming(&mut self, script: &str, sink: &mut dyn FnMut(Stream, &[u8])) -> anyhow::Result<i32> {
+        Ok(self.exec(script, None, Some(sink))?.status)
+    }
+
+    fn bytes_sent(&self) -> u64 {
+        self.sent
+    }
+}
+
+/// `SHA256:…` as OpenSSH prints it.
+pub fn fingerprint(sess: &Session) -> String {
+    let hash = sess.host_key_hash(HashType::Sha256).unwrap_or_default();
+    format!("SHA256:{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(hash))
+}
+
+fn default_known_hosts() -> PathBuf {
+    home_dir().unwrap_or_default().join(".ssh").join("known_hosts")
+}
+
+/// The key type name at the start of an SSH public key blob.
+fn key_type(blob: &[u8]) -> Option<&str> {
+    let len = u32::from_be_bytes(blob.get(..4)?.try_into().ok()?) as usize;
+    std::str::from_utf8(blob.get(4..4 + len)?).ok()
+}
+
+pub fn known_hosts_pattern(host: &str, port: u16) -> String {
+    if port == 22 {
+        host.to_string()
+    } else {
+        format!("[{host}]:{port}")
+    }
+}
+
+fn verify_host_key(sess: &Session, s: &Ssh, accept_new: bool) -> anyhow::Result<()> {
+    let (key, _) = sess.host_key().context("the server sent no host key")?;
+    let fp = fingerprint(sess);
+    let path = s.known_hosts.clone().unwrap_or_else(default_known_hosts);
+    let mut kh = sess.known_hosts()?;
+    let mut files = vec![path.clone()];
+    if s.known_hosts.is_none() {
+        files.push(PathBuf::from("/etc/ssh/ssh_known_hosts"));
+    }
+    // Line by line: libssh2's own reader stops at the first line it cannot parse
+    // (`@cert-authority`, unknown key types), silently hiding the entries after it.
+    for f in &files {
+        if let Ok(text) = std::fs::read_to_string(f) {
+            for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+                let _ = kh.read_str(line, KnownHostFileKind::OpenSSH);
+            }
+        }
+    }
+    let shown = path.display().to_string();
+    match kh.check_port(&s.host, s.port, key) {
+        CheckResult::Match => Ok(()),
+        CheckResult::Mismatch => {
+            Err(Error::HostKeyChanged { host: s.host.clone(), port: s.port, fingerprint: fp, known_hosts: shown }.into())
+        }
+        CheckResult::NotFound | CheckResult::Failure if accept_new => {
+            let kind = key_type(key).context("cannot read the host key type")?;
+            append_known_host(&path, &known_hosts_pattern(&s.host, s.port), kind, key)?;
+            eprintln!("bst: recorded host key {fp} for {}:{} in {shown}", s.host, s.port);
+            Ok(())
+        }
+        CheckResult::NotFound | CheckResult::Failure => {
+            Err(Error::HostKeyUnknown { host: s.host.clone(), port: s.port, fingerprint: fp, known_hosts: shown }.into())
+        }
+    }
+}
+
+fn append_known_host(path: &Path, pattern: &str, kind: &str, key: &[u8]) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let line = format!("{pattern} {kind} {}\n", base64::engine::general_purpose::STANDARD.encode(key));
+    let mut f =
+        std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    // Keep an existing last line intact if it lacks a newline.
+    let needs_nl = std::fs::read(path).ok().is_some_and(|b| !b.is_empty() && !b.ends_with(b"\n"));
+    if needs_nl {
+        f.write_all(b"\n")?;
+    }
+    f.write_all(line.as_bytes())?;
+    Ok(())
+}
+
+fn authenticate(sess: &Session, s: &Ssh) -> anyhow::Result<()> {
+    let passphrase = std::env::var("BST_SSH_PASSPHRASE").ok();
+    let mut tried = Vec::new();
+    let try_key = |path: &Path, tried: &mut Vec<String>| -> bool {
+        match sess.userauth_pubkey_file(&s.user, None, path, passphrase.as_deref()) {
+            Ok(()) if sess.authenticated() => true,
+            Ok(()) => {
+                tried.push(format!("key {} (rejected)", path.display()));
+                false
+            }
+            Err(e) => {
+                tried.push(format!("key {} ({})", path.display(), e.message()));
+                false
+            }
+        }
+    };
+    if let Some(id) = &s.identity_file {
+        if !id.is_file() {
+            return Err(Error::Usage(format!("identity_file {} does not exist", id.display())).into());
+        }
+        if try_key(id, &mut tried) {
+            return Ok(());
+        }
+    } else {
+        if std::env::var_os("SSH_AUTH_SOCK").is_some() {
+            match sess.userauth_agent(&s.user) {
+                Ok(()) if sess.authenticated() => return Ok(()),
+                Ok(()) => tried.push("ssh-agent (no key accepted)".into()),
+                Err(e) => tried.push(format!("ssh-agent ({})", e.message())),
+            }
+        }
+        let ssh_dir = home_dir().unwrap_or_default().join(".ssh");
+        for name in ["id_ed25519", "id_ecdsa", "id_rsa"] {
+            let p = ssh_dir.join(name);
+            if p.is_file() && try_key(&p, &mut tried) {
+                return Ok(());
+            }
+        }
+    }
+    if tried.is_empty() {
+        tried.push("nothing: no identity_file, no ssh-agent, no ~/.ssh/id_* key".into());
+    }
+    Err(Error::Auth { user: s.user.clone(), host: s.host.clone(), port: s.port, tried: tried.join("; ") }.into())
+}
