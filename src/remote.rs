@@ -134,13 +134,14 @@ rmdir "$B/{INCOMING_DIR}" 2>/dev/null || true
 }
 
 /// Runs install and build in the release dir in the user's login shell (so nvm, pnpm and
-/// friends are on PATH), streaming output and saving it to `logs/<id>.log`.
+/// friends are on PATH), streaming output and saving it to `logs/<id>.log`. The build runs
+/// in its own session with its pid recorded, so an aborted deploy can stop the whole
+/// process group instead of leaving a build writing into a release nobody wants.
 pub fn build(base: &str, id: &str, target: &str, steps: &[&str]) -> String {
-    let mut s = base_var(base);
+    let mut inner = base_var(base);
     let _ = write!(
-        s,
-        r#"set -u
-R="$B/releases/{id}"
+        inner,
+        r#"R="$B/releases/{id}"
 cd "$R" || exit 1
 BST_RELEASE_ID={id} BST_TARGET={target} BST_BASE="$B" BST_RELEASE_DIR="$R"
 export BST_RELEASE_ID BST_TARGET BST_BASE BST_RELEASE_DIR
@@ -150,17 +151,28 @@ $1"; }}
         target = quote(target)
     );
     for step in steps {
-        let _ = write!(s, "; [ $rc -ne 0 ] || run {} || rc=$?", quote(step));
+        let _ = write!(inner, "; [ $rc -ne 0 ] || run {} || rc=$?", quote(step));
     }
     let _ = write!(
-        s,
+        inner,
         r#"; echo $rc > "$B/logs/.{id}.rc"; }} < /dev/null 2>&1 | tee "$B/logs/{id}.log"
 rc=$(cat "$B/logs/.{id}.rc" 2>/dev/null || echo 1)
 rm -f "$B/logs/.{id}.rc"
 exit "$rc"
 "#
     );
-    s
+    let q = quote(&inner);
+    base_var(base)
+        + &format!(
+            r#"P="$B/logs/.{id}.pid"
+if command -v setsid >/dev/null 2>&1; then setsid sh -c {q} & else sh -c {q} & fi
+echo $! > "$P"
+wait $!
+rc=$?
+rm -f "$P"
+exit $rc
+"#
+        )
 }
 
 /// Points `current` at `releases/<id>` atomically: a new link under a temp name renamed
@@ -220,7 +232,9 @@ pub fn abort_deploy(base: &str, id: &str, failed_meta_json: &str, audit_json: &s
     let mut s = base_var(base);
     let _ = write!(
         s,
-        r#"rm -rf "$B/{INCOMING_DIR}/{id}"
+        r#"P="$B/logs/.{id}.pid"
+if [ -f "$P" ]; then kill -TERM "-$(cat "$P")" 2>/dev/null || kill -TERM "$(cat "$P")" 2>/dev/null; rm -f "$P"; fi
+rm -rf "$B/{INCOMING_DIR}/{id}"
 if [ -d "$B/releases/{id}" ] && [ "$(readlink "$B/current" 2>/dev/null)" != releases/{id} ]; then
   printf '%s\n' {meta} > "$B/releases/{id}/.release-meta.tmp" && mv -f "$B/releases/{id}/.release-meta.tmp" "$B/releases/{id}/.release-meta"
 fi
@@ -270,8 +284,26 @@ mod tests {
             assert!(script.starts_with("B='/srv/it'\\''s $(reboot)'\n"), "{script}");
             assert!(!script.contains("{\"u\":\"$(x)\"}'") || script.contains("'{\"u\":\"$(x)\"}'"));
         }
-        let b = build("/b", "20260220T051228Z", "t", &["pnpm i; echo '$HOME'"]);
-        assert!(b.contains("run 'pnpm i; echo '\\''$HOME'\\'''"), "{b}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn build_steps_run_verbatim_in_order_and_stop_at_the_first_failure() {
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path().join("it's base");
+        let id = "20260220T051228Z";
+        std::fs::create_dir_all(base.join("releases").join(id)).unwrap();
+        std::fs::create_dir_all(base.join("logs")).unwrap();
+        let base = base.to_str().unwrap();
+        let script = build(base, id, "t", &["echo '$HOME' \"$BST_RELEASE_ID\" > out.txt", "false", "touch never"]);
+        let st = std::process::Command::new("sh").arg("-c").arg(&script).env("SHELL", "/bin/sh").status().unwrap();
+        assert_eq!(st.code(), Some(1));
+        let rel = std::path::Path::new(base).join("releases").join(id);
+        assert_eq!(std::fs::read_to_string(rel.join("out.txt")).unwrap(), format!("$HOME {id}\n"));
+        assert!(!rel.join("never").exists());
+        let log = std::fs::read_to_string(std::path::Path::new(base).join("logs").join(format!("{id}.log"))).unwrap();
+        assert!(log.contains("==> false"), "{log}");
+        assert!(!std::path::Path::new(base).join("logs").join(format!(".{id}.pid")).exists());
     }
 
     #[test]

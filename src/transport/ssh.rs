@@ -26,6 +26,10 @@ const KEEPALIVE_SECS: u32 = 15;
 
 pub struct SshTransport {
     pump: Pump,
+    /// Channels given up on after Ctrl-C. Closing one waits for the remote process to end
+    /// (sshd delays the close until its child exits), so they are parked here instead;
+    /// the abort script stops what still runs.
+    abandoned: Vec<Channel>,
     label: String,
     verbose: u8,
     sent: u64,
@@ -191,6 +195,7 @@ impl SshTransport {
                 #[cfg(unix)]
                 fd,
             },
+            abandoned: Vec::new(),
             label: format!("{}@{}", s.user, s.host),
             verbose: g.verbose,
             sent: 0,
@@ -214,8 +219,9 @@ impl SshTransport {
             drop(w);
             if let Err(e) = r {
                 if interrupted(&e) {
-                    // Closing makes sshd end the remote `tar` before cleanup runs.
-                    let _ = pump.retry(|| ch.close());
+                    // EOF ends a remote `tar` at once; no waiting for the close handshake.
+                    let _ = pump.retry(|| ch.send_eof());
+                    self.abandoned.push(ch);
                     return Err(Error::Interrupted.into());
                 }
                 out.feed_error = Some(e);
@@ -229,7 +235,7 @@ impl SshTransport {
             }
             if !progress {
                 if let Err(e) = pump.wait() {
-                    let _ = pump.retry(|| ch.close());
+                    self.abandoned.push(ch);
                     return Err(e);
                 }
             }

@@ -1,0 +1,304 @@
+//! Test harness: a real OpenSSH `sshd` on a free 127.0.0.1 port with throwaway host and user
+//! keys (killed on drop), git workspaces, configs written per test, and a runner for the
+//! built binary that checks status, stdout and stderr together.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+pub fn sh(dir: &Path, script: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(script).current_dir(dir).output().expect("sh runs");
+    assert!(out.status.success(), "`{script}` failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sshd_path() -> PathBuf {
+    for p in ["/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd"] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!("OpenSSH sshd not found: run scripts/setup (installs openssh-server)");
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn whoami() -> String {
+    String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap().trim().to_string()
+}
+
+pub fn keygen(path: &Path) {
+    let ok = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "bst-test", "-f"])
+        .arg(path)
+        .status()
+        .expect("ssh-keygen runs")
+        .success();
+    assert!(ok, "ssh-keygen failed");
+}
+
+pub struct Sshd {
+    child: Child,
+    pub port: u16,
+    pub dir: TempDir,
+    pub user_key: PathBuf,
+    pub known_hosts: PathBuf,
+    /// `ssh-ed25519 AAAA…` of the host key.
+    pub host_key: String,
+}
+
+impl Sshd {
+    pub fn start() -> Sshd {
+        let dir = tempfile::Builder::new().prefix("bst-sshd").tempdir().unwrap();
+        let d = dir.path();
+        keygen(&d.join("host_ed25519"));
+        keygen(&d.join("id_ed25519"));
+        std::fs::copy(d.join("id_ed25519.pub"), d.join("authorized_keys")).unwrap();
+        let host_pub = std::fs::read_to_string(d.join("host_ed25519.pub")).unwrap();
+        let host_key = host_pub.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+        // sshd wants its privilege separation directory even when not separating.
+        let _ = std::fs::create_dir_all("/run/sshd");
+        for _attempt in 0..5 {
+            let port = free_port();
+            let cfg = d.join("sshd_config");
+            std::fs::write(
+                &cfg,
+                format!(
+                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
+                     AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n\
+                     KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin yes\nAllowTcpForwarding yes\n\
+                     MaxStartups 100\nLogLevel VERBOSE\n",
+                    d = d.display()
+                ),
+            )
+            .unwrap();
+            let log = std::fs::File::create(d.join("sshd.log")).unwrap();
+            let mut child = Command::new(sshd_path())
+                .args(["-D", "-e", "-f"])
+                .arg(&cfg)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("sshd starts");
+            if wait_for_banner(port, &mut child) {
+                let known_hosts = d.join("known_hosts");
+                std::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {host_key}\n")).unwrap();
+                return Sshd { child, port, user_key: d.join("id_ed25519"), known_hosts, host_key, dir };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("sshd did not start: {}", std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+
+    /// How many TCP connections sshd accepted so far (the harness's own banner probe included).
+    pub fn connections(&self) -> usize {
+        self.log().matches("Connection from").count()
+    }
+}
+
+fn wait_for_banner(port: u16, child: &mut Child) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 7];
+            if s.read_exact(&mut buf).is_ok() && &buf == b"SSH-2.0" {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    false
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A git workspace shaped like the team's monorepo, in miniature.
+pub struct Workspace {
+    pub dir: TempDir,
+}
+
+impl Workspace {
+    pub fn new() -> Workspace {
+        let dir = tempfile::Builder::new().prefix("bst-ws").tempdir().unwrap();
+        sh(
+            dir.path(),
+            r#"git init -q . && (git checkout -q -b main 2>/dev/null || true)
+printf 'node_modules/\nignored.txt\n.env\ndist/\n' > .gitignore
+printf '{"name":"ws"}\n' > package.json
+mkdir -p apps/api/src scripts
+printf 'export const x = 1;\n' > apps/api/src/index.ts
+printf '#!/bin/sh\necho hi\n' > scripts/run.sh && chmod +x scripts/run.sh
+ln -s apps/api/src/index.ts entry.ts
+echo ignored > ignored.txt
+mkdir -p node_modules/pkg && echo junk > node_modules/pkg/index.js
+printf 'LOCAL_ONLY=1\n' > .env
+git add -A && git -c user.name=t -c user.email=t@example.com commit -qm init
+echo 'not yet committed' > untracked.txt
+"#,
+        );
+        Workspace { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, rel: &str, content: &str) {
+        let p = self.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+}
+
+/// A scratch area for a test: the config file and the deploy base live here.
+pub struct Env {
+    pub dir: TempDir,
+    pub config: PathBuf,
+    pub base: PathBuf,
+}
+
+impl Env {
+    /// `[targets.t]` pointing at `sshd` (or `local` with `None`), deploying `ws`.
+    pub fn new(sshd: Option<&Sshd>, ws: &Workspace, extra: &str) -> Env {
+        Self::with_base_name(sshd, ws, "srv/app", extra)
+    }
+
+    pub fn with_base_name(sshd: Option<&Sshd>, ws: &Workspace, base_name: &str, extra: &str) -> Env {
+        let dir = tempfile::Builder::new().prefix("bst-env").tempdir().unwrap();
+        let base = dir.path().join(base_name);
+        let host = match sshd {
+            Some(s) => format!(
+                "host = \"127.0.0.1\"\nport = {}\nuser = \"{}\"\nidentity_file = {}\nknown_hosts = {}\n",
+                s.port,
+                whoami(),
+                toml_str(&s.user_key),
+                toml_str(&s.known_hosts)
+            ),
+            None => "host = \"local\"\n".to_string(),
+        };
+        let config = dir.path().join("targets.toml");
+        std::fs::write(&config, format!("[targets.t]\n{host}base = {}\nsource = {}\n{extra}\n", toml_str(&base), toml_str(ws.path())))
+            .unwrap();
+        Env { dir, config, base }
+    }
+
+    pub fn bst(&self, args: &[&str]) -> Run {
+        bst_with(&self.config, args, &[])
+    }
+
+    pub fn current(&self) -> Option<String> {
+        std::fs::read_link(self.base.join("current")).ok().map(|p| p.to_string_lossy().into_owned())
+    }
+
+    pub fn current_id(&self) -> String {
+        self.current().expect("current exists").strip_prefix("releases/").expect("relative link").to_string()
+    }
+
+    pub fn release_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = std::fs::read_dir(self.base.join("releases"))
+            .map(|rd| rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+
+    pub fn meta(&self, id: &str) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.base.join("releases").join(id).join(".release-meta")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+pub fn toml_str(p: &Path) -> String {
+    let s = p.to_string_lossy();
+    // A TOML basic string: escape `\` and `"`, control characters as \uXXXX.
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    #[track_caller]
+    pub fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "expected success\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+
+    #[track_caller]
+    pub fn code(self, code: i32) -> Run {
+        assert_eq!(self.code, code, "expected exit {code}\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+
+    #[track_caller]
+    pub fn stderr_has(self, needle: &str) -> Run {
+        assert!(self.stderr.contains(needle), "stderr lacks {needle:?}:\n{}", self.stderr);
+        self
+    }
+
+    #[track_caller]
+    pub fn stdout_has(self, needle: &str) -> Run {
+        assert!(self.stdout.contains(needle), "stdout lacks {needle:?}:\n{}", self.stdout);
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{}", self.stdout))
+    }
+}
+
+pub fn bst_cmd(config: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_bst"));
+    c.arg("--config").arg(config).args(args).env_remove("SSH_AUTH_SOCK").env_remove("BST_CONFIG").stdin(Stdio::null());
+    c
+}
+
+pub fn bst_with(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut c = bst_cmd(config, args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().expect("bst runs");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}

@@ -1,0 +1,4 @@
+//! One integration test crate (one link step); a module per capability.
+
+mod core;
+mod harness;
