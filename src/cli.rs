@@ -6,7 +6,14 @@ use clap::{Args, Parser, Subcommand};
 
 /// Atomic releases over SSH: deploy, list, roll back and prune a workspace's snapshots.
 #[derive(Debug, Parser)]
-#[command(name = "bst", version, about, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "bst",
+    version,
+    about,
+    propagate_version = true,
+    max_term_width = 100,
+    after_help = "Service control:\n  bst <TARGET> status|start|stop|restart            the target's `app` service (status: all)\n  bst <TARGET> <SERVICE> status|start|stop|restart  a named service, e.g. `bst core-api-prod redis status`"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -47,6 +54,9 @@ pub enum Command {
         /// Run the target's `install` and `build` commands in the new release before switching
         #[arg(long)]
         build: bool,
+        /// Do not restart the target's `restart` services (and skip the health gate)
+        #[arg(long)]
+        no_restart: bool,
     },
     /// Show the current release and every release on the target
     List {
@@ -74,6 +84,9 @@ pub enum Command {
         /// Target name from targets.toml
         target: String,
     },
+    /// `bst <TARGET> [<SERVICE>] status|start|stop|restart`
+    #[command(external_subcommand)]
+    Service(Vec<String>),
 }
 
 #[cfg(test)]

@@ -26,6 +26,34 @@ pub struct RawTarget {
     pub exclude: Option<Vec<String>>,
     pub install: Option<String>,
     pub build: Option<String>,
+    /// Services restarted (and health-checked) after each deploy's switch.
+    pub restart: Option<Vec<String>>,
+    /// `30s`, `2m`, `500ms`.
+    pub health_timeout: Option<String>,
+    pub services: Option<BTreeMap<String, RawService>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub unit: String,
+    /// `system` (default) or `user` (`systemctl --user`, with lingering).
+    pub scope: Option<String>,
+    /// Run systemctl through `sudo -n`.
+    pub sudo: Option<bool>,
+    pub health: Option<RawHealth>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    /// `http://127.0.0.1:4100/health`, fetched from the server side of the SSH connection.
+    pub http: Option<String>,
+    /// Expected HTTP status (default 200).
+    pub status: Option<u16>,
+    pub body_contains: Option<String>,
+    /// `127.0.0.1:6379`: Redis `PING` must answer `PONG`.
+    pub redis: Option<String>,
 }
 
 impl RawTarget {
@@ -46,6 +74,9 @@ impl RawTarget {
             exclude: self.exclude.or(d.exclude),
             install: self.install.or(d.install),
             build: self.build.or(d.build),
+            restart: self.restart.or(d.restart),
+            health_timeout: self.health_timeout.or(d.health_timeout),
+            services: self.services.or(d.services),
         }
     }
 }

@@ -49,6 +49,10 @@ pub enum Error {
     #[error("authentication as `{user}` on {host}:{port} failed; tried: {tried}")]
     Auth { user: String, host: String, port: u16, tried: String },
 
+    /// Something is inactive or unhealthy: exit 3, like `systemctl status`.
+    #[error("{0}")]
+    Unhealthy(String),
+
     #[error("interrupted")]
     Interrupted,
 
@@ -63,6 +67,7 @@ impl Error {
             Error::Locked { .. } => code::LOCKED,
             Error::Connect { .. } | Error::HostKeyUnknown { .. } | Error::HostKeyChanged { .. } | Error::Auth { .. } => code::CONNECT,
             Error::Interrupted => code::INTERRUPTED,
+            Error::Unhealthy(_) => code::UNHEALTHY,
             Error::Failed(_) => code::FAILED,
         }
     }

@@ -207,7 +207,8 @@ fn prune_fragment(ids: &[String]) -> String {
 /// The end of a good deploy: meta `ok` first (so `current` only ever points at an ok
 /// release), then the switch; pruning and unlocking after it are best effort and can no
 /// longer fail the deploy.
-pub fn finish_deploy(base: &str, id: &str, meta_json: &str, prune: &[String], audit_json: &str, token: &str) -> String {
+/// With `keep_lock` the lock stays held (the health gate runs under it).
+pub fn finish_deploy(base: &str, id: &str, meta_json: &str, prune: &[String], audit_json: &str, token: &str, keep_lock: bool) -> String {
     let mut s = base_var(base);
     let _ = write!(
         s,
@@ -222,8 +223,33 @@ mv -f releases/{id}/.release-meta.tmp releases/{id}/.release-meta
     s.push_str("set +e\n");
     s.push_str(&prune_fragment(prune));
     s.push_str(&audit_fragment(audit_json));
-    s.push_str(&unlock_fragment(token));
+    if !keep_lock {
+        s.push_str(&unlock_fragment(token));
+    }
     s
+}
+
+/// The health gate's way back: `current` to the previous release, the new one marked failed.
+pub fn revert(base: &str, bad_id: &str, failed_meta_json: &str, good_id: &str, audit_json: &str) -> String {
+    let mut s = base_var(base);
+    s.push_str("set -eu\ncd \"$B\"\n");
+    s.push_str(&switch_fragment(good_id));
+    let _ = writeln!(
+        s,
+        r#"printf '%s\n' {meta} > releases/{bad_id}/.release-meta.tmp && mv -f releases/{bad_id}/.release-meta.tmp releases/{bad_id}/.release-meta"#,
+        meta = quote(failed_meta_json)
+    );
+    s.push_str(&audit_fragment(audit_json));
+    s
+}
+
+/// Marks a release failed in place (no rollback possible: it stays current).
+pub fn mark(base: &str, id: &str, meta_json: &str) -> String {
+    base_var(base)
+        + &format!(
+            "printf '%s\\n' {meta} > \"$B/releases/{id}/.release-meta.tmp\" && mv -f \"$B/releases/{id}/.release-meta.tmp\" \"$B/releases/{id}/.release-meta\"\n",
+            meta = quote(meta_json)
+        )
 }
 
 /// After a failed deploy: drop the staging dir, mark the release failed unless it is live,
@@ -308,7 +334,7 @@ mod tests {
 
     #[test]
     fn deploy_finish_marks_ok_before_switching() {
-        let s = finish_deploy("/b", "20260220T051228Z", "{}", &["20260101T000000Z".into()], "{}", "tok");
+        let s = finish_deploy("/b", "20260220T051228Z", "{}", &["20260101T000000Z".into()], "{}", "tok", false);
         let meta = s.find(".release-meta.tmp").unwrap();
         let switch = s.find("mv -T").unwrap();
         let prune = s.find("rm -rf releases/20260101T000000Z").unwrap();

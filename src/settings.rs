@@ -2,6 +2,7 @@
 //! Commands never look at clap, the environment or raw TOML again.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::config::{Config, RawTarget};
 use crate::error::Error;
@@ -46,9 +47,39 @@ pub struct Target {
     pub exclude: Vec<String>,
     pub install: Option<String>,
     pub build: Option<String>,
+    /// Declared services, sorted by name.
+    pub services: Vec<Service>,
+    /// Names of services restarted after each deploy.
+    pub restart: Vec<String>,
+    pub health_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    System,
+    User,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub name: String,
+    pub unit: String,
+    pub scope: Scope,
+    pub sudo: bool,
+    pub health: Option<Health>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Health {
+    Http { host: String, port: u16, path: String, status: u16, body_contains: Option<String> },
+    Redis { host: String, port: u16 },
 }
 
 impl Target {
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
     pub fn host_label(&self) -> String {
         match &self.host {
             Host::Local => "local".into(),
@@ -108,7 +139,24 @@ pub fn resolve_target(config: &Config, name: &str) -> anyhow::Result<Target> {
             check_relative(p).map_err(|why| bad(key, format!("invalid {key} entry `{p}`: {why}")))?;
         }
     }
+    let mut services = Vec::new();
+    for (sname, raw_svc) in raw.services.clone().unwrap_or_default() {
+        services.push(resolve_service(&sname, &raw_svc).map_err(|why| bad("unit", format!("service `{sname}`: {why}")))?);
+    }
+    let restart = raw.restart.clone().unwrap_or_default();
+    for r in &restart {
+        if !services.iter().any(|s| &s.name == r) {
+            return Err(bad("restart", format!("`restart` names `{r}`, which is not a service of target `{name}`")).into());
+        }
+    }
+    let health_timeout = match &raw.health_timeout {
+        Some(t) => parse_duration(t).ok_or_else(|| bad("health_timeout", format!("invalid duration `{t}`: use e.g. 30s, 2m, 500ms")))?,
+        None => Duration::from_secs(30),
+    };
     Ok(Target {
+        services,
+        restart,
+        health_timeout,
         name: name.to_string(),
         host,
         base,
@@ -120,6 +168,85 @@ pub fn resolve_target(config: &Config, name: &str) -> anyhow::Result<Target> {
         install: raw.install.clone().filter(|s| !s.trim().is_empty()),
         build: raw.build.clone().filter(|s| !s.trim().is_empty()),
     })
+}
+
+fn resolve_service(name: &str, raw: &crate::config::RawService) -> Result<Service, String> {
+    if !crate::config::valid_target_name(name) {
+        return Err("invalid service name".into());
+    }
+    let unit_ok = !raw.unit.is_empty()
+        && !raw.unit.starts_with('-')
+        && raw.unit.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'@' | b'.' | b'_' | b':' | b'-' | b'\\'));
+    if !unit_ok {
+        return Err(format!("invalid unit name `{}`", raw.unit));
+    }
+    let scope = match raw.scope.as_deref() {
+        None | Some("system") => Scope::System,
+        Some("user") => Scope::User,
+        Some(other) => return Err(format!("scope must be \"system\" or \"user\", not `{other}`")),
+    };
+    let health = match &raw.health {
+        None => None,
+        Some(h) => match (&h.http, &h.redis) {
+            (Some(url), None) => {
+                let (host, port, path) =
+                    parse_http_url(url).ok_or_else(|| format!("invalid health URL `{url}`: expected http://host:port/path"))?;
+                Some(Health::Http { host, port, path, status: h.status.unwrap_or(200), body_contains: h.body_contains.clone() })
+            }
+            (None, Some(addr)) => {
+                let (host, port) =
+                    split_host_port(addr, 6379).ok_or_else(|| format!("invalid redis address `{addr}`: expected host:port"))?;
+                Some(Health::Redis { host, port })
+            }
+            _ => return Err("health needs exactly one of `http` or `redis`".into()),
+        },
+    };
+    Ok(Service { name: name.to_string(), unit: raw.unit.clone(), scope, sudo: raw.sudo.unwrap_or(false), health })
+}
+
+/// `http://host[:port]/path` (no TLS: probes run on the server, over the SSH connection).
+pub fn parse_http_url(url: &str) -> Option<(String, u16, String)> {
+    let rest = url.strip_prefix("http://")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = split_host_port(authority, 80)?;
+    if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return None;
+    }
+    Some((host, port, path.to_string()))
+}
+
+fn split_host_port(s: &str, default_port: u16) -> Option<(String, u16)> {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let end = rest.find(']')?;
+        let port = rest[end + 1..].strip_prefix(':').map(str::parse).transpose().ok()?;
+        (&rest[..end], port)
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p.parse().ok()?)),
+            None => (s, None),
+        }
+    };
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/') {
+        return None;
+    }
+    Some((host.to_string(), port.unwrap_or(default_port)))
+}
+
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    match unit.trim() {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" | "" => Some(Duration::from_secs(n)),
+        "m" | "min" => Some(Duration::from_secs(n * 60)),
+        "h" => Some(Duration::from_secs(n * 3600)),
+        _ => None,
+    }
 }
 
 /// An absolute path with no `.`/`..`, no empty components and not `/` itself: `rm -rf` and
@@ -206,6 +333,20 @@ pub fn expand_home(p: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_urls_and_addresses() {
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("soon"), None);
+        assert_eq!(parse_http_url("http://127.0.0.1:4100/health"), Some(("127.0.0.1".into(), 4100, "/health".into())));
+        assert_eq!(parse_http_url("http://localhost"), Some(("localhost".into(), 80, "/".into())));
+        assert_eq!(parse_http_url("http://[::1]:8080/h?x=1"), Some(("::1".into(), 8080, "/h?x=1".into())));
+        assert_eq!(parse_http_url("https://x/"), None);
+        assert_eq!(split_host_port("127.0.0.1:6379", 1), Some(("127.0.0.1".into(), 6379)));
+        assert_eq!(split_host_port("redis", 6379), Some(("redis".into(), 6379)));
+    }
 
     #[test]
     fn bases_are_normalised_and_dangerous_ones_refused() {

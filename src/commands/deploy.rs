@@ -34,7 +34,7 @@ struct Summary<'a> {
     warnings: Vec<String>,
 }
 
-pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool) -> anyhow::Result<()> {
+pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let skip: Vec<String> = target.shared_files.iter().chain(&target.shared_dirs).cloned().collect();
     let entries = snapshot::collect(&target.source, &target.exclude, &skip)?;
@@ -80,8 +80,14 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool) -> anyh
     };
 
     let mut warnings = Vec::new();
-    match deploy_locked(&mut *t, target, p, &state, &held, &entries, &mut meta, build, started, &mut warnings) {
+    let gated = restart && !target.restart.is_empty();
+    match deploy_locked(&mut *t, target, p, &state, &held, &entries, &mut meta, build, started, &mut warnings, gated) {
         Ok(pruned) => {
+            if gated {
+                let gate = health_gate(&mut *t, target, globals, p, &mut meta, state.current.as_deref());
+                lock::release(&mut *t, target, &held, p);
+                gate?;
+            }
             let sent = t.bytes_sent();
             p.status(format!(
                 "deployed {} to {} in {:.1}s ({} files, {}, {} sent){}",
@@ -142,6 +148,7 @@ fn deploy_locked(
     build: bool,
     started: Instant,
     warnings: &mut Vec<String>,
+    keep_lock: bool,
 ) -> anyhow::Result<Vec<String>> {
     let id = meta.id.clone();
     let script = crate::remote::upload(&target.base, &id, &target.shared_files, &target.shared_dirs, &serde_json::to_string(&meta)?);
@@ -191,7 +198,8 @@ fn deploy_locked(
     let mut audit = Audit::new("deploy", &target.name, "ok");
     audit.release = Some(&id);
     audit.previous = state.current.as_deref();
-    let script = crate::remote::finish_deploy(&target.base, &id, &serde_json::to_string(&meta)?, &prune, &audit.json(), &held.token);
+    let script =
+        crate::remote::finish_deploy(&target.base, &id, &serde_json::to_string(&meta)?, &prune, &audit.json(), &held.token, keep_lock);
     let out = t.run(&script)?;
     let text = out.stdout_str();
     if out.status != 0 || !text.lines().any(|l| l == "SWITCHED") {
@@ -202,4 +210,83 @@ fn deploy_locked(
         warnings.push(w.to_string());
     }
     Ok(text.lines().filter_map(|l| l.strip_prefix("P ")).map(str::to_string).collect())
+}
+
+/// deploy-rs's "magic rollback": after the switch, restart the `restart` services and wait
+/// for health. If they do not come up healthy, switch back, restart again, prove health over
+/// a *new* connection, mark the release failed, and fail the command (deploy-rs #214: a
+/// deploy that did not end on the new release must not exit 0).
+fn health_gate(
+    t: &mut dyn Transport,
+    target: &Target,
+    globals: &Globals,
+    p: &Printer,
+    meta: &mut Meta,
+    previous: Option<&str>,
+) -> anyhow::Result<()> {
+    use super::service::{act, Action};
+    let services: Vec<_> = target.restart.iter().filter_map(|n| target.service(n)).collect();
+    let names = target.restart.join(", ");
+    p.status(format!("restarting {names}; waiting up to {}s for health", target.health_timeout.as_secs()));
+    let problems = |states: &[crate::service::UnitState], probes: &[Option<crate::service::Probe>]| -> Vec<String> {
+        services
+            .iter()
+            .zip(states)
+            .zip(probes)
+            .filter_map(|((svc, st), pr)| {
+                if !st.active() {
+                    Some(format!("{} is {}", svc.name, if st.active_state.is_empty() { "unknown" } else { &st.active_state }))
+                } else {
+                    pr.as_ref().filter(|pr| !pr.healthy).map(|pr| format!("{}: {}", svc.name, pr.detail))
+                }
+            })
+            .collect()
+    };
+    let (states, probes) = act(t, target, &services, Action::Restart)?;
+    let bad = problems(&states, &probes);
+    if bad.is_empty() {
+        p.status(format!("{names} healthy on {}", meta.id));
+        return Ok(());
+    }
+    let reason = bad.join("; ");
+    let id = meta.id.clone();
+    meta.status = Status::Failed;
+    meta.error = Some(format!("unhealthy after restart: {reason}"));
+    let failed_json = serde_json::to_string(&meta)?;
+    let Some(prev) = previous else {
+        t.run(&crate::remote::mark(&target.base, &id, &failed_json))?;
+        return Err(Error::Failed(format!(
+            "release {id} is unhealthy after restart ({reason}) and there is no earlier release to roll back to; it stays current, marked failed"
+        ))
+        .into());
+    };
+    p.warn(format!("release {id} is unhealthy ({reason}); rolling back to {prev}"));
+    let mut audit = Audit::new("auto-rollback", &target.name, "ok");
+    audit.release = Some(prev);
+    audit.previous = Some(&id);
+    audit.error = Some(reason.clone());
+    let out = t.run(&crate::remote::revert(&target.base, &id, &failed_json, prev, &audit.json()))?;
+    if out.status != 0 {
+        return Err(Error::Failed(format!(
+            "release {id} is unhealthy ({reason}) and switching back to {prev} FAILED: {}",
+            out.stderr_str()
+        ))
+        .into());
+    }
+    // Proof over a fresh connection, not the one that may be wedged.
+    let mut fresh = transport::connect(target, globals)?;
+    let (states, probes) = act(&mut *fresh, target, &services, Action::Restart)?;
+    let still_bad = problems(&states, &probes);
+    if still_bad.is_empty() {
+        Err(Error::Failed(format!(
+            "release {id} failed its health check ({reason}); rolled back to {prev}, which is healthy again; {id} is marked failed"
+        ))
+        .into())
+    } else {
+        Err(Error::Failed(format!(
+            "release {id} failed its health check ({reason}); rolled back to {prev}, but it is NOT healthy either: {}",
+            still_bad.join("; ")
+        ))
+        .into())
+    }
 }

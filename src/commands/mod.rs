@@ -5,6 +5,7 @@ pub mod list;
 pub mod lock;
 pub mod prune;
 pub mod rollback;
+pub mod service;
 pub mod unlock;
 
 use serde::Serialize;

@@ -143,6 +143,43 @@ impl Transport for Local {
         Ok(exit_status(child.wait()?))
     }
 
+    fn tcp_exchange(
+        &mut self,
+        host: &str,
+        port: u16,
+        request: &[u8],
+        done: &dyn Fn(&[u8]) -> bool,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<u8>> {
+        use std::net::{TcpStream, ToSocketAddrs};
+        let deadline = std::time::Instant::now() + timeout;
+        let addr = (host, port).to_socket_addrs()?.next().with_context(|| format!("{host} resolved to no address"))?;
+        let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+        s.write_all(request)?;
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                anyhow::bail!("no complete reply within {}s", timeout.as_secs());
+            }
+            s.set_read_timeout(Some(left))?;
+            match s.read(&mut buf) {
+                Ok(0) => return Ok(reply),
+                Ok(n) => {
+                    reply.extend_from_slice(&buf[..n]);
+                    if done(&reply) || reply.len() >= super::REPLY_LIMIT {
+                        return Ok(reply);
+                    }
+                }
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    anyhow::bail!("no complete reply within {}s", timeout.as_secs())
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     fn bytes_sent(&self) -> u64 {
         self.sent
     }

@@ -2,6 +2,7 @@
 //! local transport and over SSH, so the demo target and tests exercise the real scripts.
 
 use std::io::Write;
+use std::time::Duration;
 
 pub mod local;
 pub mod ssh;
@@ -51,12 +52,27 @@ pub trait Transport {
     /// Runs `script`, handing output to `sink` as it arrives (builds). Returns the status.
     fn run_streaming(&mut self, script: &str, sink: &mut dyn FnMut(Stream, &[u8])) -> anyhow::Result<i32>;
 
+    /// Connects to `host:port` as seen from the target (SSH: a direct-tcpip channel, so no
+    /// port has to be exposed and nothing needs curl or redis-cli), writes `request`, and
+    /// reads until EOF, until `done` says the reply is complete, or until `timeout`.
+    fn tcp_exchange(
+        &mut self,
+        host: &str,
+        port: u16,
+        request: &[u8],
+        done: &dyn Fn(&[u8]) -> bool,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<u8>>;
+
     /// Bytes written to the target so far (for the summary and benchmarks).
     fn bytes_sent(&self) -> u64;
 }
 
 /// Keeps output bounded: a failing `tar` can print one line per file.
 pub(crate) const CAPTURE_LIMIT: usize = 256 * 1024;
+
+/// Replies larger than this are cut: a health endpoint is not a download.
+pub(crate) const REPLY_LIMIT: usize = 64 * 1024;
 
 pub(crate) fn capture(buf: &mut Vec<u8>, data: &[u8]) {
     let room = CAPTURE_LIMIT.saturating_sub(buf.len());

@@ -8,7 +8,7 @@
 use std::io::{self, BufWriter, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use base64::Engine;
@@ -275,8 +275,67 @@ impl Transport for SshTransport {
         Ok(self.exec(script, None, Some(sink))?.status)
     }
 
+    fn tcp_exchange(
+        &mut self,
+        host: &str,
+        port: u16,
+        request: &[u8],
+        done: &dyn Fn(&[u8]) -> bool,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<u8>> {
+        if self.verbose > 0 {
+            eprintln!("[{}] tcp {host}:{port} (direct-tcpip)", self.label);
+        }
+        let deadline = Instant::now() + timeout;
+        let pump = &self.pump;
+        let mut ch = pump
+            .retry(|| pump.sess.channel_direct_tcpip(host, port, None))
+            .map_err(|e| anyhow::anyhow!("cannot connect to {host}:{port} on the server: {}", root_message(&e)))?;
+        let mut written = 0;
+        while written < request.len() {
+            match ch.write(&request[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => pump.wait()?,
+                Err(e) => return Err(e.into()),
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("timed out sending to {host}:{port}");
+            }
+        }
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 8192];
+        let result = loop {
+            match ch.read(&mut buf) {
+                Ok(0) if ch.eof() => break Ok(()),
+                Ok(0) => pump.wait()?,
+                Ok(n) => {
+                    reply.extend_from_slice(&buf[..n]);
+                    if done(&reply) || reply.len() >= super::REPLY_LIMIT {
+                        break Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => pump.wait()?,
+                Err(e) => break Err(anyhow::Error::from(e)),
+            }
+            if Instant::now() > deadline {
+                break Err(anyhow::anyhow!("no complete reply from {host}:{port} within {}s", timeout.as_secs()));
+            }
+        };
+        // Parked, not closed: a close waits for the peer, and a probe must not hang on it.
+        let _ = ch.send_eof();
+        self.abandoned.push(ch);
+        result.map(|()| reply)
+    }
+
     fn bytes_sent(&self) -> u64 {
         self.sent
+    }
+}
+
+fn root_message(e: &anyhow::Error) -> String {
+    match e.downcast_ref::<ssh2::Error>() {
+        Some(s) => s.message().to_string(),
+        None => e.to_string(),
     }
 }
 

@@ -1,0 +1,201 @@
+//! `bst <target> [<service>] status|start|stop|restart`: systemd control with the result
+//! waited for, the live release named, and health probed through the SSH connection.
+
+use serde::Serialize;
+
+use super::Audit;
+use crate::error::Error;
+use crate::report::Printer;
+use crate::service::{self, Probe, UnitState};
+use crate::settings::{Globals, Service, Target};
+use crate::transport::{self, Transport};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Status,
+    Start,
+    Stop,
+    Restart,
+}
+
+impl Action {
+    pub fn parse(s: &str) -> Option<Action> {
+        Some(match s {
+            "status" => Action::Status,
+            "start" => Action::Start,
+            "stop" => Action::Stop,
+            "restart" => Action::Restart,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Status => "status",
+            Action::Start => "start",
+            Action::Stop => "stop",
+            Action::Restart => "restart",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Row<'a> {
+    name: &'a str,
+    unit: &'a str,
+    #[serde(flatten)]
+    state: &'a UnitState,
+    health: Option<&'a Probe>,
+    ok: bool,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    schema_version: u32,
+    target: &'a str,
+    action: &'static str,
+    ok: bool,
+    services: Vec<Row<'a>>,
+}
+
+/// Which services a command names: `bst t status` is all of them; other actions with no
+/// service act on `app`.
+pub fn select<'a>(target: &'a Target, service: Option<&str>, action: Action) -> anyhow::Result<Vec<&'a Service>> {
+    let known = || target.services.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+    if target.services.is_empty() {
+        return Err(Error::Usage(format!("target `{}` declares no services ([targets.{}.services.NAME])", target.name, target.name)).into());
+    }
+    match service {
+        Some(name) => target.service(name).map(|s| vec![s]).ok_or_else(|| {
+            Error::Usage(format!("unknown service `{name}` for target `{}` (known: {})", target.name, crate::error::Listed(&known())))
+                .into()
+        }),
+        None if action == Action::Status => Ok(target.services.iter().collect()),
+        None => target.service("app").map(|s| vec![s]).ok_or_else(|| {
+            Error::Usage(format!(
+                "target `{}` has no `app` service; name one: bst {} <service> {} (known: {})",
+                target.name,
+                target.name,
+                action.as_str(),
+                crate::error::Listed(&known())
+            ))
+            .into()
+        }),
+    }
+}
+
+pub fn run(target: &Target, globals: &Globals, p: &Printer, service: Option<&str>, action: Action) -> anyhow::Result<()> {
+    let selected = select(target, service, action)?;
+    let mut t = transport::connect(target, globals)?;
+    let (states, probes) = act(&mut *t, target, &selected, action)?;
+    report(target, p, action, &selected, &states, &probes)
+}
+
+/// Runs the action, then reads state and probes health (waiting up to `health_timeout`
+/// after start/restart).
+pub fn act(
+    t: &mut dyn Transport,
+    target: &Target,
+    selected: &[&Service],
+    action: Action,
+) -> anyhow::Result<(Vec<UnitState>, Vec<Option<Probe>>)> {
+    let script = if action == Action::Status {
+        service::status_script(selected)
+    } else {
+        let audit = Audit::new(action.as_str(), &target.name, "requested");
+        let line = serde_json::json!({"at": audit.at, "who": audit.who, "command": action.as_str(), "target": target.name,
+            "services": selected.iter().map(|s| s.name.as_str()).collect::<Vec<_>>()})
+        .to_string();
+        service::action_script(selected, action.as_str(), Some((&target.base, &line)))
+    };
+    let out = t.run(&script)?;
+    if out.status != 0 {
+        return Err(Error::Failed(format!("systemctl failed on {}: {}", target.host_label(), out.stderr_str())).into());
+    }
+    let states = service::parse_status(&out.stdout_str());
+    let mut probes = Vec::new();
+    for (svc, st) in selected.iter().zip(&states) {
+        let probe = match (&svc.health, action) {
+            (None, _) | (_, Action::Stop) => None,
+            (Some(_), _) if !st.active() => None,
+            (Some(h), Action::Start | Action::Restart) => Some(service::wait_healthy(t, h, target.health_timeout)?),
+            (Some(h), Action::Status) => Some(service::probe(t, h)),
+        };
+        probes.push(probe);
+    }
+    Ok((states, probes))
+}
+
+fn row_ok(action: Action, st: &UnitState, probe: Option<&Probe>) -> bool {
+    match action {
+        Action::Stop => !st.active() && st.error.is_none(),
+        _ => st.active() && probe.is_none_or(|p| p.healthy),
+    }
+}
+
+fn report(
+    target: &Target,
+    p: &Printer,
+    action: Action,
+    selected: &[&Service],
+    states: &[UnitState],
+    probes: &[Option<Probe>],
+) -> anyhow::Result<()> {
+    let rows: Vec<Row> = selected
+        .iter()
+        .zip(states)
+        .zip(probes)
+        .map(|((svc, st), pr)| Row {
+            name: &svc.name,
+            unit: &svc.unit,
+            state: st,
+            health: pr.as_ref(),
+            ok: row_ok(action, st, pr.as_ref()),
+        })
+        .collect();
+    let all_ok = rows.len() == selected.len() && rows.iter().all(|r| r.ok);
+    for r in &rows {
+        let health = r.health.map_or(String::new(), |h| format!("  health: {}", if h.healthy { "ok" } else { "FAIL" }));
+        p.out(format!(
+            "{} {:<10} {:<28} {}/{}  pid {}  since {}  release {}{health}",
+            if r.ok { "●" } else { "×" },
+            r.name,
+            r.unit,
+            r.state.active_state,
+            r.state.sub_state,
+            r.state.main_pid,
+            r.state.since.as_deref().unwrap_or("-"),
+            r.state.release.as_deref().unwrap_or("-"),
+        ));
+        if let Some(h) = r.health {
+            p.status(format!("  {}: {}", r.name, h.detail));
+        }
+        if let Some(e) = &r.state.error {
+            p.warn(format!("{}: {e}", r.name));
+        }
+        if !r.ok {
+            for j in &r.state.journal {
+                eprintln!("  | {j}");
+            }
+        }
+    }
+    p.json(&Report { schema_version: 1, target: &target.name, action: action.as_str(), ok: all_ok, services: rows });
+    if all_ok {
+        return Ok(());
+    }
+    let bad: Vec<String> = selected
+        .iter()
+        .zip(states)
+        .zip(probes)
+        .filter(|((_, st), pr)| !row_ok(action, st, pr.as_ref()))
+        .map(|((svc, st), pr)| match pr {
+            Some(pr) if !pr.healthy => format!("{} unhealthy ({})", svc.name, pr.detail),
+            _ => format!("{} {}", svc.name, if st.active_state.is_empty() { "unknown" } else { &st.active_state }),
+        })
+        .collect();
+    let msg = format!("{} on `{}`: {}", action.as_str(), target.name, bad.join("; "));
+    if action != Action::Status && states.iter().any(|s| s.error.is_some()) {
+        return Err(Error::Failed(msg).into());
+    }
+    Err(Error::Unhealthy(msg).into())
+}

@@ -1,0 +1,302 @@
+//! systemd control and health probes. Control is `systemctl` over the transport (with
+//! `--user` or `sudo -n` as configured); probes go through [`Transport::tcp_exchange`], so on
+//! SSH they are direct-tcpip channels: nothing on the server needs curl or redis-cli, and no
+//! port has to be exposed.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::release;
+use crate::settings::{Health, Scope, Service};
+use crate::shell::quote;
+use crate::transport::Transport;
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn systemctl(svc: &Service) -> String {
+    let mut s = String::new();
+    if svc.sudo {
+        s.push_str("sudo -n ");
+    }
+    s.push_str("systemctl");
+    if svc.scope == Scope::User {
+        s.push_str(" --user");
+    }
+    s
+}
+
+fn journalctl(svc: &Service) -> String {
+    let mut s = String::new();
+    if svc.sudo {
+        s.push_str("sudo -n ");
+    }
+    s.push_str("journalctl");
+    if svc.scope == Scope::User {
+        s.push_str(" --user");
+    }
+    s
+}
+
+/// `systemctl --user` over SSH needs the user's runtime dir, which a non-login exec lacks.
+const USER_ENV: &str = "XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/run/user/$(id -u)}; export XDG_RUNTIME_DIR\n";
+
+/// Prints, per service: `S <name>`, systemctl's `Key=Value` lines, and `CWD <dir>` for the
+/// main process (which release is live).
+pub fn status_script(services: &[&Service]) -> String {
+    let mut s = String::from(USER_ENV);
+    for svc in services {
+        let _ = write!(
+            s,
+            r#"printf 'S %s\n' {name}
+{ctl} show {unit} -p LoadState -p ActiveState -p SubState -p MainPID -p ActiveEnterTimestamp -p Result 2>&1
+pid=$({ctl} show {unit} -p MainPID --value 2>/dev/null)
+if [ -n "$pid" ] && [ "$pid" != 0 ]; then printf 'CWD %s\n' "$(readlink /proc/$pid/cwd 2>/dev/null || {sudo}readlink /proc/$pid/cwd 2>/dev/null)"; fi
+"#,
+            name = quote(&svc.name),
+            ctl = systemctl(svc),
+            unit = quote(&svc.unit),
+            sudo = if svc.sudo { "sudo -n " } else { "" },
+        );
+    }
+    s
+}
+
+/// Runs `action` (start/stop/restart) on each service, then prints their status. A failed
+/// unit gets its last journal lines (`J ` prefixed).
+pub fn action_script(services: &[&Service], action: &str, audit: Option<(&str, &str)>) -> String {
+    let mut s = String::from(USER_ENV);
+    for svc in services {
+        let _ = writeln!(
+            s,
+            r#"if ! out=$({ctl} {action} {unit} 2>&1); then printf 'E %s %s\n' {name} "$(printf '%s' "$out" | tr '\n' ' ')"; {jctl} -u {unit} -n 20 --no-pager 2>&1 | sed 's/^/J /'; fi"#,
+            ctl = systemctl(svc),
+            jctl = journalctl(svc),
+            unit = quote(&svc.unit),
+            name = quote(&svc.name),
+        );
+    }
+    if let Some((base, line)) = audit {
+        let logs = quote(&format!("{base}/logs")).into_owned();
+        let _ = writeln!(s, "if [ -d {logs} ]; then printf '%s\\n' {} >> {logs}/deploys.jsonl; fi", quote(line));
+    }
+    s.push_str(&status_script(services));
+    s
+}
+
+/// Journal lines for services that are not active, `J ` prefixed.
+pub fn journal_script(services: &[&Service]) -> String {
+    let mut s = String::from(USER_ENV);
+    for svc in services {
+        let _ = writeln!(s, "{} -u {} -n 20 --no-pager 2>&1 | sed 's/^/J /'", journalctl(svc), quote(&svc.unit));
+    }
+    s
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct UnitState {
+    pub name: String,
+    pub load_state: String,
+    pub active_state: String,
+    pub sub_state: String,
+    pub main_pid: u32,
+    pub since: Option<String>,
+    /// The release the main process runs in, from its working directory.
+    pub release: Option<String>,
+    pub cwd: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub journal: Vec<String>,
+}
+
+impl UnitState {
+    pub fn active(&self) -> bool {
+        self.active_state == "active"
+    }
+}
+
+pub fn parse_status(text: &str) -> Vec<UnitState> {
+    let mut out: Vec<UnitState> = Vec::new();
+    let mut errors: Vec<(String, String)> = Vec::new();
+    let mut journal: Vec<String> = Vec::new();
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix("S ") {
+            out.push(UnitState { name: name.to_string(), ..UnitState::default() });
+        } else if let Some(rest) = line.strip_prefix("E ") {
+            let (name, msg) = rest.split_once(' ').unwrap_or((rest, ""));
+            errors.push((name.to_string(), msg.trim().to_string()));
+        } else if let Some(j) = line.strip_prefix("J ") {
+            journal.push(j.to_string());
+        } else if let Some(u) = out.last_mut() {
+            if let Some(cwd) = line.strip_prefix("CWD ") {
+                if !cwd.is_empty() {
+                    u.cwd = Some(cwd.to_string());
+                    u.release = release_of(cwd);
+                }
+            } else if let Some((k, v)) = line.split_once('=') {
+                match k {
+                    "LoadState" => u.load_state = v.to_string(),
+                    "ActiveState" => u.active_state = v.to_string(),
+                    "SubState" => u.sub_state = v.to_string(),
+                    "MainPID" => u.main_pid = v.parse().unwrap_or(0),
+                    "ActiveEnterTimestamp" if !v.is_empty() => u.since = Some(v.to_string()),
+                    _ => {}
+                }
+            } else if !line.trim().is_empty() && u.error.is_none() {
+                u.error = Some(line.trim().to_string());
+            }
+        }
+    }
+    for (name, msg) in errors {
+        if let Some(u) = out.iter_mut().find(|u| u.name == name) {
+            u.error = Some(msg);
+            u.journal.clone_from(&journal);
+        }
+    }
+    out
+}
+
+/// `/srv/app/releases/20260220T051228Z/apps/api` -> `20260220T051228Z`.
+pub fn release_of(cwd: &str) -> Option<String> {
+    let idx = cwd.rfind("/releases/")?;
+    let id = cwd[idx + "/releases/".len()..].split('/').next()?;
+    release::is_release_id(id).then(|| id.to_string())
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Probe {
+    pub healthy: bool,
+    pub detail: String,
+}
+
+fn http_request(host: &str, port: u16, path: &str) -> Vec<u8> {
+    let host_header = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: bst/{}\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+        env!("CARGO_PKG_VERSION")
+    )
+    .into_bytes()
+}
+
+/// Status code and (de-chunked) body of an HTTP/1.x response.
+pub fn parse_http(reply: &[u8]) -> Option<(u16, String)> {
+    let text = String::from_utf8_lossy(reply);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.lines().next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    let body = if chunked { dechunk(body) } else { body.to_string() };
+    Some((status, body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16) else { break };
+        if n == 0 || rest.len() < n {
+            out.push_str(rest.get(..n.min(rest.len())).unwrap_or(""));
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
+    }
+    out
+}
+
+/// One probe, no retries.
+pub fn probe(t: &mut dyn Transport, health: &Health) -> Probe {
+    match health {
+        Health::Http { host, port, path, status, body_contains } => {
+            let req = http_request(host, *port, path);
+            match t.tcp_exchange(host, *port, &req, &|_| false, PROBE_TIMEOUT) {
+                Err(e) => Probe { healthy: false, detail: format!("GET http://{host}:{port}{path}: {e:#}") },
+                Ok(reply) => match parse_http(&reply) {
+                    None => Probe { healthy: false, detail: format!("GET http://{host}:{port}{path}: not an HTTP response") },
+                    Some((code, _)) if code != *status => {
+                        Probe { healthy: false, detail: format!("GET http://{host}:{port}{path}: status {code}, expected {status}") }
+                    }
+                    Some((_, body)) => match body_contains {
+                        Some(needle) if !body.contains(needle.as_str()) => {
+                            Probe { healthy: false, detail: format!("GET http://{host}:{port}{path}: body lacks {needle:?}") }
+                        }
+                        _ => Probe { healthy: true, detail: format!("GET http://{host}:{port}{path}: {status}") },
+                    },
+                },
+            }
+        }
+        Health::Redis { host, port } => {
+            let done = |r: &[u8]| r.ends_with(b"\r\n");
+            match t.tcp_exchange(host, *port, b"*1\r\n$4\r\nPING\r\n", &done, PROBE_TIMEOUT) {
+                Err(e) => Probe { healthy: false, detail: format!("redis {host}:{port}: {e:#}") },
+                Ok(r) if r.starts_with(b"+PONG") => Probe { healthy: true, detail: format!("redis {host}:{port}: PONG") },
+                // A password-protected Redis that answers is alive; bst holds no Redis secrets.
+                Ok(r) if r.starts_with(b"-NOAUTH") => {
+                    Probe { healthy: true, detail: format!("redis {host}:{port}: alive (auth required)") }
+                }
+                Ok(r) => Probe {
+                    healthy: false,
+                    detail: format!("redis {host}:{port}: unexpected reply {:?}", String::from_utf8_lossy(&r).trim_end()),
+                },
+            }
+        }
+    }
+}
+
+/// Probes until healthy or `timeout` passes; returns the last result.
+pub fn wait_healthy(t: &mut dyn Transport, health: &Health, timeout: Duration) -> anyhow::Result<Probe> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        crate::interrupt::check()?;
+        let p = probe(t, health);
+        if p.healthy || Instant::now() >= deadline {
+            return Ok(p);
+        }
+        std::thread::sleep(Duration::from_millis(500).min(deadline.saturating_duration_since(Instant::now())));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_systemctl_show_and_cwd() {
+        let text = "S app\nLoadState=loaded\nActiveState=active\nSubState=running\nMainPID=4242\nActiveEnterTimestamp=Sun 2026-11-22 10:00:00 UTC\nResult=success\nCWD /srv/app/releases/20260220T051228Z/apps/api\nS redis\nLoadState=loaded\nActiveState=inactive\nSubState=dead\nMainPID=0\nActiveEnterTimestamp=\n";
+        let s = parse_status(text);
+        assert_eq!(s.len(), 2);
+        assert!(s[0].active() && s[0].main_pid == 4242);
+        assert_eq!(s[0].release.as_deref(), Some("20260220T051228Z"));
+        assert!(!s[1].active());
+        assert_eq!(s[1].since, None);
+    }
+
+    #[test]
+    fn parses_http_replies() {
+        assert_eq!(
+            parse_http(b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\n\r\n{\"status\":\"ok\"}"),
+            Some((200, "{\"status\":\"ok\"}".into()))
+        );
+        let chunked = b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"st\r\n5\r\natus\"\r\n0\r\n\r\n";
+        assert_eq!(parse_http(chunked), Some((503, "{\"status\"".into())));
+        assert_eq!(parse_http(b"garbage"), None);
+    }
+
+    #[test]
+    fn release_of_working_directory() {
+        assert_eq!(release_of("/home/bonk/x/releases/20260220T051228Z"), Some("20260220T051228Z".into()));
+        assert_eq!(release_of("/home/bonk/x"), None);
+        assert_eq!(release_of("/x/releases/junk/y"), None);
+    }
+
+    #[test]
+    fn units_are_quoted_and_user_scope_sets_the_runtime_dir() {
+        let svc = Service { name: "app".into(), unit: "bst-core-api.service".into(), scope: Scope::User, sudo: true, health: None };
+        let s = action_script(&[&svc], "restart", None);
+        assert!(s.contains("sudo -n systemctl --user restart bst-core-api.service"), "{s}");
+        assert!(s.starts_with("XDG_RUNTIME_DIR="));
+    }
+}
