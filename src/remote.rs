@@ -192,6 +192,12 @@ echo SWITCHED
     )
 }
 
+/// Appends one audit line when the target has a layout (service actions on a target that was
+/// never deployed to leave no trace rather than creating directories).
+pub fn append_audit(base: &str, line_json: &str) -> String {
+    format!("{}if [ -d \"$B/logs\" ]; then\n{}fi\n", base_var(base), audit_fragment(line_json))
+}
+
 fn audit_fragment(line_json: &str) -> String {
     format!("printf '%s\\n' {} >> \"$B/logs/deploys.jsonl\" || true\n", quote(line_json))
 }

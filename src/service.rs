@@ -65,7 +65,7 @@ if [ -n "$pid" ] && [ "$pid" != 0 ]; then printf 'CWD %s\n' "$(readlink /proc/$p
 
 /// Runs `action` (start/stop/restart) on each service, then prints their status. A failed
 /// unit gets its last journal lines (`J ` prefixed).
-pub fn action_script(services: &[&Service], action: &str, audit: Option<(&str, &str)>) -> String {
+pub fn action_script(services: &[&Service], action: &str) -> String {
     let mut s = String::from(USER_ENV);
     for svc in services {
         let _ = writeln!(
@@ -76,10 +76,6 @@ pub fn action_script(services: &[&Service], action: &str, audit: Option<(&str, &
             unit = quote(&svc.unit),
             name = quote(&svc.name),
         );
-    }
-    if let Some((base, line)) = audit {
-        let logs = quote(&format!("{base}/logs")).into_owned();
-        let _ = writeln!(s, "if [ -d {logs} ]; then printf '%s\\n' {} >> {logs}/deploys.jsonl; fi", quote(line));
     }
     s.push_str(&status_script(services));
     s
@@ -295,7 +291,7 @@ mod tests {
     #[test]
     fn units_are_quoted_and_user_scope_sets_the_runtime_dir() {
         let svc = Service { name: "app".into(), unit: "bst-core-api.service".into(), scope: Scope::User, sudo: true, health: None };
-        let s = action_script(&[&svc], "restart", None);
+        let s = action_script(&[&svc], "restart");
         assert!(s.contains("sudo -n systemctl --user restart bst-core-api.service"), "{s}");
         assert!(s.starts_with("XDG_RUNTIME_DIR="));
     }

@@ -244,6 +244,10 @@ fn health_gate(
     };
     let (states, probes) = act(t, target, &services, Action::Restart)?;
     let bad = problems(&states, &probes);
+    let mut audit = Audit::new("restart", &target.name, if bad.is_empty() { "ok" } else { "failed" });
+    audit.release = Some(&meta.id);
+    audit.error = (!bad.is_empty()).then(|| bad.join("; "));
+    t.run(&crate::remote::append_audit(&target.base, &audit.json()))?;
     if bad.is_empty() {
         p.status(format!("{names} healthy on {}", meta.id));
         return Ok(());

@@ -87,7 +87,24 @@ pub fn select<'a>(target: &'a Target, service: Option<&str>, action: Action) -> 
 pub fn run(target: &Target, globals: &Globals, p: &Printer, service: Option<&str>, action: Action) -> anyhow::Result<()> {
     let selected = select(target, service, action)?;
     let mut t = transport::connect(target, globals)?;
-    let (states, probes) = act(&mut *t, target, &selected, action)?;
+    let (mut states, probes) = act(&mut *t, target, &selected, action)?;
+    for ((svc, st), pr) in selected.iter().zip(states.iter_mut()).zip(&probes) {
+        if !row_ok(action, st, pr.as_ref()) && st.journal.is_empty() {
+            if let Ok(out) = t.run(&service::journal_script(&[svc])) {
+                st.journal = out.stdout_str().lines().filter_map(|l| l.strip_prefix("J ")).map(str::to_string).collect();
+            }
+        }
+    }
+    if action != Action::Status {
+        let ok = selected.iter().zip(&states).zip(&probes).all(|((_, st), pr)| row_ok(action, st, pr.as_ref()));
+        let audit = Audit::new(action.as_str(), &target.name, if ok { "ok" } else { "failed" });
+        let line = serde_json::json!({"at": audit.at, "who": audit.who, "command": action.as_str(), "target": target.name,
+            "services": selected.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), "result": audit.result})
+        .to_string();
+        if let Err(e) = t.run(&crate::remote::append_audit(&target.base, &line)) {
+            p.warn(format!("could not write the deploy log: {e:#}"));
+        }
+    }
     report(target, p, action, &selected, &states, &probes)
 }
 
@@ -99,15 +116,8 @@ pub fn act(
     selected: &[&Service],
     action: Action,
 ) -> anyhow::Result<(Vec<UnitState>, Vec<Option<Probe>>)> {
-    let script = if action == Action::Status {
-        service::status_script(selected)
-    } else {
-        let audit = Audit::new(action.as_str(), &target.name, "requested");
-        let line = serde_json::json!({"at": audit.at, "who": audit.who, "command": action.as_str(), "target": target.name,
-            "services": selected.iter().map(|s| s.name.as_str()).collect::<Vec<_>>()})
-        .to_string();
-        service::action_script(selected, action.as_str(), Some((&target.base, &line)))
-    };
+    let script =
+        if action == Action::Status { service::status_script(selected) } else { service::action_script(selected, action.as_str()) };
     let out = t.run(&script)?;
     if out.status != 0 {
         return Err(Error::Failed(format!("systemctl failed on {}: {}", target.host_label(), out.stderr_str())).into());

@@ -253,3 +253,18 @@ fn unhealthy_release_is_rolled_back_automatically() {
     std::fs::remove_file(a.ws.path().join("UNHEALTHY")).unwrap();
     a.bst(&["deploy", "t"]).ok();
 }
+
+#[test]
+fn a_unit_that_fails_to_start_shows_its_journal() {
+    let a = app("broken", "");
+    a.bst(&["deploy", "t", "--no-restart"]).ok();
+    host().ssh(&format!(
+        "mkdir -p /etc/systemd/system/{u}.d && printf '%s\\n' '[Service]' 'ExecStart=' 'ExecStart=/bin/sh -c \"echo broken-unit-says-bye; exit 3\"' > /etc/systemd/system/{u}.d/override.conf && systemctl daemon-reload",
+        u = a.unit
+    ));
+    let run = a.bst(&["t", "start"]);
+    assert_ne!(run.code, 0, "a unit that exits at once is not started: {run:?}");
+    assert!(run.stderr.contains("broken-unit-says-bye"), "journal lines missing:\n{}", run.stderr);
+    let audit = host().ssh(&format!("tail -n 1 {}/logs/deploys.jsonl", a.base));
+    assert!(audit.contains("\"command\":\"start\"") && audit.contains("\"result\":\"failed\""), "{audit}");
+}
