@@ -84,9 +84,71 @@ pub enum Command {
         /// Target name from targets.toml
         target: String,
     },
+    /// Release gate on the target's env file, and edits with backups (values never shown)
+    Env {
+        #[command(subcommand)]
+        command: EnvCommand,
+    },
+    /// Rehearsals that leave evidence
+    Drill {
+        #[command(subcommand)]
+        command: DrillCommand,
+    },
+    /// Preflight: config, reachability, host key, base, disk, tools, lock, env, units
+    Check {
+        /// Target name from targets.toml
+        target: String,
+        #[command(flatten)]
+        reports: ReportsArg,
+    },
     /// `bst <TARGET> [<SERVICE>] status|start|stop|restart`
     #[command(external_subcommand)]
     Service(Vec<String>),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportsArg {
+    /// Where evidence goes: <DIR>/gates/<gate>/<timestamp>.json|.md
+    #[arg(long, value_name = "DIR", default_value = "reports")]
+    pub reports: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnvCommand {
+    /// Required keys non-empty and clean, expected values as configured: ENV_BASELINE_RESULT
+    Check {
+        target: String,
+        #[command(flatten)]
+        reports: ReportsArg,
+    },
+    /// Set KEY to a value read from stdin (never from the command line); backup first
+    Set { target: String, key: String },
+    /// Remove KEY; backup first
+    Unset { target: String, key: String },
+    /// List the key names (never values)
+    Keys { target: String },
+    /// Compare keys between two env files without revealing values: ENV_PARITY_RESULT
+    Compare {
+        /// TARGET or TARGET:PATH (PATH relative to the base, e.g. staging:current/app/.env)
+        left: String,
+        /// TARGET or TARGET:PATH
+        right: String,
+        /// Keys to compare, comma-separated
+        #[arg(long, value_delimiter = ',', required = true)]
+        keys: Vec<String>,
+        #[command(flatten)]
+        reports: ReportsArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DrillCommand {
+    /// Roll back, health-check, roll forward, health-check: ROLLBACK_DRILL_RESULT
+    Rollback {
+        target: String,
+        #[command(flatten)]
+        reports: ReportsArg,
+    },
 }
 
 #[cfg(test)]

@@ -31,6 +31,12 @@ pub struct RawTarget {
     /// `30s`, `2m`, `500ms`.
     pub health_timeout: Option<String>,
     pub services: Option<BTreeMap<String, RawService>>,
+    /// Paths a base must never be at or under, even through a symlink (retired aliases).
+    pub forbidden_paths: Option<Vec<String>>,
+    /// The env file checked and edited by `bst env`, relative to `<base>/shared`.
+    pub env_file: Option<String>,
+    pub required_env: Option<Vec<String>>,
+    pub expect_env: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -77,6 +83,10 @@ impl RawTarget {
             restart: self.restart.or(d.restart),
             health_timeout: self.health_timeout.or(d.health_timeout),
             services: self.services.or(d.services),
+            forbidden_paths: self.forbidden_paths.or(d.forbidden_paths),
+            env_file: self.env_file.or(d.env_file),
+            required_env: self.required_env.or(d.required_env),
+            expect_env: self.expect_env.or(d.expect_env),
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod dotenv;
 pub mod error;
 pub mod interrupt;
 pub mod release;
@@ -15,7 +16,7 @@ pub mod shell;
 pub mod snapshot;
 pub mod transport;
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, DrillCommand, EnvCommand};
 use error::Error;
 use report::Printer;
 use settings::Globals;
@@ -37,25 +38,50 @@ pub fn run(mut cli: Cli) -> anyhow::Result<()> {
         Command::Service(words) => Some(parse_service_words(words)?),
         _ => None,
     };
-    let target_name = match &cli.command {
+    let target_names: Vec<String> = match &cli.command {
         Command::Deploy { target, .. }
         | Command::List { target }
         | Command::Rollback { target, .. }
         | Command::Prune { target, .. }
-        | Command::Unlock { target } => target.as_str(),
-        Command::Service(words) => words[0].as_str(),
+        | Command::Unlock { target }
+        | Command::Check { target, .. }
+        | Command::Drill { command: DrillCommand::Rollback { target, .. } } => vec![target.clone()],
+        Command::Env { command } => match command {
+            EnvCommand::Check { target, .. }
+            | EnvCommand::Set { target, .. }
+            | EnvCommand::Unset { target, .. }
+            | EnvCommand::Keys { target } => {
+                vec![target.clone()]
+            }
+            EnvCommand::Compare { left, right, keys, .. } => {
+                for k in keys {
+                    if !settings::valid_env_key(k) {
+                        return Err(Error::Usage(format!("invalid key `{k}` in --keys")).into());
+                    }
+                }
+                vec![commands::env::parse_side(left)?.target, commands::env::parse_side(right)?.target]
+            }
+        },
+        Command::Service(words) => vec![words[0].clone()],
     };
-    if !config::valid_target_name(target_name) {
-        return Err(Error::Usage(format!("invalid target name `{target_name}`")).into());
+    for name in &target_names {
+        if !config::valid_target_name(name) {
+            return Err(Error::Usage(format!("invalid target name `{name}`")).into());
+        }
     }
     if let Command::Rollback { release_id: Some(id), .. } = &cli.command {
         if !release::is_release_id(id) {
             return Err(Error::BadReleaseId(id.clone()).into());
         }
     }
+    if let Command::Env { command: EnvCommand::Set { key, .. } | EnvCommand::Unset { key, .. } } = &cli.command {
+        if !settings::valid_env_key(key) {
+            return Err(Error::Usage(format!("invalid env key `{key}`")).into());
+        }
+    }
     let path = config::discover(cli.global.config.as_deref())?;
     let config = config::Config::load(&path)?;
-    let target = settings::resolve_target(&config, target_name)?;
+    let target = settings::resolve_target(&config, &target_names[0])?;
 
     match &cli.command {
         Command::Deploy { build, no_restart, .. } => commands::deploy::run(&target, &globals, &p, *build, !*no_restart),
@@ -63,6 +89,24 @@ pub fn run(mut cli: Cli) -> anyhow::Result<()> {
         Command::Rollback { release_id, .. } => commands::rollback::run(&target, &globals, &p, release_id.as_deref()),
         Command::Prune { keep, .. } => commands::prune::run(&target, &globals, &p, *keep),
         Command::Unlock { .. } => commands::unlock::run(&target, &globals, &p),
+        Command::Check { reports, .. } => commands::check::run(&target, &globals, &p, &reports.reports),
+        Command::Drill { command: DrillCommand::Rollback { reports, .. } } => {
+            commands::drill::rollback(&target, &globals, &p, &reports.reports)
+        }
+        Command::Env { command } => match command {
+            EnvCommand::Check { reports, .. } => commands::env::check(&target, &globals, &p, &reports.reports),
+            EnvCommand::Keys { .. } => commands::env::keys(&target, &globals, &p),
+            EnvCommand::Set { key, .. } => {
+                let value = commands::env::read_value_for_set(key)?;
+                commands::env::edit(&target, &globals, &p, key, Some(value))
+            }
+            EnvCommand::Unset { key, .. } => commands::env::edit(&target, &globals, &p, key, None),
+            EnvCommand::Compare { left, right, keys, reports } => {
+                let (l, r) = (commands::env::parse_side(left)?, commands::env::parse_side(right)?);
+                settings::resolve_target(&config, &r.target)?;
+                commands::env::compare(&config, &globals, &p, &l, &r, keys, &reports.reports)
+            }
+        },
         Command::Service(_) => {
             let (service, action) = service_args.expect("parsed above");
             commands::service::run(&target, &globals, &p, service.as_deref(), action)

@@ -167,6 +167,8 @@ pub struct State {
     pub current_raw: Option<String>,
     /// Whether `<base>` exists at all.
     pub base_exists: bool,
+    /// `<base>` with symlinks resolved (`pwd -P`): an alias path shows here.
+    pub real_base: Option<String>,
 }
 
 impl State {
@@ -209,6 +211,7 @@ pub fn parse_state(listing: &str) -> State {
         let (tag, rest) = line.split_at(line.len().min(2));
         match tag {
             "B" => state.base_exists = true,
+            "P " => state.real_base = Some(rest.to_string()),
             "R " if is_release_id(rest) => state.releases.push(Release { id: rest.to_string(), meta: None }),
             "M " => {
                 if let Some(last) = state.releases.last_mut() {

@@ -22,6 +22,7 @@ fn state_body() -> &'static str {
     r#"if [ ! -d "$B" ]; then exit 0; fi
 echo B
 cd "$B" || exit 1
+printf 'P %s\n' "$(pwd -P)"
 for d in releases/*/; do
   [ -d "$d" ] || continue
   n=${d#releases/}; n=${n%/}
@@ -288,10 +289,81 @@ pub fn rollback(base: &str, id: &str, audit_json: &str, token: &str) -> String {
     s
 }
 
+/// Switches `current` under a lock the caller keeps holding (the drill's steps).
+pub fn switch(base: &str, id: &str, audit_json: &str) -> String {
+    let mut s = base_var(base);
+    s.push_str("set -eu\ncd \"$B\"\n");
+    s.push_str(&switch_fragment(id));
+    s.push_str("set +e\n");
+    s.push_str(&audit_fragment(audit_json));
+    s
+}
+
+/// Facts for `bst check`, one `KEY value` line each.
+pub fn preflight(base: &str, units: &[(String, String)]) -> String {
+    let mut s = base_var(base);
+    s.push_str(crate::service::USER_ENV);
+    s.push_str(
+        r#"if [ -L "$B" ]; then echo "BASE symlink $(readlink -f "$B")"; elif [ -d "$B" ]; then echo "BASE dir"; elif [ -e "$B" ]; then echo "BASE other"; else echo "BASE absent"; fi
+p="$B"; while [ ! -d "$p" ]; do p=$(dirname "$p"); done
+printf 'REAL %s
+' "$(cd "$p" && pwd -P)"
+printf 'EXISTING %s
+' "$p"
+if [ -w "$p" ]; then echo "WRITABLE yes"; else echo "WRITABLE no"; fi
+df -Pk "$p" 2>/dev/null | awk 'NR==2 {print "FREE_KB " $4}'
+for c in tar gzip sh; do if command -v "$c" >/dev/null 2>&1; then echo "TOOL $c yes"; else echo "TOOL $c no"; fi; done
+if [ -d "$B/.bst-lock" ]; then printf 'LOCK '; tr -d '
+' < "$B/.bst-lock/owner" 2>/dev/null; echo; else echo "LOCK free"; fi
+"#,
+    );
+    for (name, ctl_unit) in units {
+        let _ = writeln!(s, "printf 'UNIT %s %s\\n' {} \"$({ctl_unit} 2>/dev/null)\"", quote(name));
+    }
+    s
+}
+
 pub fn prune(base: &str, ids: &[String], token: &str) -> String {
     let mut s = base_var(base);
     s.push_str("cd \"$B\" || exit 1\n");
     s.push_str(&prune_fragment(ids));
+    s.push_str(&unlock_fragment(token));
+    s
+}
+
+/// Prints `FOUND` and the file, or `MISSING`. The content never reaches the terminal: the
+/// caller parses it in memory.
+pub fn read_file(base: &str, rel: &str) -> String {
+    base_var(base) + &format!("F=\"$B/\"{}\nif [ -f \"$F\" ]; then echo FOUND; cat \"$F\"; else echo MISSING; fi\n", quote(rel))
+}
+
+/// Writes stdin to `<base>/shared/<rel>` atomically with mode 0600, after a backup
+/// `<file>.bak.<stamp>` (never overwriting an earlier backup), then releases the lock.
+/// Prints `BACKUP <path>` when there was a file to back up.
+pub fn write_env(base: &str, rel: &str, stamp: &str, audit_json: &str, token: &str) -> String {
+    let mut s = base_var(base);
+    let _ = write!(
+        s,
+        r#"set -eu
+F="$B/shared/"{rel}
+if [ -L "$F" ]; then F=$(readlink -f "$F"); fi
+mkdir -p "$(dirname "$F")"
+umask 077
+if [ -f "$F" ]; then
+  bk="$F.bak.{stamp}"; n=1
+  while [ -e "$bk" ]; do bk="$F.bak.{stamp}-$n"; n=$((n+1)); done
+  cp -p "$F" "$bk"; chmod 600 "$bk"
+  printf 'BACKUP %s
+' "$bk"
+fi
+cat > "$F.bst-tmp.$$"
+chmod 600 "$F.bst-tmp.$$"
+mv -f "$F.bst-tmp.$$" "$F"
+set +e
+"#,
+        rel = quote(rel)
+    );
+    s.push_str(&audit_fragment(audit_json));
     s.push_str(&unlock_fragment(token));
     s
 }

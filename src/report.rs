@@ -72,3 +72,58 @@ pub fn human_bytes(n: u64) -> String {
         format!("{v:.1} {}", UNITS[u])
     }
 }
+
+/// `2026-02-20T05-49-54-811Z`: the team's evidence timestamp (sortable, filename-safe).
+pub fn evidence_stamp() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = i64::try_from(now.as_secs()).unwrap_or(0);
+    let iso = crate::release::rfc3339(secs);
+    format!("{}-{:03}Z", iso.trim_end_matches('Z').replace(':', "-"), now.subsec_millis())
+}
+
+/// A release gate's verdict: evidence pair written, `KEY=PASS|FAIL` printed last on stdout
+/// (or one JSON document with `--json`), and an error (exit 1) on FAIL.
+pub struct Gate<'a> {
+    /// Folder under `reports/gates/`, e.g. `env-baseline`.
+    pub name: &'a str,
+    /// e.g. `ENV_BASELINE_RESULT`.
+    pub key: &'a str,
+    pub reports: &'a std::path::Path,
+}
+
+impl Gate<'_> {
+    pub fn finish(&self, p: &Printer, pass: bool, mut doc: serde_json::Value, markdown: &str) -> anyhow::Result<()> {
+        use anyhow::Context;
+        let verdict = if pass { "PASS" } else { "FAIL" };
+        let dir = self.reports.join("gates").join(self.name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let stamp = evidence_stamp();
+        let json_path = dir.join(format!("{stamp}.json"));
+        let md_path = dir.join(format!("{stamp}.md"));
+        doc["schema_version"] = 1.into();
+        doc["gate"] = self.name.into();
+        doc["result"] = verdict.into();
+        doc["result_line"] = format!("{}={verdict}", self.key).into();
+        doc["evidence"] = serde_json::json!({"json": json_path.display().to_string(), "markdown": md_path.display().to_string()});
+        std::fs::write(&json_path, serde_json::to_string_pretty(&doc)? + "\n")
+            .with_context(|| format!("cannot write {}", json_path.display()))?;
+        let md = format!("{markdown}\n**{}={verdict}**\n", self.key);
+        std::fs::write(&md_path, md).with_context(|| format!("cannot write {}", md_path.display()))?;
+        p.status(format!("evidence: {} {}", json_path.display(), md_path.display()));
+        if p.json {
+            p.json(&doc);
+        } else {
+            println!("{}={verdict}", self.key);
+        }
+        if pass {
+            Ok(())
+        } else {
+            Err(crate::error::Error::Failed(format!("{} gate failed", self.name)).into())
+        }
+    }
+}
+
+/// A Markdown table cell: no pipes or newlines breaking the table.
+pub fn md_cell(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}

@@ -40,7 +40,12 @@ fn journalctl(svc: &Service) -> String {
 }
 
 /// `systemctl --user` over SSH needs the user's runtime dir, which a non-login exec lacks.
-const USER_ENV: &str = "XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/run/user/$(id -u)}; export XDG_RUNTIME_DIR\n";
+pub const USER_ENV: &str = "XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/run/user/$(id -u)}; export XDG_RUNTIME_DIR\n";
+
+/// The command printing a unit's LoadState (`loaded`, `not-found`, …).
+pub fn load_state_cmd(svc: &Service) -> String {
+    format!("{} show -p LoadState --value {}", systemctl(svc), quote(&svc.unit))
+}
 
 /// Prints, per service: `S <name>`, systemctl's `Key=Value` lines, and `CWD <dir>` for the
 /// main process (which release is live).

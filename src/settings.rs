@@ -52,6 +52,11 @@ pub struct Target {
     /// Names of services restarted after each deploy.
     pub restart: Vec<String>,
     pub health_timeout: Duration,
+    pub forbidden_paths: Vec<String>,
+    /// Relative to `<base>/shared`.
+    pub env_file: String,
+    pub required_env: Vec<String>,
+    pub expect_env: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,7 +158,28 @@ pub fn resolve_target(config: &Config, name: &str) -> anyhow::Result<Target> {
         Some(t) => parse_duration(t).ok_or_else(|| bad("health_timeout", format!("invalid duration `{t}`: use e.g. 30s, 2m, 500ms")))?,
         None => Duration::from_secs(30),
     };
+    let mut forbidden_paths = Vec::new();
+    for f in raw.forbidden_paths.clone().unwrap_or_default() {
+        let norm = normalise_base(&f).map_err(|why| bad("forbidden_paths", format!("invalid forbidden path `{f}`: {why}")))?;
+        if under(&base, &norm) {
+            return Err(bad("base", format!("base `{base}` is at or under the forbidden path `{norm}`")).into());
+        }
+        forbidden_paths.push(norm);
+    }
+    let env_file = raw.env_file.clone().unwrap_or_else(|| ".env".to_string());
+    check_relative(&env_file).map_err(|why| bad("env_file", format!("invalid env_file `{env_file}`: {why}")))?;
+    let required_env = raw.required_env.clone().unwrap_or_default();
+    let expect_env: Vec<(String, String)> = raw.expect_env.clone().unwrap_or_default().into_iter().collect();
+    for k in required_env.iter().chain(expect_env.iter().map(|(k, _)| k)) {
+        if !valid_env_key(k) {
+            return Err(bad("required_env", format!("invalid env key `{k}`")).into());
+        }
+    }
     Ok(Target {
+        forbidden_paths,
+        env_file,
+        required_env,
+        expect_env,
         services,
         restart,
         health_timeout,
@@ -266,6 +292,18 @@ pub fn normalise_base(base: &str) -> Result<String, &'static str> {
         return Err("must not contain `.` or `..`");
     }
     Ok(format!("/{}", parts.join("/")))
+}
+
+/// Whether `path` is `dir` or inside it (both normalised).
+pub fn under(path: &str, dir: &str) -> bool {
+    path == dir || path.starts_with(&format!("{}/", dir.trim_end_matches('/')))
+}
+
+pub fn valid_env_key(k: &str) -> bool {
+    let mut b = k.bytes();
+    b.next().is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.')
+        && k.len() <= 128
 }
 
 /// Paths inside a release (shared files and dirs): relative, no `..`, no NUL.

@@ -53,6 +53,16 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
         Acquired::Held(h, s) => (h, s),
         Acquired::NoBase => unreachable!("deploy creates the base"),
     };
+    if let Some(real) = &state.real_base {
+        if let Some(f) = target.forbidden_paths.iter().find(|f| crate::settings::under(real, f)) {
+            lock::release(&mut *t, target, &held, p);
+            return Err(Error::Failed(format!(
+                "{} resolves to {real}, at or under the forbidden path {f}; refusing to deploy",
+                target.base
+            ))
+            .into());
+        }
+    }
     if let Some(raw) = &state.current_raw {
         lock::release(&mut *t, target, &held, p);
         return Err(Error::Failed(format!(
@@ -224,26 +234,10 @@ fn health_gate(
     meta: &mut Meta,
     previous: Option<&str>,
 ) -> anyhow::Result<()> {
-    use super::service::{act, Action};
-    let services: Vec<_> = target.restart.iter().filter_map(|n| target.service(n)).collect();
+    use super::service::restart_and_verify;
     let names = target.restart.join(", ");
     p.status(format!("restarting {names}; waiting up to {}s for health", target.health_timeout.as_secs()));
-    let problems = |states: &[crate::service::UnitState], probes: &[Option<crate::service::Probe>]| -> Vec<String> {
-        services
-            .iter()
-            .zip(states)
-            .zip(probes)
-            .filter_map(|((svc, st), pr)| {
-                if !st.active() {
-                    Some(format!("{} is {}", svc.name, if st.active_state.is_empty() { "unknown" } else { &st.active_state }))
-                } else {
-                    pr.as_ref().filter(|pr| !pr.healthy).map(|pr| format!("{}: {}", svc.name, pr.detail))
-                }
-            })
-            .collect()
-    };
-    let (states, probes) = act(t, target, &services, Action::Restart)?;
-    let bad = problems(&states, &probes);
+    let bad = restart_and_verify(t, target)?;
     let mut audit = Audit::new("restart", &target.name, if bad.is_empty() { "ok" } else { "failed" });
     audit.release = Some(&meta.id);
     audit.error = (!bad.is_empty()).then(|| bad.join("; "));
@@ -279,8 +273,7 @@ fn health_gate(
     }
     // Proof over a fresh connection, not the one that may be wedged.
     let mut fresh = transport::connect(target, globals)?;
-    let (states, probes) = act(&mut *fresh, target, &services, Action::Restart)?;
-    let still_bad = problems(&states, &probes);
+    let still_bad = restart_and_verify(&mut *fresh, target)?;
     if still_bad.is_empty() {
         Err(Error::Failed(format!(
             "release {id} failed its health check ({reason}); rolled back to {prev}, which is healthy again; {id} is marked failed"

@@ -1,6 +1,9 @@
 //! One file per command. Each takes resolved settings and a printer; none looks at clap.
 
+pub mod check;
 pub mod deploy;
+pub mod drill;
+pub mod env;
 pub mod list;
 pub mod lock;
 pub mod prune;

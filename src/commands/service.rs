@@ -209,3 +209,32 @@ fn report(
     }
     Err(Error::Unhealthy(msg).into())
 }
+
+/// Restarts the target's `restart` services and waits for health: the problems found, empty
+/// when all are active and healthy. Used by the deploy gate and the rollback drill.
+pub fn restart_and_verify(t: &mut dyn Transport, target: &Target) -> anyhow::Result<Vec<String>> {
+    let services: Vec<&Service> = target.restart.iter().filter_map(|n| target.service(n)).collect();
+    if services.is_empty() {
+        // Nothing to restart: probe whatever has a health check, once per service.
+        let with_health: Vec<&Service> = target.services.iter().filter(|s| s.health.is_some()).collect();
+        let (states, probes) = act(t, target, &with_health, Action::Status)?;
+        return Ok(problems(&with_health, &states, &probes));
+    }
+    let (states, probes) = act(t, target, &services, Action::Restart)?;
+    Ok(problems(&services, &states, &probes))
+}
+
+fn problems(services: &[&Service], states: &[UnitState], probes: &[Option<Probe>]) -> Vec<String> {
+    services
+        .iter()
+        .zip(states)
+        .zip(probes)
+        .filter_map(|((svc, st), pr)| {
+            if !st.active() {
+                Some(format!("{} is {}", svc.name, if st.active_state.is_empty() { "unknown" } else { &st.active_state }))
+            } else {
+                pr.as_ref().filter(|pr| !pr.healthy).map(|pr| format!("{}: {}", svc.name, pr.detail))
+            }
+        })
+        .collect()
+}

@@ -1,5 +1,6 @@
 //! One integration test crate (one link step); a module per capability.
 
 mod core;
+mod gates;
 mod harness;
 mod systemd;

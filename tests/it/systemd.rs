@@ -268,3 +268,19 @@ fn a_unit_that_fails_to_start_shows_its_journal() {
     let audit = host().ssh(&format!("tail -n 1 {}/logs/deploys.jsonl", a.base));
     assert!(audit.contains("\"command\":\"start\"") && audit.contains("\"result\":\"failed\""), "{audit}");
 }
+
+#[test]
+fn rollback_drill_health_checks_both_releases() {
+    let a = app("drill", "");
+    a.bst(&["deploy", "t"]).ok();
+    a.ws.write("v2.txt", "2");
+    a.bst(&["deploy", "t"]).ok();
+    let began = a.current_id();
+    let reports = a.env.dir.path().join("reports");
+    let run = a.bst(&["drill", "rollback", "t", "--reports", &reports.to_string_lossy()]).ok();
+    assert_eq!(run.stdout.lines().last(), Some("ROLLBACK_DRILL_RESULT=PASS"));
+    assert_eq!(a.current_id(), began);
+    assert!(a.http_health().unwrap().contains(&began), "the app runs the release the drill began on");
+    let health_steps = run.stderr.lines().filter(|l| l.contains("health on") && l.contains("healthy")).count();
+    assert_eq!(health_steps, 2, "{}", run.stderr);
+}

@@ -1,0 +1,330 @@
+//! `bst env check|set|unset|keys|compare`: the `.env` gates and edits. Values are secrets:
+//! they are read into memory, compared, written back through stdin, and never printed,
+//! logged or put into reports, at any verbosity.
+
+use std::io::{IsTerminal, Read};
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::json;
+
+use super::lock::{self, Acquired};
+use super::Audit;
+use crate::config::Config;
+use crate::dotenv::{hidden_reasons, EnvFile};
+use crate::error::Error;
+use crate::remote;
+use crate::report::{md_cell, Gate, Printer};
+use crate::settings::{self, Globals, Target};
+use crate::transport::{self, Transport};
+
+/// Reads `<base>/<rel>` from the target; `None` when it does not exist.
+pub fn read_env(t: &mut dyn Transport, target: &Target, rel: &str) -> anyhow::Result<Option<EnvFile>> {
+    let out = t.run(&remote::read_file(&target.base, rel))?;
+    if out.status != 0 {
+        return Err(Error::Failed(format!("cannot read {}/{rel} on {}: {}", target.base, target.host_label(), out.stderr_str())).into());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.split_once('\n') {
+        Some(("FOUND", content)) => Ok(Some(EnvFile::parse(content))),
+        _ if text.starts_with("MISSING") => Ok(None),
+        _ => Err(Error::Failed(format!("unexpected reply reading {}/{rel}", target.base)).into()),
+    }
+}
+
+fn shared_rel(target: &Target) -> String {
+    format!("shared/{}", target.env_file)
+}
+
+#[derive(Debug, Serialize, Clone)]
+pub struct KeyReport {
+    pub key: String,
+    /// ok | missing | empty | hidden
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hidden: Vec<&'static str>,
+}
+
+#[derive(Debug, Serialize, Clone)]
+pub struct ExpectReport {
+    pub key: String,
+    pub expected: String,
+    /// match | mismatch | missing
+    pub status: &'static str,
+}
+
+/// The env baseline as data: shared by `env check`, `check` and the tests.
+pub fn baseline(file: Option<&EnvFile>, target: &Target) -> (bool, Vec<KeyReport>, Vec<ExpectReport>) {
+    let mut keys = Vec::new();
+    for k in &target.required_env {
+        let entry = file.and_then(|f| f.get(k));
+        let (status, hidden) = match entry {
+            None => ("missing", Vec::new()),
+            Some(e) if e.value.trim().is_empty() => ("empty", e.hidden.clone()),
+            Some(e) if !e.hidden.is_empty() => ("hidden", e.hidden.clone()),
+            Some(_) => ("ok", Vec::new()),
+        };
+        keys.push(KeyReport { key: k.clone(), status, hidden });
+    }
+    let mut expects = Vec::new();
+    for (k, expected) in &target.expect_env {
+        let status = match file.and_then(|f| f.get(k)) {
+            None => "missing",
+            Some(e) if e.value == *expected && e.hidden.is_empty() => "match",
+            Some(_) => "mismatch",
+        };
+        expects.push(ExpectReport { key: k.clone(), expected: expected.clone(), status });
+    }
+    let pass = file.is_some() && keys.iter().all(|k| k.status == "ok") && expects.iter().all(|e| e.status == "match");
+    (pass, keys, expects)
+}
+
+pub fn check(target: &Target, globals: &Globals, p: &Printer, reports: &Path) -> anyhow::Result<()> {
+    let mut t = transport::connect(target, globals)?;
+    let rel = shared_rel(target);
+    let file = read_env(&mut *t, target, &rel)?;
+    let (pass, keys, expects) = baseline(file.as_ref(), target);
+    let path = format!("{}/{rel}", target.base);
+    if file.is_none() {
+        p.out(format!("{path}: missing"));
+    }
+    if target.required_env.is_empty() && target.expect_env.is_empty() {
+        p.warn(format!("target `{}` declares no required_env or expect_env", target.name));
+    }
+    let mut md = format!(
+        "# Env baseline: {}\n\n- file: `{path}`\n- host: {}\n- checked: {}\n\n| key | status | notes |\n|---|---|---|\n",
+        target.name,
+        target.host_label(),
+        crate::release::rfc3339(crate::release::now_unix())
+    );
+    for k in &keys {
+        p.out(format!(
+            "{:<32} {}{}",
+            k.key,
+            k.status,
+            if k.hidden.is_empty() { String::new() } else { format!(" ({})", k.hidden.join(", ")) }
+        ));
+        md.push_str(&format!("| {} | {} | {} |\n", md_cell(&k.key), k.status, k.hidden.join(", ")));
+    }
+    for e in &expects {
+        p.out(format!("{:<32} expect `{}`: {}", e.key, e.expected, e.status));
+        md.push_str(&format!("| {} | expect `{}`: {} | |\n", md_cell(&e.key), md_cell(&e.expected), e.status));
+    }
+    let doc = json!({"target": target.name, "host": target.host_label(), "file": path, "file_exists": file.is_some(), "keys": keys, "expect": expects});
+    Gate { name: "env-baseline", key: "ENV_BASELINE_RESULT", reports }.finish(p, pass, doc, &md)
+}
+
+pub fn keys(target: &Target, globals: &Globals, p: &Printer) -> anyhow::Result<()> {
+    let mut t = transport::connect(target, globals)?;
+    let rel = shared_rel(target);
+    let file = read_env(&mut *t, target, &rel)?.ok_or_else(|| Error::Failed(format!("{}/{rel} does not exist", target.base)))?;
+    let keys = file.keys();
+    for k in &keys {
+        p.out(k);
+    }
+    p.json(&json!({"schema_version": 1, "target": target.name, "file": format!("{}/{rel}", target.base), "keys": keys}));
+    Ok(())
+}
+
+/// Reads a secret value: from a pipe as is (one trailing newline dropped), from a terminal
+/// with echo off. Never from argv, where `ps` and shell history would see it.
+fn read_secret(key: &str) -> anyhow::Result<String> {
+    let stdin = std::io::stdin();
+    let mut value = String::new();
+    if stdin.is_terminal() {
+        eprint!("value for {key} (input hidden, then Enter): ");
+        let _guard = EchoOff::new();
+        stdin.read_line(&mut value)?;
+        eprintln!();
+    } else {
+        stdin.lock().read_to_string(&mut value)?;
+    }
+    let value = value.strip_suffix('\n').map(|v| v.strip_suffix('\r').unwrap_or(v)).unwrap_or(&value).to_string();
+    Ok(value)
+}
+
+struct EchoOff {
+    #[cfg(unix)]
+    saved: Option<libc::termios>,
+}
+
+impl EchoOff {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            // SAFETY: tcgetattr/tcsetattr on stdin with a zeroed termios we own.
+            unsafe {
+                let mut t: libc::termios = std::mem::zeroed();
+                if libc::tcgetattr(0, &mut t) == 0 {
+                    let saved = t;
+                    t.c_lflag &= !libc::ECHO;
+                    libc::tcsetattr(0, libc::TCSANOW, &t);
+                    return EchoOff { saved: Some(saved) };
+                }
+            }
+            EchoOff { saved: None }
+        }
+        #[cfg(not(unix))]
+        EchoOff {}
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(t) = self.saved {
+            // SAFETY: restoring the settings read in `new`.
+            unsafe {
+                libc::tcsetattr(0, libc::TCSANOW, &t);
+            }
+        }
+    }
+}
+
+pub fn edit(target: &Target, globals: &Globals, p: &Printer, key: &str, value: Option<String>) -> anyhow::Result<()> {
+    if !settings::valid_env_key(key) {
+        return Err(Error::Usage(format!("invalid env key `{key}`")).into());
+    }
+    if let Some(v) = &value {
+        let why = hidden_reasons(v);
+        if !why.is_empty() {
+            return Err(Error::Usage(format!("refusing the value for {key}: it has {} (values are never shown)", why.join(", "))).into());
+        }
+        if v.contains('\0') {
+            return Err(Error::Usage(format!("refusing the value for {key}: it contains a NUL byte")).into());
+        }
+    }
+    let command = if value.is_some() { "env set" } else { "env unset" };
+    let mut t = transport::connect(target, globals)?;
+    let (held, _) = match lock::acquire(&mut *t, target, command, true, p)? {
+        Acquired::Held(h, s) => (h, s),
+        Acquired::NoBase => unreachable!("create = true"),
+    };
+    let result = (|| -> anyhow::Result<Option<String>> {
+        let rel = shared_rel(target);
+        let mut file = read_env(&mut *t, target, &rel)?.unwrap_or_default();
+        match &value {
+            Some(v) => file.set(key, v),
+            None => {
+                if !file.unset(key) {
+                    return Err(Error::Failed(format!("{key} is not set in {}/{rel}", target.base)).into());
+                }
+            }
+        }
+        let content = file.render();
+        let stamp = crate::release::format_id(crate::release::now_unix());
+        let mut audit = Audit::new(command, &target.name, "ok");
+        audit.error = None;
+        let line = json!({"at": audit.at, "who": audit.who, "command": command, "target": target.name, "file": format!("{}/{rel}", target.base), "key": key, "result": "ok"}).to_string();
+        let out = t.run_with_input(&remote::write_env(&target.base, &target.env_file, &stamp, &line, &held.token), &mut |w| {
+            w.write_all(content.as_bytes())?;
+            Ok(())
+        })?;
+        if out.status != 0 {
+            return Err(Error::Failed(format!("writing {}/{rel} failed: {}", target.base, out.stderr_str())).into());
+        }
+        Ok(out.stdout_str().lines().find_map(|l| l.strip_prefix("BACKUP ")).map(str::to_string))
+    })();
+    match result {
+        Ok(backup) => {
+            let verb = if value.is_some() { "set" } else { "removed" };
+            p.out(format!("{}: {verb} {key} in {}/shared/{}", target.name, target.base, target.env_file));
+            if let Some(b) = &backup {
+                p.status(format!("backup: {b}"));
+            }
+            p.json(&json!({"schema_version": 1, "target": target.name, "key": key, "action": verb, "backup": backup}));
+            Ok(())
+        }
+        Err(e) => {
+            lock::release(&mut *t, target, &held, p);
+            Err(e)
+        }
+    }
+}
+
+pub fn read_value_for_set(key: &str) -> anyhow::Result<String> {
+    read_secret(key)
+}
+
+/// `target` or `target:path/relative/to/base`.
+pub struct Side {
+    pub target: String,
+    pub path: Option<String>,
+}
+
+pub fn parse_side(s: &str) -> anyhow::Result<Side> {
+    let (t, path) = match s.split_once(':') {
+        Some((t, p)) => (t, Some(p.to_string())),
+        None => (s, None),
+    };
+    if !crate::config::valid_target_name(t) {
+        return Err(Error::Usage(format!("invalid target name `{t}` in `{s}`")).into());
+    }
+    if let Some(p) = &path {
+        settings::check_relative(p).map_err(|why| Error::Usage(format!("invalid path `{p}` in `{s}`: {why}")))?;
+    }
+    Ok(Side { target: t.to_string(), path })
+}
+
+#[derive(Serialize)]
+struct Parity {
+    key: String,
+    /// SAME | DIFFERENT | MISSING
+    status: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    hidden: Vec<String>,
+}
+
+pub fn compare(
+    config: &Config,
+    globals: &Globals,
+    p: &Printer,
+    left: &Side,
+    right: &Side,
+    keys: &[String],
+    reports: &Path,
+) -> anyhow::Result<()> {
+    let mut files = Vec::new();
+    for side in [left, right] {
+        let target = settings::resolve_target(config, &side.target)?;
+        let rel = side.path.clone().unwrap_or_else(|| shared_rel(&target));
+        let mut t = transport::connect(&target, globals)?;
+        let file = read_env(&mut *t, &target, &rel)?;
+        files.push((format!("{}:{}/{rel}", target.name, target.base), file));
+    }
+    let mut rows = Vec::new();
+    for k in keys {
+        let a = files[0].1.as_ref().and_then(|f| f.get(k));
+        let b = files[1].1.as_ref().and_then(|f| f.get(k));
+        let mut hidden = Vec::new();
+        for (side, e) in [("left", a), ("right", b)] {
+            if let Some(e) = e {
+                if !e.hidden.is_empty() {
+                    hidden.push(format!("{side}: {}", e.hidden.join(", ")));
+                }
+            }
+        }
+        let status = match (a, b) {
+            (Some(a), Some(b)) if !a.value.is_empty() && a.value == b.value => "SAME",
+            (Some(_), Some(_)) => "DIFFERENT",
+            _ => "MISSING",
+        };
+        rows.push(Parity { key: k.clone(), status, hidden });
+    }
+    let pass = rows.iter().all(|r| r.status == "SAME" && r.hidden.is_empty());
+    let mut md = format!(
+        "# Env parity\n\n- left: `{}`\n- right: `{}`\n\n| key | result | hidden characters |\n|---|---|---|\n",
+        files[0].0, files[1].0
+    );
+    for r in &rows {
+        p.out(format!(
+            "{:<32} {}{}",
+            r.key,
+            r.status,
+            if r.hidden.is_empty() { String::new() } else { format!(" (hidden characters: {})", r.hidden.join("; ")) }
+        ));
+        md.push_str(&format!("| {} | {} | {} |\n", md_cell(&r.key), r.status, md_cell(&r.hidden.join("; "))));
+    }
+    let doc = json!({"left": files[0].0, "right": files[1].0, "left_exists": files[0].1.is_some(), "right_exists": files[1].1.is_some(), "keys": rows});
+    Gate { name: "env-parity", key: "ENV_PARITY_RESULT", reports }.finish(p, pass, doc, &md)
+}
