@@ -101,6 +101,24 @@ pub enum Command {
         #[command(flatten)]
         reports: ReportsArg,
     },
+    /// Write a commented targets.toml for this repository (never overwrites)
+    Init {
+        /// Where to write it [default: targets.toml at the repository root]
+        #[arg(long, value_name = "PATH")]
+        path: Option<PathBuf>,
+    },
+    /// Inspect the configuration
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Print a shell completion script
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff)
+    Man,
     /// `bst <TARGET> [<SERVICE>] status|start|stop|restart`
     #[command(external_subcommand)]
     Service(Vec<String>),
@@ -139,6 +157,14 @@ pub enum EnvCommand {
         #[command(flatten)]
         reports: ReportsArg,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print a target's resolved settings (defaults merged, paths expanded)
+    Show { target: String },
+    /// Load the file and resolve every target; report every problem
+    Validate,
 }
 
 #[derive(Debug, Subcommand)]

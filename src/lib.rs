@@ -16,7 +16,7 @@ pub mod shell;
 pub mod snapshot;
 pub mod transport;
 
-use cli::{Cli, Command, DrillCommand, EnvCommand};
+use cli::{Cli, Command, ConfigCommand, DrillCommand, EnvCommand};
 use error::Error;
 use report::Printer;
 use settings::Globals;
@@ -33,6 +33,26 @@ pub fn run(mut cli: Cli) -> anyhow::Result<()> {
     };
     let p = Printer::new(&globals);
 
+    // Commands that need no target.
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "bst", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            return Ok(());
+        }
+        Command::Init { path } => return commands::init::run(&p, path.as_deref()),
+        Command::Config { command: ConfigCommand::Validate } => {
+            let path = config::discover(cli.global.config.as_deref())?;
+            return commands::config::validate(&p, &path);
+        }
+        _ => {}
+    }
+
     // Everything that can be checked locally is checked before any connection.
     let service_args = match &cli.command {
         Command::Service(words) => Some(parse_service_words(words)?),
@@ -45,6 +65,7 @@ pub fn run(mut cli: Cli) -> anyhow::Result<()> {
         | Command::Prune { target, .. }
         | Command::Unlock { target }
         | Command::Check { target, .. }
+        | Command::Config { command: ConfigCommand::Show { target } }
         | Command::Drill { command: DrillCommand::Rollback { target, .. } } => vec![target.clone()],
         Command::Env { command } => match command {
             EnvCommand::Check { target, .. }
@@ -63,6 +84,9 @@ pub fn run(mut cli: Cli) -> anyhow::Result<()> {
             }
         },
         Command::Service(words) => vec![words[0].clone()],
+        Command::Completions { .. } | Command::Man | Command::Init { .. } | Command::Config { command: ConfigCommand::Validate } => {
+            unreachable!("handled above")
+        }
     };
     for name in &target_names {
         if !config::valid_target_name(name) {
@@ -90,6 +114,8 @@ pub fn run(mut cli: Cli) -> anyhow::Result<()> {
         Command::Prune { keep, .. } => commands::prune::run(&target, &globals, &p, *keep),
         Command::Unlock { .. } => commands::unlock::run(&target, &globals, &p),
         Command::Check { reports, .. } => commands::check::run(&target, &globals, &p, &reports.reports),
+        Command::Config { .. } => commands::config::show(&p, &target),
+        Command::Completions { .. } | Command::Man | Command::Init { .. } => unreachable!("handled above"),
         Command::Drill { command: DrillCommand::Rollback { reports, .. } } => {
             commands::drill::rollback(&target, &globals, &p, &reports.reports)
         }

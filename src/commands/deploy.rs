@@ -36,7 +36,16 @@ struct Summary<'a> {
 
 pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart: bool) -> anyhow::Result<()> {
     let started = Instant::now();
-    let skip: Vec<String> = target.shared_files.iter().chain(&target.shared_dirs).cloned().collect();
+    let mut skip: Vec<String> = target.shared_files.iter().chain(&target.shared_dirs).cloned().collect();
+    // A local base inside the workspace (the demo's .bst-demo) must never ship itself.
+    if target.host == crate::settings::Host::Local {
+        if let Ok(inside) = std::path::Path::new(&target.base).strip_prefix(&target.source) {
+            let rel = inside.to_string_lossy().replace('\\', "/");
+            if !rel.is_empty() {
+                skip.push(rel);
+            }
+        }
+    }
     let entries = snapshot::collect(&target.source, &target.exclude, &skip)?;
     let git = snapshot::git_info(&target.source);
     p.status(format!(

@@ -1,9 +1,11 @@
 //! One file per command. Each takes resolved settings and a printer; none looks at clap.
 
 pub mod check;
+pub mod config;
 pub mod deploy;
 pub mod drill;
 pub mod env;
+pub mod init;
 pub mod list;
 pub mod lock;
 pub mod prune;

@@ -1,6 +1,7 @@
 //! One integration test crate (one link step); a module per capability.
 
 mod core;
+mod ecosystem;
 mod gates;
 mod harness;
 mod systemd;

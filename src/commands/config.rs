@@ -1,0 +1,110 @@
+//! `bst config show|validate`: what bst will actually use, after `[defaults]`, path
+//! expansion and validation. targets.toml holds no secrets, and none are read here.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::report::Printer;
+use crate::settings::{self, Health, Host, Scope, Target};
+
+fn health_text(h: &Health) -> String {
+    match h {
+        Health::Http { host, port, path, status, body_contains } => format!(
+            "GET http://{host}:{port}{path} -> {status}{}",
+            body_contains.as_ref().map_or(String::new(), |b| format!(", body contains {b:?}"))
+        ),
+        Health::Redis { host, port } => format!("redis PING {host}:{port}"),
+    }
+}
+
+pub fn show(p: &Printer, t: &Target) -> anyhow::Result<()> {
+    let (transport, auth, known_hosts) = match &t.host {
+        Host::Local => ("local".to_string(), "-".to_string(), "-".to_string()),
+        Host::Ssh(s) => (
+            format!("ssh {}@{}:{}", s.user, s.host, s.port),
+            s.identity_file.as_ref().map_or("ssh-agent, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa".into(), |p| p.display().to_string()),
+            s.known_hosts.as_ref().map_or("~/.ssh/known_hosts (+ /etc/ssh/ssh_known_hosts)".into(), |p| p.display().to_string()),
+        ),
+    };
+    let services: Vec<serde_json::Value> = t
+        .services
+        .iter()
+        .map(|s| {
+            json!({"name": s.name, "unit": s.unit, "scope": if s.scope == Scope::User { "user" } else { "system" }, "sudo": s.sudo,
+                "health": s.health.as_ref().map(health_text)})
+        })
+        .collect();
+    let doc = json!({
+        "schema_version": 1, "target": t.name, "transport": transport, "identity": auth, "known_hosts": known_hosts,
+        "base": t.base, "source": t.source.display().to_string(), "keep_releases": t.keep_releases,
+        "shared_files": t.shared_files, "shared_dirs": t.shared_dirs, "exclude": t.exclude, "install": t.install, "build": t.build,
+        "restart": t.restart, "health_timeout_ms": u64::try_from(t.health_timeout.as_millis()).unwrap_or(u64::MAX),
+        "forbidden_paths": t.forbidden_paths, "env_file": format!("{}/shared/{}", t.base, t.env_file),
+        "required_env": t.required_env, "expect_env": t.expect_env.iter().map(|(k, v)| json!({"key": k, "value": v})).collect::<Vec<_>>(),
+        "services": services,
+    });
+    if p.json {
+        p.json(&doc);
+        return Ok(());
+    }
+    let list = |v: &[String]| if v.is_empty() { "-".to_string() } else { v.join(", ") };
+    p.out(format!("target          {}", t.name));
+    p.out(format!("transport       {transport}"));
+    p.out(format!("identity        {auth}"));
+    p.out(format!("known_hosts     {known_hosts}"));
+    p.out(format!("base            {}", t.base));
+    p.out(format!("source          {}", t.source.display()));
+    p.out(format!("keep_releases   {}", t.keep_releases));
+    p.out(format!("shared_files    {}", list(&t.shared_files)));
+    p.out(format!("shared_dirs     {}", list(&t.shared_dirs)));
+    p.out(format!("exclude         {}", list(&t.exclude)));
+    p.out(format!("install         {}", t.install.as_deref().unwrap_or("-")));
+    p.out(format!("build           {}", t.build.as_deref().unwrap_or("-")));
+    p.out(format!("restart         {} (health timeout {}s)", list(&t.restart), t.health_timeout.as_secs()));
+    p.out(format!("forbidden_paths {}", list(&t.forbidden_paths)));
+    p.out(format!("env_file        {}/shared/{}", t.base, t.env_file));
+    p.out(format!("required_env    {}", list(&t.required_env)));
+    let expect: Vec<String> = t.expect_env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    p.out(format!("expect_env      {}", list(&expect)));
+    for s in &t.services {
+        p.out(format!(
+            "service {:<8} {} ({}{}){}",
+            s.name,
+            s.unit,
+            if s.scope == Scope::User { "user" } else { "system" },
+            if s.sudo { ", sudo" } else { "" },
+            s.health.as_ref().map_or(String::new(), |h| format!("  health: {}", health_text(h)))
+        ));
+    }
+    Ok(())
+}
+
+pub fn validate(p: &Printer, path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    for name in config.targets.keys() {
+        match settings::resolve_target(&config, name) {
+            Ok(_) => ok.push(name.clone()),
+            Err(e) => bad.push(format!("{e:#}")),
+        }
+    }
+    for e in &bad {
+        eprintln!("error: {e}");
+    }
+    p.out(format!(
+        "{}: {} target(s) valid{}",
+        path.display(),
+        ok.len(),
+        if bad.is_empty() { String::new() } else { format!(", {} invalid", bad.len()) }
+    ));
+    p.json(&json!({"schema_version": 1, "config": path.display().to_string(), "valid": ok, "errors": bad}));
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!("{} has {} invalid target(s)", path.display(), bad.len())).into())
+    }
+}
