@@ -8,6 +8,7 @@ use crate::error::{code, Error};
 
 static PENDING: AtomicBool = AtomicBool::new(false);
 static SEEN: AtomicBool = AtomicBool::new(false);
+static CRITICAL: AtomicBool = AtomicBool::new(false);
 
 pub fn install() {
     let _ = ctrlc::set_handler(|| {
@@ -22,6 +23,9 @@ pub fn install() {
 /// Consumes a pending interrupt: the first caller gets the error, cleanup code after it runs
 /// undisturbed.
 pub fn check() -> Result<(), Error> {
+    if CRITICAL.load(Ordering::SeqCst) {
+        return Ok(());
+    }
     if PENDING.swap(false, Ordering::SeqCst) {
         Err(Error::Interrupted)
     } else {
@@ -32,4 +36,21 @@ pub fn check() -> Result<(), Error> {
 /// Whether Ctrl-C was pressed at all during this run.
 pub fn seen() -> bool {
     SEEN.load(Ordering::SeqCst)
+}
+
+/// While alive, Ctrl-C is held back: the switch must complete once it has started, or
+/// bst could report a failure for a deploy that in fact went live.
+pub struct Critical;
+
+impl Critical {
+    pub fn enter() -> Critical {
+        CRITICAL.store(true, Ordering::SeqCst);
+        Critical
+    }
+}
+
+impl Drop for Critical {
+    fn drop(&mut self) {
+        CRITICAL.store(false, Ordering::SeqCst);
+    }
 }

@@ -12,6 +12,19 @@ use crate::shell::quote;
 
 pub const LOCK_DIR: &str = ".bst-lock";
 pub const INCOMING_DIR: &str = ".bst-incoming";
+/// Releases being pruned: renamed here first, so a prune cut short never leaves a
+/// half-deleted directory under `releases/` that still reads as an ok release.
+pub const TRASH_DIR: &str = ".bst-trash";
+
+/// For scripts that must finish once started (switch, prune, unlock): a client that dies
+/// (kill -9, cut connection) must not take the script down half-way through.
+/// The script also records its pid in the lock, so a lock whose client died is not broken
+/// while its last script is still switching or pruning on the server.
+const DETACHED: &str = "trap '' PIPE HUP\nif [ -d \"$B/.bst-lock\" ]; then echo $$ > \"$B/.bst-lock/active\" 2>/dev/null; fi\n";
+
+/// Registration without the signal immunity: an upload whose client died must stop (its
+/// stdin is gone anyway), but a new run must wait until it has.
+const REGISTER: &str = "if [ -d \"$B/.bst-lock\" ]; then echo $$ > \"$B/.bst-lock/active\" 2>/dev/null; fi\n";
 
 fn base_var(base: &str) -> String {
     format!("B={}\n", quote(base))
@@ -52,9 +65,11 @@ pub fn lock(base: &str, owner_json: &str, create: bool) -> String {
         r#"if mkdir "$B/{LOCK_DIR}" 2>/dev/null; then
   printf '%s\n' {owner} > "$B/{LOCK_DIR}/owner" || exit 1
   echo LOCKED
-  rm -rf "$B/{INCOMING_DIR}"
+  rm -rf "$B/{INCOMING_DIR}" "$B/{TRASH_DIR}"
 else
   printf 'HELD '; tr -d '\n' < "$B/{LOCK_DIR}/owner" 2>/dev/null; echo
+  a=$(cat "$B/{LOCK_DIR}/active" 2>/dev/null)
+  if [ -n "$a" ] && kill -0 "$a" 2>/dev/null; then echo ACTIVE; fi
   exit 0
 fi
 "#,
@@ -97,7 +112,7 @@ fn parent(rel_path: &str) -> Option<&str> {
 /// Receives the tar.gz on stdin into the staging dir, links shared paths, writes the
 /// pending meta, and only then renames the staging dir to `releases/<id>`.
 pub fn upload(base: &str, id: &str, shared_files: &[String], shared_dirs: &[String], meta_json: &str) -> String {
-    let mut s = base_var(base);
+    let mut s = base_var(base) + REGISTER;
     let _ = write!(
         s,
         r#"set -eu
@@ -126,7 +141,9 @@ cd "$I"
         s,
         r#"printf '%s\n' {meta} > .release-meta
 cd "$B"
-mv "$I" "$R"
+if [ -e "$R" ]; then echo "release {id} appeared during the upload" >&2; exit 1; fi
+# -T: never move *into* an existing directory.
+mv -T "$I" "$R" 2>/dev/null || mv "$I" "$R"
 rmdir "$B/{INCOMING_DIR}" 2>/dev/null || true
 "#,
         meta = quote(meta_json)
@@ -165,7 +182,7 @@ exit "$rc"
     let q = quote(&inner);
     base_var(base)
         + &format!(
-            r#"P="$B/logs/.{id}.pid"
+            r#"{REGISTER}P="$B/logs/.{id}.pid"
 if command -v setsid >/dev/null 2>&1; then setsid sh -c {q} & else sh -c {q} & fi
 echo $! > "$P"
 wait $!
@@ -188,7 +205,7 @@ if ! mv -T .bst-current.tmp current 2>/dev/null; then
   mv releases/current .
 fi
 if [ "$(readlink current)" != releases/{id} ]; then echo "current does not point at releases/{id} after the switch" >&2; exit 1; fi
-echo SWITCHED
+echo SWITCHED || true
 "#
     )
 }
@@ -205,8 +222,17 @@ fn audit_fragment(line_json: &str) -> String {
 
 fn prune_fragment(ids: &[String]) -> String {
     let mut s = String::new();
+    if !ids.is_empty() {
+        let _ = writeln!(s, "mkdir -p {TRASH_DIR}");
+    }
     for id in ids {
-        let _ = writeln!(s, "if rm -rf releases/{id}; then echo P {id}; else echo 'W could not remove releases/{id}'; fi");
+        let _ = writeln!(
+            s,
+            "if mv releases/{id} {TRASH_DIR}/{id}.$$ && rm -rf {TRASH_DIR}/{id}.$$; then echo P {id}; else echo 'W could not remove releases/{id}'; fi"
+        );
+    }
+    if !ids.is_empty() {
+        let _ = writeln!(s, "rmdir {TRASH_DIR} 2>/dev/null");
     }
     s
 }
@@ -216,7 +242,7 @@ fn prune_fragment(ids: &[String]) -> String {
 /// longer fail the deploy.
 /// With `keep_lock` the lock stays held (the health gate runs under it).
 pub fn finish_deploy(base: &str, id: &str, meta_json: &str, prune: &[String], audit_json: &str, token: &str, keep_lock: bool) -> String {
-    let mut s = base_var(base);
+    let mut s = base_var(base) + DETACHED;
     let _ = write!(
         s,
         r#"set -eu
@@ -238,7 +264,7 @@ mv -f releases/{id}/.release-meta.tmp releases/{id}/.release-meta
 
 /// The health gate's way back: `current` to the previous release, the new one marked failed.
 pub fn revert(base: &str, bad_id: &str, failed_meta_json: &str, good_id: &str, audit_json: &str) -> String {
-    let mut s = base_var(base);
+    let mut s = base_var(base) + DETACHED;
     s.push_str("set -eu\ncd \"$B\"\n");
     s.push_str(&switch_fragment(good_id));
     let _ = writeln!(
@@ -262,12 +288,13 @@ pub fn mark(base: &str, id: &str, meta_json: &str) -> String {
 /// After a failed deploy: drop the staging dir, mark the release failed unless it is live,
 /// release the lock.
 pub fn abort_deploy(base: &str, id: &str, failed_meta_json: &str, audit_json: &str, token: &str) -> String {
-    let mut s = base_var(base);
+    let mut s = base_var(base) + DETACHED;
     let _ = write!(
         s,
         r#"P="$B/logs/.{id}.pid"
 if [ -f "$P" ]; then kill -TERM "-$(cat "$P")" 2>/dev/null || kill -TERM "$(cat "$P")" 2>/dev/null; rm -f "$P"; fi
 rm -rf "$B/{INCOMING_DIR}/{id}"
+rmdir "$B/{INCOMING_DIR}" 2>/dev/null
 if [ -d "$B/releases/{id}" ] && [ "$(readlink "$B/current" 2>/dev/null)" != releases/{id} ]; then
   printf '%s\n' {meta} > "$B/releases/{id}/.release-meta.tmp" && mv -f "$B/releases/{id}/.release-meta.tmp" "$B/releases/{id}/.release-meta"
 fi
@@ -280,7 +307,7 @@ fi
 }
 
 pub fn rollback(base: &str, id: &str, audit_json: &str, token: &str) -> String {
-    let mut s = base_var(base);
+    let mut s = base_var(base) + DETACHED;
     s.push_str("set -eu\ncd \"$B\"\n");
     s.push_str(&switch_fragment(id));
     s.push_str("set +e\n");
@@ -291,7 +318,7 @@ pub fn rollback(base: &str, id: &str, audit_json: &str, token: &str) -> String {
 
 /// Switches `current` under a lock the caller keeps holding (the drill's steps).
 pub fn switch(base: &str, id: &str, audit_json: &str) -> String {
-    let mut s = base_var(base);
+    let mut s = base_var(base) + DETACHED;
     s.push_str("set -eu\ncd \"$B\"\n");
     s.push_str(&switch_fragment(id));
     s.push_str("set +e\n");
@@ -324,7 +351,7 @@ if [ -d "$B/.bst-lock" ]; then printf 'LOCK '; tr -d '
 }
 
 pub fn prune(base: &str, ids: &[String], token: &str) -> String {
-    let mut s = base_var(base);
+    let mut s = base_var(base) + DETACHED;
     s.push_str("cd \"$B\" || exit 1\n");
     s.push_str(&prune_fragment(ids));
     s.push_str(&unlock_fragment(token));
@@ -344,7 +371,7 @@ pub fn write_env(base: &str, rel: &str, stamp: &str, audit_json: &str, token: &s
     let mut s = base_var(base);
     let _ = write!(
         s,
-        r#"set -eu
+        r#"{REGISTER}set -eu
 F="$B/shared/"{rel}
 if [ -L "$F" ]; then F=$(readlink -f "$F"); fi
 mkdir -p "$(dirname "$F")"
@@ -415,7 +442,7 @@ mod tests {
         let s = finish_deploy("/b", "20260220T051228Z", "{}", &["20260101T000000Z".into()], "{}", "tok", false);
         let meta = s.find(".release-meta.tmp").unwrap();
         let switch = s.find("mv -T").unwrap();
-        let prune = s.find("rm -rf releases/20260101T000000Z").unwrap();
+        let prune = s.find("mv releases/20260101T000000Z .bst-trash/").unwrap();
         assert!(meta < switch && switch < prune);
     }
 }

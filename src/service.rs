@@ -97,6 +97,8 @@ pub fn journal_script(services: &[&Service]) -> String {
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct UnitState {
+    /// Not serialised: reports put the service name beside the state already.
+    #[serde(skip)]
     pub name: String,
     pub load_state: String,
     pub active_state: String,

@@ -193,9 +193,56 @@ pub fn write_tar_gz<W: Write>(
     level: u32,
     progress: &mut dyn FnMut(&Entry, u64),
 ) -> anyhow::Result<Stats> {
-    let gz = flate2::write::GzEncoder::new(w, flate2::Compression::new(level));
+    let open = std::rc::Rc::new(std::cell::Cell::new(true));
+    let valve = Valve { inner: w, open: open.clone() };
+    let gz = flate2::write::GzEncoder::new(valve, flate2::Compression::new(level));
     let mut tar = tar::Builder::new(gz);
     tar.follow_symlinks(false);
+    match append_all(&mut tar, source, entries, progress) {
+        Ok(stats) => {
+            let gz = tar.into_inner()?;
+            let mut w = gz.finish()?;
+            w.flush()?;
+            Ok(stats)
+        }
+        Err(e) => {
+            // tar::Builder and GzEncoder finish the archive in Drop. After a failure or
+            // Ctrl-C that would hand the server a well-formed but truncated snapshot.
+            open.set(false);
+            drop(tar);
+            Err(e)
+        }
+    }
+}
+
+/// Passes writes through until closed; then every write fails.
+struct Valve<W> {
+    inner: W,
+    open: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl<W: Write> Write for Valve<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if !self.open.get() {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "snapshot aborted"));
+        }
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.open.get() {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "snapshot aborted"));
+        }
+        self.inner.flush()
+    }
+}
+
+fn append_all<W: Write>(
+    tar: &mut tar::Builder<W>,
+    source: &Path,
+    entries: &[Entry],
+    progress: &mut dyn FnMut(&Entry, u64),
+) -> anyhow::Result<Stats> {
     let mut stats = Stats::default();
     for e in entries {
         interrupt::check()?;
@@ -230,9 +277,6 @@ pub fn write_tar_gz<W: Write>(
         }
         stats.files += 1;
     }
-    let gz = tar.into_inner()?;
-    let mut w = gz.finish()?;
-    w.flush()?;
     Ok(stats)
 }
 
@@ -293,6 +337,21 @@ mod tests {
         let e = collect(d.path(), &[], &[]).unwrap();
         let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, vec![".gitignore", ".hidden", "a"]);
+    }
+
+    #[test]
+    fn a_failed_snapshot_never_ends_as_a_valid_archive() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a"), "a").unwrap();
+        let entries = vec![
+            Entry { path: "a".into(), kind: Kind::File { exec: false } },
+            Entry { path: "missing".into(), kind: Kind::File { exec: false } },
+        ];
+        let mut buf = Vec::new();
+        assert!(write_tar_gz(d.path(), &entries, &mut buf, 1, &mut |_, _| {}).is_err());
+        let mut out = Vec::new();
+        let gz = flate2::read::GzDecoder::new(&buf[..]).read_to_end(&mut out);
+        assert!(gz.is_err(), "the gzip stream must stay unfinished, not a valid archive of the files so far");
     }
 
     #[test]

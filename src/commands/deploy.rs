@@ -102,6 +102,14 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
     let gated = restart && !target.restart.is_empty();
     match deploy_locked(&mut *t, target, p, &state, &held, &entries, &mut meta, build, started, &mut warnings, gated) {
         Ok(pruned) => {
+            if let Err(e) = crate::interrupt::check() {
+                if gated {
+                    lock::release(&mut *t, target, &held, p);
+                }
+                let what = if gated { "; services were not restarted" } else { "" };
+                return Err(anyhow::Error::from(e)
+                    .context(format!("Ctrl-C came during the switch, which completed: current -> releases/{id}{what}")));
+            }
             if gated {
                 let gate = health_gate(&mut *t, target, globals, p, &mut meta, state.current.as_deref());
                 lock::release(&mut *t, target, &held, p);
@@ -219,7 +227,10 @@ fn deploy_locked(
     audit.previous = state.current.as_deref();
     let script =
         crate::remote::finish_deploy(&target.base, &id, &serde_json::to_string(&meta)?, &prune, &audit.json(), &held.token, keep_lock);
-    let out = t.run(&script)?;
+    let out = {
+        let _critical = crate::interrupt::Critical::enter();
+        t.run(&script)?
+    };
     let text = out.stdout_str();
     if out.status != 0 || !text.lines().any(|l| l == "SWITCHED") {
         return Err(Error::Failed(format!("switching current to {id} failed: {}", out.stderr_str())).into());

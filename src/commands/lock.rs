@@ -85,7 +85,9 @@ pub fn acquire(t: &mut dyn Transport, target: &Target, command: &str, create: bo
         token: new_token(),
     };
     let owner_json = serde_json::to_string(&owner)?;
-    for attempt in 0..2 {
+    let mut broke = false;
+    // Up to ~20 s for a dead run's last remote command to end.
+    for _ in 0..80 {
         let out = t.run(&remote::lock(&target.base, &owner_json, create))?;
         if out.status != 0 {
             return Err(Error::Failed(format!("cannot prepare {} on {}: {}", target.base, target.host_label(), out.stderr_str())).into());
@@ -102,9 +104,15 @@ pub fn acquire(t: &mut dyn Transport, target: &Target, command: &str, create: bo
         let holder: Option<Owner> = first.strip_prefix("HELD ").and_then(|j| serde_json::from_str(j).ok());
         let desc = holder.as_ref().map_or_else(|| "an unknown holder (no owner record)".to_string(), Owner::describe);
         let stale = holder.as_ref().is_some_and(|h| h.host == owner.host && !pid_alive(h.pid));
-        if stale && attempt == 0 {
+        if stale && !broke {
+            if text.lines().any(|l| l == "ACTIVE") {
+                // The client is gone but its last script still runs on the server: let it finish.
+                std::thread::sleep(std::time::Duration::from_millis(250));
+                continue;
+            }
             p.warn(format!("breaking a stale lock on `{}`: {desc}, and that process is gone", target.name));
             t.run(&remote::force_unlock(&target.base))?;
+            broke = true;
             continue;
         }
         return Err(Error::Locked { target: target.name.clone(), holder: desc }.into());

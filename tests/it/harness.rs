@@ -302,3 +302,87 @@ pub fn bst_with(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// A loopback TCP proxy in front of sshd: cuts the connection after `cut_after` bytes from
+/// the client, or throttles client→server traffic to `bytes_per_sec`.
+pub struct Proxy {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    pub fn start(upstream: u16, cut_after: Option<u64>, bytes_per_sec: Option<u64>) -> Proxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                client.set_nonblocking(false).unwrap();
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                // server -> client: plain copy.
+                std::thread::spawn(move || {
+                    let (mut s, mut c) = (s2, c2);
+                    let _ = std::io::copy(&mut s, &mut c);
+                    let _ = c.shutdown(std::net::Shutdown::Both);
+                });
+                // client -> server: counted, cut or throttled.
+                std::thread::spawn(move || {
+                    let (mut c, mut s) = (client, server);
+                    let mut buf = [0u8; 16 * 1024];
+                    let mut total = 0u64;
+                    let started = Instant::now();
+                    loop {
+                        let n = match std::io::Read::read(&mut c, &mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        total += n as u64;
+                        if cut_after.is_some_and(|cut| total > cut) {
+                            break;
+                        }
+                        if std::io::Write::write_all(&mut s, &buf[..n]).is_err() {
+                            break;
+                        }
+                        if let Some(rate) = bytes_per_sec {
+                            let due = Duration::from_secs_f64(total as f64 / rate as f64);
+                            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                                std::thread::sleep(wait);
+                            }
+                        }
+                    }
+                    let _ = c.shutdown(std::net::Shutdown::Both);
+                    let _ = s.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Proxy { port, stop }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Incompressible bytes, deterministic per seed.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}

@@ -2,6 +2,7 @@
 
 mod core;
 mod ecosystem;
+mod faults;
 mod gates;
 mod harness;
 mod systemd;

@@ -1,0 +1,196 @@
+//! Issue 6: nothing lost, whatever happens. After any failure `current` points at a complete
+//! release whose status is ok, no partial release is listed as ok, and the next deploy works.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+fn files_in(dir: &Path) -> BTreeSet<String> {
+    let out = sh(dir, "find . \\( -type f -o -type l \\) ! -name .release-meta | sed 's|^./||' | sort");
+    out.lines().map(str::to_string).collect()
+}
+
+/// The invariant: current -> an ok release; every ok release holds every file its meta
+/// counts (a build may add more, e.g. built.txt), with the workspace's content.
+#[track_caller]
+fn assert_invariant(env: &Env, ws: &Workspace, context: &str) {
+    let releases = env.base.join("releases");
+    let cur = env.current().unwrap_or_else(|| panic!("{context}: current vanished"));
+    let cur_id = cur.strip_prefix("releases/").unwrap_or_else(|| panic!("{context}: current -> {cur}"));
+    assert_eq!(env.meta(cur_id)["status"], "ok", "{context}: current {cur_id} is not ok");
+    for id in env.release_ids() {
+        let Ok(text) = std::fs::read_to_string(releases.join(&id).join(".release-meta")) else { continue };
+        let meta: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if meta["status"] != "ok" {
+            continue;
+        }
+        let mut files = files_in(&releases.join(&id));
+        files.remove("built.txt");
+        let want = meta["files"].as_u64().unwrap() as usize;
+        assert_eq!(
+            files.len(),
+            want,
+            "{context}: ok release {id} has {} files, its meta says {want}: {:?}\nmeta: {text}\nlisting: {}",
+            files.len(),
+            files.iter().take(10).collect::<Vec<_>>(),
+            sh(&env.base, "ls -la releases current; cat logs/deploys.jsonl")
+        );
+        for f in ["package.json", "scripts/run.sh"] {
+            assert_eq!(
+                std::fs::read(releases.join(&id).join(f)).ok(),
+                std::fs::read(ws.path().join(f)).ok(),
+                "{context}: {id}/{f} differs"
+            );
+        }
+    }
+}
+
+#[test]
+fn kill_9_at_random_moments_never_breaks_current() {
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    for i in 0..400 {
+        ws.write(&format!("src/gen/m{i:03}.ts"), &format!("export const v{i} = {};\n", "x".repeat(i * 37 % 4000)));
+    }
+    ws.write("assets/blob.bin", &String::from_utf8_lossy(&noise(600_000, 7)));
+    sh(ws.path(), "git add -A && git -c user.name=t -c user.email=t@example.com commit -qm bulk");
+    let env = Env::new(Some(&sshd), &ws, "keep_releases = 3\nbuild = \"sleep 0.2; echo built > built.txt\"");
+    env.bst(&["deploy", "t", "-q"]).ok();
+    // Time a normal deploy so kills land across upload, extract, link, build, switch and prune.
+    let t0 = Instant::now();
+    env.bst(&["deploy", "t", "-q", "--build"]).ok();
+    let span = t0.elapsed().as_millis() as u64 + 50;
+    let mut seed: u64 = 0x5eed_0bad_cafe;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for trial in 0..20 {
+        let build = trial % 2 == 0;
+        let delay = rnd() % span;
+        let mut args = vec!["deploy", "t", "-q"];
+        if build {
+            args.push("--build");
+        }
+        let mut child = bst_cmd(&env.config, &args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        let _ = child.kill();
+        let _ = child.wait();
+        let context = format!("trial {trial} (kill -9 after {delay} ms of ~{span}, build={build})");
+        assert_invariant(&env, &ws, &context);
+        // The next deploy works: a stale lock of the dead process is broken, leftovers cleaned.
+        env.bst(&["deploy", "t", "-q"]).ok();
+        assert_invariant(&env, &ws, &context);
+        assert!(!env.base.join(".bst-incoming").exists() && !env.base.join(".bst-lock").exists(), "{context}: leftovers");
+    }
+    let j = env.bst(&["list", "t", "--json"]).ok().json();
+    assert!(j["releases"].as_array().unwrap().len() <= 3 + 1, "prune keeps working after the trials");
+}
+
+#[test]
+fn connection_cut_mid_upload_is_a_clear_error_and_cleaned_next_time() {
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    let env = Env::new(Some(&sshd), &ws, "");
+    env.bst(&["deploy", "t", "-q"]).ok();
+    let good = env.current_id();
+    std::fs::write(ws.path().join("big.bin"), noise(3 << 20, 1)).unwrap();
+    let proxy = Proxy::start(sshd.port, Some(1 << 20), None);
+    std::fs::write(
+        &sshd.known_hosts,
+        format!("[127.0.0.1]:{} {}\n[127.0.0.1]:{} {}\n", sshd.port, sshd.host_key, proxy.port, sshd.host_key),
+    )
+    .unwrap();
+    let via_proxy =
+        std::fs::read_to_string(&env.config).unwrap().replace(&format!("port = {}", sshd.port), &format!("port = {}", proxy.port));
+    let cut_cfg = env.dir.path().join("cut.toml");
+    std::fs::write(&cut_cfg, via_proxy).unwrap();
+    let run = bst_with(&cut_cfg, &["deploy", "t"], &[]);
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("connection") || run.stderr.contains("upload failed"), "unclear error: {}", run.stderr);
+    assert!(run.stderr.contains(&format!("current still points at releases/{good}")), "{}", run.stderr);
+    assert_eq!(env.current_id(), good);
+    std::thread::sleep(Duration::from_millis(300));
+    // The next deploy breaks the dead run's lock, removes the partial upload and works.
+    env.bst(&["deploy", "t"]).ok();
+    assert!(!env.base.join(".bst-incoming").exists());
+    assert_invariant(&env, &ws, "after the cut");
+    assert_eq!(env.release_ids().len(), 2, "the cut upload never became a release");
+}
+
+#[test]
+fn ctrl_c_mid_upload_removes_the_partial_release_and_the_lock() {
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    let env = Env::new(Some(&sshd), &ws, "");
+    env.bst(&["deploy", "t", "-q"]).ok();
+    let good = env.current_id();
+    std::fs::write(ws.path().join("big.bin"), noise(4 << 20, 2)).unwrap();
+    let proxy = Proxy::start(sshd.port, None, Some(1 << 20));
+    std::fs::write(
+        &sshd.known_hosts,
+        format!("[127.0.0.1]:{} {}\n[127.0.0.1]:{} {}\n", sshd.port, sshd.host_key, proxy.port, sshd.host_key),
+    )
+    .unwrap();
+    let slow_cfg = env.dir.path().join("slow.toml");
+    std::fs::write(
+        &slow_cfg,
+        std::fs::read_to_string(&env.config).unwrap().replace(&format!("port = {}", sshd.port), &format!("port = {}", proxy.port)),
+    )
+    .unwrap();
+    let child = bst_cmd(&slow_cfg, &["deploy", "t"]).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !env.base.join(".bst-incoming").exists() {
+        assert!(Instant::now() < deadline, "upload never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let t = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(t.elapsed() < Duration::from_secs(8), "Ctrl-C took {:?}", t.elapsed());
+    assert_eq!(env.current_id(), good);
+    assert!(!env.base.join(".bst-lock").exists(), "lock not released");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!env.base.join(".bst-incoming").exists(), "partial upload left behind");
+    let ids = env.release_ids();
+    let leftovers: Vec<String> = ids.iter().filter(|i| **i != good).map(|i| format!("{i}: {}", env.meta(i)["status"])).collect();
+    assert!(leftovers.is_empty(), "interrupted upload left {leftovers:?}; bst said: {}", String::from_utf8_lossy(&out.stderr));
+    env.bst(&["deploy", "t", "-q"]).ok();
+}
+
+#[test]
+fn full_disk_is_a_clear_error_and_the_next_deploy_works() {
+    assert!(unsafe { libc::geteuid() } == 0, "mounting a small tmpfs needs root (CI runs as root)");
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    let env = Env::new(Some(&sshd), &ws, "");
+    std::fs::create_dir_all(&env.base).unwrap();
+    sh(env.dir.path(), &format!("mount -t tmpfs -o size=3m bst-full-disk {}", env.base.display()));
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(env.base.clone());
+    env.bst(&["deploy", "t", "-q"]).ok();
+    let good = env.current_id();
+    std::fs::write(ws.path().join("huge.bin"), noise(5 << 20, 3)).unwrap();
+    env.bst(&["deploy", "t"]).code(1).stderr_has("No space left on device").stderr_has(&format!("current still points at releases/{good}"));
+    assert_eq!(env.current_id(), good);
+    assert!(!env.base.join(".bst-incoming").exists(), "the partial release must be removed");
+    assert!(!env.base.join(".bst-lock").exists());
+    assert_eq!(env.release_ids(), vec![good.clone()]);
+    // Free the space: the next deploy works.
+    std::fs::remove_file(ws.path().join("huge.bin")).unwrap();
+    env.bst(&["deploy", "t", "-q"]).ok();
+    assert_ne!(env.current_id(), good);
+}
