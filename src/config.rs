@@ -228,6 +228,48 @@ mod tests {
         assert!(e.contains("invalid target name"), "{e}");
     }
 
+    /// Seeded fuzzing from the committed corpus (tests/corpus/config): byte flips, cuts and
+    /// splices must give an error with file:line:col or a config, never a panic.
+    #[test]
+    fn fuzzed_configs_never_panic_and_errors_carry_a_position() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config as PtConfig, TestRunner};
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/config");
+        let corpus: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()).collect();
+        assert!(corpus.len() >= 3);
+        let mut runner = TestRunner::new(PtConfig { cases: 600, ..PtConfig::default() });
+        let strat = (0..corpus.len(), any::<usize>(), any::<u8>(), 0u8..4, "\\PC{0,12}");
+        runner
+            .run(&strat, |(i, pos, byte, op, splice)| {
+                let mut b = corpus[i].clone().into_bytes();
+                let at = pos % (b.len() + 1);
+                match op {
+                    0 if at < b.len() => b[at] = byte,
+                    1 => b.truncate(at),
+                    2 => b.splice(at..at, splice.bytes()).for_each(drop),
+                    _ => b.insert(at, byte),
+                }
+                let text = String::from_utf8_lossy(&b);
+                match Config::parse(Path::new("fuzz.toml"), &text) {
+                    Ok(c) => {
+                        for name in c.targets.keys() {
+                            let _ = crate::settings::resolve_target(&c, name);
+                        }
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        prop_assert!(msg.starts_with("fuzz.toml:"), "no position: {msg}");
+                        let mut parts = msg.splitn(4, ':');
+                        parts.next();
+                        prop_assert!(parts.next().is_some_and(|l| l.parse::<usize>().is_ok()), "{msg}");
+                        prop_assert!(parts.next().is_some_and(|c| c.parse::<usize>().is_ok()), "{msg}");
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
     #[test]
     fn locate_finds_keys_inside_the_target_table() {
         let dir = tempfile::tempdir().unwrap();

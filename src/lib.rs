@@ -7,6 +7,7 @@ pub mod config;
 pub mod dotenv;
 pub mod error;
 pub mod interrupt;
+pub mod known_hosts;
 pub mod release;
 pub mod remote;
 pub mod report;
@@ -14,6 +15,7 @@ pub mod service;
 pub mod settings;
 pub mod shell;
 pub mod snapshot;
+pub mod sshconfig;
 pub mod transport;
 
 use cli::{Cli, Command, ConfigCommand, DrillCommand, EnvCommand};

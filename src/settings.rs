@@ -18,12 +18,71 @@ pub struct Globals {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ssh {
+    /// The name as written (targets.toml `host`, or a ProxyJump hop): the ssh config key.
+    pub alias: String,
+    /// Where to connect: `HostName` from ssh config, else the alias.
     pub host: String,
     pub port: u16,
     pub user: String,
-    pub identity_file: Option<PathBuf>,
+    /// Tried in order. From targets.toml (then only these) or ssh config `IdentityFile`.
+    pub identity_files: Vec<PathBuf>,
+    /// Skip ssh-agent and default keys (targets.toml `identity_file`, or `IdentitiesOnly yes`).
+    pub identities_only: bool,
     /// `None`: `~/.ssh/known_hosts` (plus the system-wide file for reading).
     pub known_hosts: Option<PathBuf>,
+    /// `StrictHostKeyChecking accept-new` (or `no`): record unknown keys. Changed keys are
+    /// refused whatever this says.
+    pub accept_new: bool,
+    pub hash_known_hosts: bool,
+    pub proxy_jump: Option<String>,
+    pub connect_timeout: Option<u64>,
+}
+
+/// One SSH endpoint: explicit values (targets.toml, or a ProxyJump spec) win over
+/// `~/.ssh/config`, which wins over defaults.
+pub fn resolve_ssh(
+    alias: &str,
+    user: Option<String>,
+    port: Option<u16>,
+    identity_file: Option<&str>,
+    known_hosts: Option<&str>,
+) -> Result<Ssh, String> {
+    let cfg = crate::sshconfig::lookup(alias);
+    let host = cfg.hostname.clone().unwrap_or_else(|| alias.to_string());
+    if host.is_empty() || host.starts_with('-') || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("invalid host `{host}`"));
+    }
+    let port = port.or(cfg.port).unwrap_or(22);
+    let user = match user.or(cfg.user.clone()).or_else(local_user) {
+        Some(u) => u,
+        None => return Err("no `user` and $USER is not set".into()),
+    };
+    if user.is_empty() || user.starts_with('-') || user.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("invalid user `{user}`"));
+    }
+    let (identity_files, identities_only) = match identity_file {
+        Some(f) => (vec![expand_home(f)], true),
+        None => (
+            cfg.identity_files.iter().map(|f| crate::sshconfig::expand_tokens(f, &host, port, &user)).collect(),
+            cfg.identities_only.unwrap_or(false),
+        ),
+    };
+    let known_hosts = known_hosts
+        .map(expand_home)
+        .or_else(|| cfg.user_known_hosts_file.as_deref().map(|f| crate::sshconfig::expand_tokens(f, &host, port, &user)));
+    Ok(Ssh {
+        alias: alias.to_string(),
+        host,
+        port,
+        user,
+        identity_files,
+        identities_only,
+        known_hosts,
+        accept_new: matches!(cfg.strict_host_key_checking.as_deref(), Some("accept-new" | "no" | "off")),
+        hash_known_hosts: cfg.hash_known_hosts.unwrap_or(false),
+        proxy_jump: cfg.proxy_jump.filter(|j| !j.eq_ignore_ascii_case("none")),
+        connect_timeout: cfg.connect_timeout,
+    })
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -105,23 +164,11 @@ pub fn resolve_target(config: &Config, name: &str) -> anyhow::Result<Target> {
     let host = if host_s == "local" {
         Host::Local
     } else {
-        if host_s.is_empty() || host_s.starts_with('-') || host_s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(bad("host", format!("invalid host `{host_s}`")).into());
-        }
-        let user = match raw.user.clone() {
-            Some(u) => u,
-            None => local_user().ok_or_else(|| bad("user", format!("target `{name}` has no `user` and $USER is not set")))?,
-        };
-        if user.is_empty() || user.starts_with('-') || user.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(bad("user", format!("invalid user `{user}`")).into());
-        }
-        Host::Ssh(Ssh {
-            host: host_s,
-            port: raw.port.unwrap_or(22),
-            user,
-            identity_file: raw.identity_file.as_deref().map(expand_home),
-            known_hosts: raw.known_hosts.as_deref().map(expand_home),
-        })
+        let key = if raw.user.is_none() && local_user().is_none() { "user" } else { "host" };
+        Host::Ssh(
+            resolve_ssh(&host_s, raw.user.clone(), raw.port, raw.identity_file.as_deref(), raw.known_hosts.as_deref())
+                .map_err(|why| bad(key, format!("target `{name}`: {why}")))?,
+        )
     };
 
     let base_raw = raw.base.clone().ok_or_else(|| bad("base", format!("target `{name}` has no `base`")))?;

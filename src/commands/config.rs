@@ -24,8 +24,16 @@ pub fn show(p: &Printer, t: &Target) -> anyhow::Result<()> {
     let (transport, auth, known_hosts) = match &t.host {
         Host::Local => ("local".to_string(), "-".to_string(), "-".to_string()),
         Host::Ssh(s) => (
-            format!("ssh {}@{}:{}", s.user, s.host, s.port),
-            s.identity_file.as_ref().map_or("ssh-agent, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa".into(), |p| p.display().to_string()),
+            format!("ssh {}@{}:{}{}", s.user, s.host, s.port, s.proxy_jump.as_ref().map_or(String::new(), |j| format!(" via {j}"))),
+            if s.identity_files.is_empty() {
+                "ssh-agent, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa".into()
+            } else {
+                format!(
+                    "{}{}",
+                    if s.identities_only { "" } else { "ssh-agent, then " },
+                    s.identity_files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                )
+            },
             s.known_hosts.as_ref().map_or("~/.ssh/known_hosts (+ /etc/ssh/ssh_known_hosts)".into(), |p| p.display().to_string()),
         ),
     };

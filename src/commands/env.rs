@@ -143,13 +143,13 @@ fn read_secret(key: &str) -> anyhow::Result<String> {
     Ok(value)
 }
 
-struct EchoOff {
+pub struct EchoOff {
     #[cfg(unix)]
     saved: Option<libc::termios>,
 }
 
 impl EchoOff {
-    fn new() -> Self {
+    pub fn new() -> Self {
         #[cfg(unix)]
         {
             // SAFETY: tcgetattr/tcsetattr on stdin with a zeroed termios we own.
@@ -166,6 +166,12 @@ impl EchoOff {
         }
         #[cfg(not(unix))]
         EchoOff {}
+    }
+}
+
+impl Default for EchoOff {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

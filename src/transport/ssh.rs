@@ -30,6 +30,10 @@ pub struct SshTransport {
     /// (sshd delays the close until its child exits), so they are parked here instead;
     /// the abort script stops what still runs.
     abandoned: Vec<Channel>,
+    /// The socket the session runs over (ssh2 only borrows its fd on some platforms).
+    _tcp: TcpStream,
+    /// Set when connected through a ProxyJump hop: the thread pumping the tunnel.
+    _tunnel: Option<std::thread::JoinHandle<()>>,
     label: String,
     verbose: u8,
     sent: u64,
@@ -154,38 +158,9 @@ fn interrupted(e: &anyhow::Error) -> bool {
 
 impl SshTransport {
     pub fn connect(s: &Ssh, g: &Globals) -> anyhow::Result<Self> {
-        let conn_err = |cause: String| Error::Connect { host: s.host.clone(), port: s.port, cause };
-        let addrs: Vec<_> =
-            (s.host.as_str(), s.port).to_socket_addrs().map_err(|e| conn_err(format!("cannot resolve host name: {e}")))?.collect();
-        let mut last = None;
-        let mut tcp = None;
-        for a in &addrs {
-            match TcpStream::connect_timeout(a, CONNECT_TIMEOUT) {
-                Ok(t) => {
-                    tcp = Some(t);
-                    break;
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        let tcp = tcp.ok_or_else(|| {
-            conn_err(match last {
-                Some(e) if e.kind() == io::ErrorKind::TimedOut => format!("timed out after {}s", CONNECT_TIMEOUT.as_secs()),
-                Some(e) if e.kind() == io::ErrorKind::ConnectionRefused => "connection refused (is sshd running on that port?)".into(),
-                Some(e) => e.to_string(),
-                None => "the name resolved to no address".into(),
-            })
-        })?;
-        let _ = tcp.set_nodelay(true);
+        let (sess, tcp, tunnel) = open_session(s, g, 0)?;
         #[cfg(unix)]
         let fd = std::os::unix::io::AsRawFd::as_raw_fd(&tcp);
-        let mut sess = Session::new().context("cannot create an SSH session")?;
-        sess.set_timeout(20_000);
-        sess.set_compress(false);
-        sess.set_tcp_stream(tcp);
-        sess.handshake().map_err(|e| conn_err(format!("SSH handshake failed: {}", e.message())))?;
-        verify_host_key(&sess, s, g.accept_new_host_key)?;
-        authenticate(&sess, s)?;
         sess.set_keepalive(true, KEEPALIVE_SECS);
         sess.set_timeout(0);
         sess.set_blocking(false);
@@ -196,7 +171,9 @@ impl SshTransport {
                 fd,
             },
             abandoned: Vec::new(),
-            label: format!("{}@{}", s.user, s.host),
+            _tcp: tcp,
+            _tunnel: tunnel,
+            label: format!("{}@{}", s.user, s.alias),
             verbose: g.verbose,
             sent: 0,
         })
@@ -355,59 +332,221 @@ fn key_type(blob: &[u8]) -> Option<&str> {
     std::str::from_utf8(blob.get(4..4 + len)?).ok()
 }
 
-pub fn known_hosts_pattern(host: &str, port: u16) -> String {
-    if port == 22 {
-        host.to_string()
-    } else {
-        format!("[{host}]:{port}")
+fn tcp_connect(s: &Ssh) -> anyhow::Result<TcpStream> {
+    let conn_err = |cause: String| Error::Connect { host: s.host.clone(), port: s.port, cause };
+    let timeout = s.connect_timeout.map_or(CONNECT_TIMEOUT, Duration::from_secs);
+    let addrs: Vec<_> =
+        (s.host.as_str(), s.port).to_socket_addrs().map_err(|e| conn_err(format!("cannot resolve host name (DNS): {e}")))?.collect();
+    let mut last = None;
+    for a in &addrs {
+        match TcpStream::connect_timeout(a, timeout) {
+            Ok(t) => {
+                let _ = t.set_nodelay(true);
+                return Ok(t);
+            }
+            Err(e) => last = Some(e),
+        }
     }
+    Err(conn_err(match last {
+        Some(e) if e.kind() == io::ErrorKind::TimedOut => format!("timed out after {}s", timeout.as_secs()),
+        Some(e) if e.kind() == io::ErrorKind::ConnectionRefused => "connection refused (is sshd running on that port?)".into(),
+        Some(e) => e.to_string(),
+        None => "the name resolved to no address".into(),
+    })
+    .into())
 }
 
-fn verify_host_key(sess: &Session, s: &Ssh, accept_new: bool) -> anyhow::Result<()> {
-    let (key, _) = sess.host_key().context("the server sent no host key")?;
-    let fp = fingerprint(sess);
-    let path = s.known_hosts.clone().unwrap_or_else(default_known_hosts);
-    let mut kh = sess.known_hosts()?;
-    let mut files = vec![path.clone()];
-    if s.known_hosts.is_none() {
-        files.push(PathBuf::from("/etc/ssh/ssh_known_hosts"));
+/// A connected, verified, authenticated session (blocking mode), over TCP or, with
+/// ProxyJump, over a direct-tcpip channel of the hop's own session.
+fn open_session(s: &Ssh, g: &Globals, depth: u32) -> anyhow::Result<(Session, TcpStream, Option<std::thread::JoinHandle<()>>)> {
+    let conn_err = |cause: String| Error::Connect { host: s.host.clone(), port: s.port, cause };
+    let (tcp, tunnel) = match &s.proxy_jump {
+        None => (tcp_connect(s)?, None),
+        Some(spec) => {
+            if depth >= 4 {
+                return Err(conn_err(format!("ProxyJump chain too deep at `{spec}`")).into());
+            }
+            let hop = spec.split(',').next().unwrap_or(spec);
+            let (user, alias, port) = crate::sshconfig::parse_jump(hop);
+            let jump = crate::settings::resolve_ssh(&alias, user, port, None, None)
+                .map_err(|why| conn_err(format!("ProxyJump `{hop}`: {why}")))?;
+            let (jsess, jtcp, jtunnel) = open_session(&jump, g, depth + 1)?;
+            let ch = jsess
+                .channel_direct_tcpip(&s.host, s.port, None)
+                .map_err(|e| conn_err(format!("jump host {}:{} could not reach it: {}", jump.host, jump.port, e.message())))?;
+            let (local, far) = loopback_pair()?;
+            let handle = std::thread::spawn(move || tunnel_pump(jsess, jtcp, ch, far, jtunnel));
+            (local, Some(handle))
+        }
+    };
+    let mut sess = Session::new().context("cannot create an SSH session")?;
+    sess.set_timeout(20_000);
+    sess.set_compress(false);
+    let known = read_known_hosts(s);
+    if let Some(prefs) = crate::known_hosts::preferred_methods(&crate::known_hosts::keys_for(&known, &s.host, s.port)) {
+        // Negotiate a host key type we can verify: libssh2 otherwise picks its own favourite
+        // and a host known only by its RSA key would look unknown (or changed).
+        let all = "ssh-ed25519,ecdsa-sha2-nistp256,ecdsa-sha2-nistp384,ecdsa-sha2-nistp521,rsa-sha2-512,rsa-sha2-256,ssh-rsa";
+        let rest: Vec<&str> = all.split(',').filter(|a| !prefs.split(',').any(|p| p == *a)).collect();
+        let _ = sess.method_pref(ssh2::MethodType::HostKey, &format!("{prefs},{}", rest.join(",")));
     }
-    // Line by line: libssh2's own reader stops at the first line it cannot parse
-    // (`@cert-authority`, unknown key types), silently hiding the entries after it.
-    for f in &files {
-        if let Ok(text) = std::fs::read_to_string(f) {
-            for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
-                let _ = kh.read_str(line, KnownHostFileKind::OpenSSH);
+    sess.set_tcp_stream(tcp.try_clone().context("cannot share the socket")?);
+    sess.handshake().map_err(|e| conn_err(format!("SSH handshake failed: {}", e.message())))?;
+    verify_host_key(&sess, s, g.accept_new_host_key || s.accept_new, &known)?;
+    authenticate(&sess, s)?;
+    Ok((sess, tcp, tunnel))
+}
+
+fn loopback_pair() -> anyhow::Result<(TcpStream, TcpStream)> {
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0)).context("cannot open a loopback socket for the ProxyJump tunnel")?;
+    let a = TcpStream::connect(l.local_addr()?)?;
+    let (b, _) = l.accept()?;
+    let _ = a.set_nodelay(true);
+    let _ = b.set_nodelay(true);
+    Ok((a, b))
+}
+
+/// Copies bytes between the local end of the tunnel and the hop's direct-tcpip channel until
+/// either side closes. Owns the hop's session for as long as the tunnel lives.
+fn tunnel_pump(jsess: Session, jtcp: TcpStream, mut ch: Channel, mut local: TcpStream, _outer: Option<std::thread::JoinHandle<()>>) {
+    jsess.set_keepalive(true, KEEPALIVE_SECS);
+    jsess.set_blocking(false);
+    let _ = local.set_nonblocking(true);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pending: Vec<u8> = Vec::new();
+    let mut local_eof = false;
+    loop {
+        let mut progress = false;
+        // local -> channel
+        if pending.is_empty() && !local_eof {
+            match local.read(&mut buf) {
+                Ok(0) => {
+                    local_eof = true;
+                    let _ = ch.send_eof();
+                }
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+        if !pending.is_empty() {
+            match ch.write(&pending) {
+                Ok(n) => {
+                    pending.drain(..n);
+                    progress = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+        // channel -> local
+        match ch.read(&mut buf) {
+            Ok(0) if ch.eof() => {
+                let _ = local.shutdown(std::net::Shutdown::Write);
+                return;
+            }
+            Ok(0) => {}
+            Ok(n) => {
+                progress = true;
+                let mut off = 0;
+                while off < n {
+                    match local.write(&buf[off..n]) {
+                        Ok(w) => off += w,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(1)),
+                        Err(_) => return,
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+        if local_eof && pending.is_empty() && ch.eof() {
+            return;
+        }
+        if !progress {
+            let _ = jsess.keepalive_send();
+            #[cfg(unix)]
+            {
+                use std::os::unix::io::AsRawFd;
+                let mut fds = [
+                    libc::pollfd { fd: jtcp.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                    libc::pollfd {
+                        fd: local.as_raw_fd(),
+                        events: if pending.is_empty() && !local_eof { libc::POLLIN } else { 0 },
+                        revents: 0,
+                    },
+                ];
+                // SAFETY: two valid pollfds on sockets this thread owns.
+                unsafe {
+                    libc::poll(fds.as_mut_ptr(), 2, if pending.is_empty() { 1000 } else { 5 });
+                }
+            }
+            #[cfg(not(unix))]
+            {
+                let _ = &jtcp;
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
     }
-    let shown = path.display().to_string();
-    match kh.check_port(&s.host, s.port, key) {
-        CheckResult::Match => Ok(()),
-        CheckResult::Mismatch => {
-            Err(Error::HostKeyChanged { host: s.host.clone(), port: s.port, fingerprint: fp, known_hosts: shown }.into())
-        }
-        CheckResult::NotFound | CheckResult::Failure if accept_new => {
-            let kind = key_type(key).context("cannot read the host key type")?;
-            append_known_host(&path, &known_hosts_pattern(&s.host, s.port), kind, key)?;
-            eprintln!("bst: recorded host key {fp} for {}:{} in {shown}", s.host, s.port);
-            Ok(())
-        }
-        CheckResult::NotFound | CheckResult::Failure => {
-            Err(Error::HostKeyUnknown { host: s.host.clone(), port: s.port, fingerprint: fp, known_hosts: shown }.into())
-        }
-    }
 }
 
-fn append_known_host(path: &Path, pattern: &str, kind: &str, key: &[u8]) -> anyhow::Result<()> {
+fn read_known_hosts(s: &Ssh) -> String {
+    let mut text = String::new();
+    let path = s.known_hosts.clone().unwrap_or_else(default_known_hosts);
+    text.push_str(&std::fs::read_to_string(&path).unwrap_or_default());
+    if s.known_hosts.is_none() {
+        text.push('\n');
+        text.push_str(&std::fs::read_to_string("/etc/ssh/ssh_known_hosts").unwrap_or_default());
+    }
+    text
+}
+
+fn verify_host_key(sess: &Session, s: &Ssh, accept_new: bool, known_text: &str) -> anyhow::Result<()> {
+    let (key, _) = sess.host_key().context("the server sent no host key")?;
+    let fp = fingerprint(sess);
+    let path = s.known_hosts.clone().unwrap_or_else(default_known_hosts);
+    let shown = path.display().to_string();
+    let kind = key_type(key).context("cannot read the host key type")?.to_string();
+    let known = crate::known_hosts::keys_for(known_text, &s.host, s.port);
+    if known.iter().any(|(_, blob)| blob.as_slice() == key) {
+        return Ok(());
+    }
+    // Cross-check with libssh2's own matcher (it also understands forms we may not).
+    let mut kh = sess.known_hosts()?;
+    for line in known_text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let _ = kh.read_str(line, KnownHostFileKind::OpenSSH);
+    }
+    let libssh2_says = kh.check_port(&s.host, s.port, key);
+    if matches!(libssh2_says, CheckResult::Match) {
+        return Ok(());
+    }
+    let same_type: Vec<String> = known.iter().filter(|(k, _)| *k == kind).map(|(_, b)| crate::known_hosts::fingerprint(b)).collect();
+    if !same_type.is_empty() || matches!(libssh2_says, CheckResult::Mismatch) {
+        let expected = if same_type.is_empty() { "another key".to_string() } else { same_type.join(", ") };
+        return Err(Error::HostKeyChanged {
+            host: s.host.clone(),
+            port: s.port,
+            fingerprint: format!("offered {fp}, expected {expected}"),
+            known_hosts: shown,
+        }
+        .into());
+    }
+    if !accept_new {
+        return Err(Error::HostKeyUnknown { host: s.host.clone(), port: s.port, fingerprint: fp, known_hosts: shown }.into());
+    }
+    append_known_host(&path, &crate::known_hosts::line(&s.host, s.port, &kind, key, s.hash_known_hosts))?;
+    eprintln!("bst: recorded host key {fp} for {}:{} in {shown}", s.host, s.port);
+    Ok(())
+}
+
+fn append_known_host(path: &Path, line: &str) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let line = format!("{pattern} {kind} {}\n", base64::engine::general_purpose::STANDARD.encode(key));
-    let mut f =
-        std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("cannot write {}", path.display()))?;
     // Keep an existing last line intact if it lacks a newline.
     let needs_nl = std::fs::read(path).ok().is_some_and(|b| !b.is_empty() && !b.ends_with(b"\n"));
+    let mut f =
+        std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("cannot write {}", path.display()))?;
     if needs_nl {
         f.write_all(b"\n")?;
     }
@@ -415,37 +554,71 @@ fn append_known_host(path: &Path, pattern: &str, kind: &str, key: &[u8]) -> anyh
     Ok(())
 }
 
+/// The passphrase for an encrypted key: `BST_SSH_PASSPHRASE`, else a hidden prompt when a
+/// human is at the terminal, else none (the error then says which key wanted one).
+fn passphrase_for(path: &Path) -> Option<String> {
+    if let Ok(p) = std::env::var("BST_SSH_PASSPHRASE") {
+        return Some(p);
+    }
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    eprint!("passphrase for {}: ", path.display());
+    let _quiet = crate::commands::env::EchoOff::new();
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).ok()?;
+    eprintln!();
+    Some(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+fn key_is_encrypted(path: &Path) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|t| {
+        t.contains("ENCRYPTED") || {
+            // OpenSSH format: the cipher name follows the magic; "none" means plain.
+            let b64: String = t.lines().filter(|l| !l.starts_with("-----")).collect();
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .ok()
+                .is_some_and(|raw| raw.starts_with(b"openssh-key-v1\0") && !raw[15..].starts_with(b"\0\0\0\x04none"))
+        }
+    })
+}
+
 fn authenticate(sess: &Session, s: &Ssh) -> anyhow::Result<()> {
-    let passphrase = std::env::var("BST_SSH_PASSPHRASE").ok();
     let mut tried = Vec::new();
     let try_key = |path: &Path, tried: &mut Vec<String>| -> bool {
-        match sess.userauth_pubkey_file(&s.user, None, path, passphrase.as_deref()) {
+        let pass = if key_is_encrypted(path) { passphrase_for(path) } else { None };
+        match sess.userauth_pubkey_file(&s.user, None, path, pass.as_deref()) {
             Ok(()) if sess.authenticated() => true,
             Ok(()) => {
                 tried.push(format!("key {} (rejected)", path.display()));
                 false
             }
             Err(e) => {
-                tried.push(format!("key {} ({})", path.display(), e.message()));
+                let hint = if key_is_encrypted(path) && pass.is_none() { "; encrypted: set BST_SSH_PASSPHRASE" } else { "" };
+                tried.push(format!("key {} ({}{hint})", path.display(), e.message()));
                 false
             }
         }
     };
-    if let Some(id) = &s.identity_file {
+    if !s.identities_only && std::env::var_os("SSH_AUTH_SOCK").is_some() {
+        match sess.userauth_agent(&s.user) {
+            Ok(()) if sess.authenticated() => return Ok(()),
+            Ok(()) => tried.push("ssh-agent (no key accepted)".into()),
+            Err(e) => tried.push(format!("ssh-agent ({})", e.message())),
+        }
+    }
+    for id in &s.identity_files {
         if !id.is_file() {
-            return Err(Error::Usage(format!("identity_file {} does not exist", id.display())).into());
+            tried.push(format!("key {} (does not exist)", id.display()));
+            continue;
         }
         if try_key(id, &mut tried) {
             return Ok(());
         }
-    } else {
-        if std::env::var_os("SSH_AUTH_SOCK").is_some() {
-            match sess.userauth_agent(&s.user) {
-                Ok(()) if sess.authenticated() => return Ok(()),
-                Ok(()) => tried.push("ssh-agent (no key accepted)".into()),
-                Err(e) => tried.push(format!("ssh-agent ({})", e.message())),
-            }
-        }
+    }
+    if !s.identities_only && s.identity_files.is_empty() {
         let ssh_dir = home_dir().unwrap_or_default().join(".ssh");
         for name in ["id_ed25519", "id_ecdsa", "id_rsa"] {
             let p = ssh_dir.join(name);
@@ -455,7 +628,7 @@ fn authenticate(sess: &Session, s: &Ssh) -> anyhow::Result<()> {
         }
     }
     if tried.is_empty() {
-        tried.push("nothing: no identity_file, no ssh-agent, no ~/.ssh/id_* key".into());
+        tried.push("nothing: no identity file, no ssh-agent, no ~/.ssh/id_* key".into());
     }
     Err(Error::Auth { user: s.user.clone(), host: s.host.clone(), port: s.port, tried: tried.join("; ") }.into())
 }

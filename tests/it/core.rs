@@ -415,3 +415,29 @@ fn ctrl_c_during_build_stops_it_releases_the_lock_and_keeps_current() {
     assert!(ps.stdout.is_empty(), "the remote build kept running after Ctrl-C: {}", String::from_utf8_lossy(&ps.stdout));
     env.bst(&["deploy", "t", "-q"]).ok();
 }
+
+#[test]
+fn hostile_source_and_base_names_with_newlines_and_unicode() {
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    let parent = tempfile::tempdir().unwrap();
+    let canary = parent.path().join("pwned");
+    let marker = format!("bst-canary-{}", std::process::id());
+    let evil = format!("ws it's \"q\" $(touch {marker}) `touch {marker}` é 日本\nline2");
+    let src = parent.path().join(&evil);
+    std::fs::rename(ws.path(), &src).unwrap();
+    let env = Env::with_base_name(Some(&sshd), &ws, &format!("base é\n$(touch {})", canary.display()), "shared_files = [\"x y/.env\"]");
+    let cfg = std::fs::read_to_string(&env.config).unwrap().replace(&toml_str(ws.path()), &toml_str(&src));
+    std::fs::write(&env.config, cfg).unwrap();
+    env.bst(&["deploy", "t", "-q"]).ok();
+    env.bst(&["deploy", "t", "-vv"]).ok();
+    env.bst(&["rollback", "t", "-q"]).ok();
+    env.bst(&["list", "t", "--json"]).ok();
+    assert!(!canary.exists(), "a path was executed");
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let found =
+        sh(Path::new("/"), &format!("find /tmp {home} {} -maxdepth 8 -name '{marker}' 2>/dev/null || true", env.dir.path().display()));
+    assert!(found.trim().is_empty(), "a path was executed: {found}");
+    assert_eq!(std::fs::read(env.base.join("current/package.json")).unwrap(), std::fs::read(src.join("package.json")).unwrap());
+    std::fs::rename(&src, ws.path()).unwrap();
+}

@@ -57,6 +57,11 @@ pub struct Sshd {
 
 impl Sshd {
     pub fn start() -> Sshd {
+        Self::start_with("")
+    }
+
+    /// With extra sshd_config lines (e.g. a second `HostKey`, `LogLevel DEBUG1`).
+    pub fn start_with(extra: &str) -> Sshd {
         let dir = tempfile::Builder::new().prefix("bst-sshd").tempdir().unwrap();
         let d = dir.path();
         keygen(&d.join("host_ed25519"));
@@ -75,7 +80,7 @@ impl Sshd {
                     "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
                      AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n\
                      KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin yes\nAllowTcpForwarding yes\n\
-                     MaxStartups 100\nLogLevel VERBOSE\n",
+                     MaxStartups 100\n{extra}\nLogLevel VERBOSE\n",
                     d = d.display()
                 ),
             )
@@ -98,6 +103,15 @@ impl Sshd {
             let _ = child.wait();
         }
         panic!("sshd did not start: {}", std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default());
+    }
+
+    /// Authorises another user key (sshd reads the file at each login).
+    pub fn authorize(&self, pubkey_file: &Path) {
+        let key = std::fs::read_to_string(pubkey_file).unwrap();
+        let path = self.dir.path().join("authorized_keys");
+        let mut all = std::fs::read_to_string(&path).unwrap();
+        all.push_str(&key);
+        std::fs::write(path, all).unwrap();
     }
 
     pub fn log(&self) -> String {
@@ -286,7 +300,14 @@ impl Run {
 
 pub fn bst_cmd(config: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_bst"));
-    c.arg("--config").arg(config).args(args).env_remove("SSH_AUTH_SOCK").env_remove("BST_CONFIG").stdin(Stdio::null());
+    c.arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("SSH_AUTH_SOCK")
+        .env_remove("BST_CONFIG")
+        .env_remove("BST_SSH_PASSPHRASE")
+        .env("BST_SSH_CONFIG", "none")
+        .stdin(Stdio::null());
     c
 }
 

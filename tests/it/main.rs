@@ -5,4 +5,5 @@ mod ecosystem;
 mod faults;
 mod gates;
 mod harness;
+mod ssh;
 mod systemd;
