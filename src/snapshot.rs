@@ -378,3 +378,69 @@ mod tests {
         assert_eq!(std::fs::metadata(d.path().join("out/x")).unwrap().permissions().mode() & 0o777, 0o755);
     }
 }
+
+/// Chunk size and depth of the producer→writer queue: memory stays under ~2 MiB whatever the
+/// workspace size.
+const CHUNK: usize = 256 * 1024;
+const QUEUE: usize = 8;
+
+struct ChunkSender {
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl Write for ChunkSender {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+            self.tx.send(chunk).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "upload stopped"))?;
+        }
+        Ok(())
+    }
+}
+
+/// [`write_tar_gz`] pipelined: reading files and compressing run on their own thread while
+/// the caller's thread writes finished chunks to `w` (the SSH channel), so compression and
+/// the network overlap instead of taking turns.
+pub fn stream_tar_gz(
+    source: &Path,
+    entries: &[Entry],
+    w: &mut dyn Write,
+    level: u32,
+    progress: &(dyn Fn(&Entry, u64) + Sync),
+) -> anyhow::Result<Stats> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(QUEUE);
+    std::thread::scope(|scope| {
+        let producer = scope.spawn(move || {
+            let mut sink = ChunkSender { tx, buf: Vec::with_capacity(CHUNK) };
+            write_tar_gz(source, entries, &mut sink, level, &mut |e, n| progress(e, n))
+        });
+        let mut write_err = None;
+        for chunk in rx.iter() {
+            if let Err(e) = w.write_all(&chunk) {
+                write_err = Some(e);
+                break;
+            }
+        }
+        // Dropped before joining: a producer blocked on a full queue then fails fast
+        // instead of waiting forever.
+        drop(rx);
+        let produced = producer.join().map_err(|_| anyhow::anyhow!("snapshot thread panicked"))?;
+        match (write_err, produced) {
+            (Some(e), _) => Err(anyhow::Error::from(e).context("sending the snapshot failed")),
+            (None, Err(e)) => Err(e),
+            (None, Ok(stats)) => {
+                w.flush()?;
+                Ok(stats)
+            }
+        }
+    })
+}

@@ -32,6 +32,36 @@ struct Summary<'a> {
     duration_ms: u64,
     pruned: Vec<String>,
     warnings: Vec<String>,
+    phases_ms: Phases,
+}
+
+/// Wall time per phase, for the summary and `--json` (benchmarks read it).
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+struct Phases {
+    snapshot_ms: u64,
+    upload_ms: u64,
+    build_ms: Option<u64>,
+    switch_ms: u64,
+}
+
+fn ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A bar for a human at a terminal; CI and pipes get the plain summary line only.
+fn progress_bar(p: &Printer, target: &Target, entries: &[snapshot::Entry]) -> Option<indicatif::ProgressBar> {
+    if !p.tty || p.quiet || p.json {
+        return None;
+    }
+    let total: u64 = entries.iter().filter_map(|e| std::fs::symlink_metadata(target.source.join(&e.path)).ok()).map(|m| m.len()).sum();
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} uploading {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(format!("{} files", entries.len()));
+    Some(bar)
 }
 
 pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart: bool) -> anyhow::Result<()> {
@@ -47,6 +77,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
         }
     }
     let entries = snapshot::collect(&target.source, &target.exclude, &skip)?;
+    let snapshot_ms = ms(started);
     let git = snapshot::git_info(&target.source);
     p.status(format!(
         "deploying {} ({} files) to {} ({}:{})",
@@ -100,7 +131,8 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
 
     let mut warnings = Vec::new();
     let gated = restart && !target.restart.is_empty();
-    match deploy_locked(&mut *t, target, p, &state, &held, &entries, &mut meta, build, started, &mut warnings, gated) {
+    let mut phases = Phases { snapshot_ms, ..Phases::default() };
+    match deploy_locked(&mut *t, target, p, &state, &held, &entries, &mut meta, build, started, &mut warnings, gated, &mut phases) {
         Ok(pruned) => {
             if let Err(e) = crate::interrupt::check() {
                 if gated {
@@ -117,13 +149,17 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
             }
             let sent = t.bytes_sent();
             p.status(format!(
-                "deployed {} to {} in {:.1}s ({} files, {}, {} sent){}",
+                "deployed {} to {} in {:.1}s ({} files, {}, {} sent; snapshot {} ms, upload {} ms{}, switch {} ms){}",
                 id,
                 target.name,
                 started.elapsed().as_secs_f64(),
                 meta.files,
                 human_bytes(meta.bytes),
                 human_bytes(sent),
+                phases.snapshot_ms,
+                phases.upload_ms,
+                phases.build_ms.map_or(String::new(), |b| format!(", build {b} ms")),
+                phases.switch_ms,
                 if pruned.is_empty() { String::new() } else { format!("; pruned {}", pruned.join(", ")) }
             ));
             p.out(format!("{}: current -> releases/{id}", target.name));
@@ -140,6 +176,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
                 duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 pruned,
                 warnings,
+                phases_ms: phases,
             });
             Ok(())
         }
@@ -176,15 +213,26 @@ fn deploy_locked(
     started: Instant,
     warnings: &mut Vec<String>,
     keep_lock: bool,
+    phases: &mut Phases,
 ) -> anyhow::Result<Vec<String>> {
     let id = meta.id.clone();
     let script = crate::remote::upload(&target.base, &id, &target.shared_files, &target.shared_dirs, &serde_json::to_string(&meta)?);
     let mut stats = snapshot::Stats::default();
     let upload_started = Instant::now();
+    let bar = progress_bar(p, target, entries);
     let out = t.run_with_input(&script, &mut |w| {
-        stats = snapshot::write_tar_gz(&target.source, entries, w, GZIP_LEVEL, &mut |_, _| {})?;
+        let tick = |_: &snapshot::Entry, n: u64| {
+            if let Some(b) = &bar {
+                b.inc(n);
+            }
+        };
+        stats = snapshot::stream_tar_gz(&target.source, entries, w, GZIP_LEVEL, &tick)?;
         Ok(())
     })?;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    phases.upload_ms = ms(upload_started);
     if out.status != 0 {
         let mut msg = format!("upload failed: {}", out.stderr_str());
         if let Some(fe) = &out.feed_error {
@@ -209,7 +257,9 @@ fn deploy_locked(
         } else {
             p.status(format!("building in {}/releases/{id} (log: logs/{id}.log)", target.base));
             let script = crate::remote::build(&target.base, &id, &target.name, &steps);
+            let build_started = Instant::now();
             let rc = t.run_streaming(&script, &mut |_: Stream, data: &[u8]| p.passthrough(data))?;
+            phases.build_ms = Some(ms(build_started));
             if rc != 0 {
                 return Err(Error::Failed(format!("build failed with exit code {rc} (log: {}/logs/{id}.log)", target.base)).into());
             }
@@ -227,10 +277,12 @@ fn deploy_locked(
     audit.previous = state.current.as_deref();
     let script =
         crate::remote::finish_deploy(&target.base, &id, &serde_json::to_string(&meta)?, &prune, &audit.json(), &held.token, keep_lock);
+    let switch_started = Instant::now();
     let out = {
         let _critical = crate::interrupt::Critical::enter();
         t.run(&script)?
     };
+    phases.switch_ms = ms(switch_started);
     let text = out.stdout_str();
     if out.status != 0 || !text.lines().any(|l| l == "SWITCHED") {
         return Err(Error::Failed(format!("switching current to {id} failed: {}", out.stderr_str())).into());
