@@ -269,10 +269,10 @@ fn append_all<W: Write>(
                 h.set_size(size);
                 // A file that changes while we read it must not corrupt the stream: send
                 // exactly `size` bytes, failing if it shrank.
-                let mut body = Exact { inner: f.take(size), left: size };
+                let mut tick = |n: u64| progress(e, n);
+                let mut body = Exact { inner: f.take(size), left: size, tick: &mut tick };
                 tar.append_data(&mut h, &e.path, &mut body).with_context(|| format!("cannot add {}", e.path))?;
                 stats.bytes += size;
-                progress(e, size);
             }
         }
         stats.files += 1;
@@ -280,12 +280,14 @@ fn append_all<W: Write>(
     Ok(stats)
 }
 
-struct Exact<R> {
+struct Exact<'a, R> {
     inner: R,
     left: u64,
+    /// Progress as bytes are read, so one large file still moves the bar.
+    tick: &'a mut dyn FnMut(u64),
 }
 
-impl<R: Read> Read for Exact<R> {
+impl<R: Read> Read for Exact<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.left == 0 {
             return Ok(0);
@@ -295,6 +297,7 @@ impl<R: Read> Read for Exact<R> {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while being read"));
         }
         self.left -= n as u64;
+        (self.tick)(n as u64);
         Ok(n)
     }
 }
