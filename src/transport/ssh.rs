@@ -12,7 +12,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use base64::Engine;
+#[cfg(unix)]
+use libc::{poll, pollfd, POLLIN, POLLOUT};
 use ssh2::{BlockDirections, Channel, CheckResult, ErrorCode, HashType, KnownHostFileKind, Session};
+#[cfg(windows)]
+use windows_sys::Win32::Networking::WinSock::{WSAPoll as poll, POLLIN, POLLOUT, SOCKET, WSAPOLLFD as pollfd};
 
 use super::{capture, show_command, Feed, Output, Stream, Transport};
 use crate::error::Error;
@@ -42,29 +46,45 @@ pub struct SshTransport {
 /// The session plus its socket, for waiting.
 struct Pump {
     sess: Session,
+    socket: RawSock,
+}
+
+#[cfg(unix)]
+type RawSock = std::os::unix::io::RawFd;
+#[cfg(windows)]
+type RawSock = SOCKET;
+
+fn raw_socket(tcp: &TcpStream) -> RawSock {
     #[cfg(unix)]
-    fd: std::os::unix::io::RawFd,
+    {
+        std::os::unix::io::AsRawFd::as_raw_fd(tcp)
+    }
+    #[cfg(windows)]
+    {
+        std::os::windows::io::AsRawSocket::as_raw_socket(tcp) as SOCKET
+    }
+}
+
+/// Waits until one of `socks` is ready for `events` (per socket), at most `ms`. poll(2) on
+/// Unix, WSAPoll on Windows (std ran WSAStartup when it opened the sockets).
+fn wait_ready(socks: &[(RawSock, i16)], ms: i32) {
+    let mut fds: Vec<pollfd> = socks.iter().map(|&(fd, events)| pollfd { fd, events, revents: 0 }).collect();
+    // SAFETY: valid pollfds for sockets the caller keeps open for the duration of the call.
+    unsafe {
+        poll(fds.as_mut_ptr(), fds.len() as _, ms);
+    }
 }
 
 impl Pump {
     fn wait(&self) -> anyhow::Result<()> {
         interrupt::check()?;
         let _ = self.sess.keepalive_send();
-        #[cfg(unix)]
-        {
-            let events = match self.sess.block_directions() {
-                BlockDirections::Outbound => libc::POLLOUT,
-                BlockDirections::Both => libc::POLLIN | libc::POLLOUT,
-                _ => libc::POLLIN,
-            };
-            let mut pfd = libc::pollfd { fd: self.fd, events, revents: 0 };
-            // SAFETY: one valid pollfd for a socket the session keeps open.
-            unsafe {
-                libc::poll(&mut pfd, 1, 1000);
-            }
-        }
-        #[cfg(not(unix))]
-        std::thread::sleep(Duration::from_millis(1));
+        let events = match self.sess.block_directions() {
+            BlockDirections::Outbound => POLLOUT,
+            BlockDirections::Both => POLLIN | POLLOUT,
+            _ => POLLIN,
+        };
+        wait_ready(&[(self.socket, events)], 1000);
         Ok(())
     }
 
@@ -159,17 +179,12 @@ fn interrupted(e: &anyhow::Error) -> bool {
 impl SshTransport {
     pub fn connect(s: &Ssh, g: &Globals) -> anyhow::Result<Self> {
         let (sess, tcp, tunnel) = open_session(s, g, 0)?;
-        #[cfg(unix)]
-        let fd = std::os::unix::io::AsRawFd::as_raw_fd(&tcp);
+        let socket = raw_socket(&tcp);
         sess.set_keepalive(true, KEEPALIVE_SECS);
         sess.set_timeout(0);
         sess.set_blocking(false);
         Ok(SshTransport {
-            pump: Pump {
-                sess,
-                #[cfg(unix)]
-                fd,
-            },
+            pump: Pump { sess, socket },
             abandoned: Vec::new(),
             _tcp: tcp,
             _tunnel: tunnel,

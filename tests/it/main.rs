@@ -1,4 +1,6 @@
 //! One integration test crate (one link step); a module per capability.
+//! Unix only: it drives a real `sshd`, `sh` and a systemd container.
+#![cfg(unix)]
 
 mod core;
 mod ecosystem;
