@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::{capture, show_command, Feed, Output, Stream, Transport};
+use crate::error::Error;
 use crate::interrupt;
 
 pub struct Local {
@@ -29,7 +30,13 @@ impl Local {
         // not something that kills `tar` under our feet.
         #[cfg(unix)]
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        cmd.spawn().context("cannot start sh")
+        cmd.spawn().map_err(|e| match e.kind() {
+            // Windows has no `sh` of its own; say what is missing rather than "file not found".
+            std::io::ErrorKind::NotFound => {
+                Error::Usage("the local transport (host = \"local\") needs a POSIX `sh` on PATH, e.g. Git Bash's".into()).into()
+            }
+            _ => anyhow::Error::new(e).context("cannot start sh"),
+        })
     }
 }
 
