@@ -400,19 +400,18 @@ pub fn home_dir() -> Option<PathBuf> {
 
 /// `~/x` (and on Windows `%USERPROFILE%\x`) the way each platform's users write them.
 pub fn expand_home(p: &str) -> PathBuf {
-    let home = home_dir();
-    if let Some(h) = &home {
-        if p == "~" {
-            return h.clone();
-        }
-        if let Some(rest) = p.strip_prefix("~/").or_else(|| p.strip_prefix("~\\")) {
-            return h.join(rest);
-        }
-        if let Some(rest) = p.strip_prefix("%USERPROFILE%") {
-            return h.join(rest.trim_start_matches(['/', '\\']));
-        }
+    expand_home_with(p, home_dir().as_deref())
+}
+
+/// [`expand_home`] with the home directory passed in, so the Windows spellings are testable
+/// anywhere. Both separators split what follows the prefix: one `targets.toml` is shared by
+/// Windows and Linux machines, and `~\.ssh\id` must name the same key on both.
+pub fn expand_home_with(p: &str, home: Option<&Path>) -> PathBuf {
+    let rest = if p == "~" { Some("") } else { ["~/", "~\\", "%USERPROFILE%"].iter().find_map(|pre| p.strip_prefix(pre)) };
+    match (home, rest) {
+        (Some(h), Some(rest)) => rest.split(['/', '\\']).filter(|c| !c.is_empty()).fold(h.to_path_buf(), |acc, c| acc.join(c)),
+        _ => PathBuf::from(p),
     }
-    PathBuf::from(p)
 }
 
 #[cfg(test)]
@@ -449,6 +448,23 @@ mod tests {
         for bad in ["/etc/passwd", "../x", "a/../../x", "", "a//b"] {
             assert!(check_relative(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn home_expands_with_either_separator_and_other_paths_are_untouched() {
+        let home = Path::new("/home/me");
+        let ssh_key = home.join(".ssh").join("id_ed25519");
+        assert_eq!(expand_home_with("~", Some(home)), home);
+        assert_eq!(expand_home_with("~/x", Some(home)), home.join("x"));
+        assert_eq!(expand_home_with("~\\x", Some(home)), home.join("x"));
+        assert_eq!(expand_home_with("~/.ssh/id_ed25519", Some(home)), ssh_key);
+        assert_eq!(expand_home_with("~\\.ssh\\id_ed25519", Some(home)), ssh_key);
+        assert_eq!(expand_home_with("%USERPROFILE%\\.ssh\\id_ed25519", Some(home)), ssh_key);
+        assert_eq!(expand_home_with("%USERPROFILE%", Some(home)), home);
+        for untouched in ["d:\\Balisnaptrip\\WEB", "/etc/ssh/key", "~user/x", "x~/y", "keys\\%USERPROFILE%"] {
+            assert_eq!(expand_home_with(untouched, Some(home)), PathBuf::from(untouched), "{untouched}");
+        }
+        assert_eq!(expand_home_with("~/x", None), PathBuf::from("~/x"));
     }
 
     #[test]

@@ -132,8 +132,7 @@ fn from_walk(source: &Path, excluded: &Gitignore) -> anyhow::Result<Vec<Entry>> 
         if dent.depth() == 0 || dent.file_type().is_some_and(|t| t.is_dir()) {
             continue;
         }
-        let rel = dent.path().strip_prefix(source).unwrap_or(dent.path());
-        let path = rel.to_string_lossy().replace('\\', "/");
+        let path = release_path(dent.path().strip_prefix(source).unwrap_or(dent.path()));
         if excluded.matched_path_or_any_parents(&path, false).is_ignore() {
             continue;
         }
@@ -142,6 +141,16 @@ fn from_walk(source: &Path, excluded: &Gitignore) -> anyhow::Result<Vec<Entry>> 
         }
     }
     Ok(out)
+}
+
+/// A walked path as it goes into the tar: on Windows the walk yields `apps\api\x.ts`, and the
+/// server must see `apps/api/x.ts`.
+fn release_path(rel: &Path) -> String {
+    posix(&rel.to_string_lossy())
+}
+
+fn posix(p: &str) -> String {
+    p.replace('\\', "/")
 }
 
 fn entry_from_fs(source: &Path, path: &str) -> anyhow::Result<Option<Entry>> {
@@ -171,13 +180,19 @@ fn is_exec(_: &std::fs::Metadata) -> bool {
 /// git writes the target as the file's content.
 fn link_target(full: &Path) -> io::Result<PathBuf> {
     match std::fs::read_link(full) {
-        Ok(t) => Ok(PathBuf::from(t.to_string_lossy().replace('\\', "/"))),
+        Ok(t) => Ok(PathBuf::from(posix(&t.to_string_lossy()))),
         Err(_) => {
             let mut s = String::new();
             File::open(full)?.take(4096).read_to_string(&mut s)?;
-            Ok(PathBuf::from(s.trim_end_matches('\n')))
+            Ok(stored_link_target(&s))
         }
     }
+}
+
+/// The content git wrote in place of a link is the target verbatim; only a line ending added
+/// by an editor (CRLF on Windows) is not part of it.
+fn stored_link_target(content: &str) -> PathBuf {
+    PathBuf::from(content.trim_end_matches(['\r', '\n']))
 }
 
 fn mtime(md: &std::fs::Metadata) -> u64 {
@@ -302,15 +317,17 @@ impl<R: Read> Read for Exact<'_, R> {
     }
 }
 
-#[cfg(all(test, unix))]
+#[cfg(test)]
 mod tests {
     use super::*;
 
+    #[cfg(unix)]
     fn sh(dir: &Path, script: &str) {
         let ok = Command::new("sh").arg("-c").arg(script).current_dir(dir).status().unwrap().success();
         assert!(ok, "{script}");
     }
 
+    #[cfg(unix)]
     #[test]
     fn git_workspace_lists_tracked_and_untracked_minus_ignored() {
         let d = tempfile::tempdir().unwrap();
@@ -330,6 +347,7 @@ mod tests {
         assert_eq!(info.dirty, Some(false));
     }
 
+    #[cfg(unix)]
     #[test]
     fn plain_directory_walk_honours_gitignore_and_skips_dot_git() {
         let d = tempfile::tempdir().unwrap();
@@ -342,6 +360,7 @@ mod tests {
         assert_eq!(paths, vec![".gitignore", ".hidden", "a"]);
     }
 
+    #[cfg(unix)]
     #[test]
     fn a_failed_snapshot_never_ends_as_a_valid_archive() {
         let d = tempfile::tempdir().unwrap();
@@ -379,6 +398,43 @@ mod tests {
         assert_eq!(std::fs::read_link(d.path().join("out/l")).unwrap(), PathBuf::from("x"));
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(d.path().join("out/x")).unwrap().permissions().mode() & 0o777, 0o755);
+    }
+
+    /// A Windows checkout, seen from any OS: the walk spells paths with `\`, and a link is a
+    /// plain file holding its target.
+    #[test]
+    fn windows_paths_and_stored_links_become_posix_tar_entries() {
+        assert_eq!(release_path(Path::new(r"apps\api\src\index.ts")), "apps/api/src/index.ts");
+        assert_eq!(release_path(Path::new("apps/api/src/index.ts")), "apps/api/src/index.ts");
+        assert_eq!(stored_link_target("../shared/.env"), PathBuf::from("../shared/.env"));
+        assert_eq!(stored_link_target("../shared/.env\r\n"), PathBuf::from("../shared/.env"));
+
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("apps/api/src")).unwrap();
+        std::fs::write(d.path().join("apps/api/src/index.ts"), "x").unwrap();
+        std::fs::write(d.path().join(".env"), "../../shared/.env\n").unwrap();
+        let entries = [
+            Entry { path: release_path(Path::new(".env")), kind: Kind::Symlink },
+            Entry { path: release_path(Path::new(r"apps\api\src\index.ts")), kind: Kind::File { exec: false } },
+        ];
+        let mut buf = Vec::new();
+        write_tar_gz(d.path(), &entries, &mut buf, 1, &mut |_, _| {}).unwrap();
+        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(&buf[..]));
+        let got: Vec<(String, tar::EntryType, Option<PathBuf>)> = tar
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.path().unwrap().to_string_lossy().into_owned(), e.header().entry_type(), e.link_name().unwrap().map(|l| l.into_owned()))
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (".env".into(), tar::EntryType::Symlink, Some(PathBuf::from("../../shared/.env"))),
+                ("apps/api/src/index.ts".into(), tar::EntryType::Regular, None),
+            ]
+        );
     }
 }
 
