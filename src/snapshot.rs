@@ -317,127 +317,6 @@ impl<R: Read> Read for Exact<'_, R> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[cfg(unix)]
-    fn sh(dir: &Path, script: &str) {
-        let ok = Command::new("sh").arg("-c").arg(script).current_dir(dir).status().unwrap().success();
-        assert!(ok, "{script}");
-    }
-
-    #[cfg(unix)]
-    #[test]
-    fn git_workspace_lists_tracked_and_untracked_minus_ignored() {
-        let d = tempfile::tempdir().unwrap();
-        sh(
-            d.path(),
-            "git init -q . && printf 'ignored.txt\\nbuild/\\n' > .gitignore && echo a > a.txt && printf '#!/bin/sh\\n' > run.sh && chmod +x run.sh \
-             && ln -s a.txt link && mkdir build && echo x > build/out && echo i > ignored.txt && echo s > .env && mkdir sub && echo u > sub/new.txt \
-             && git add .gitignore a.txt run.sh link && git -c user.name=t -c user.email=t@e commit -qm init && echo u > untracked.txt && echo z > zz.log",
-        );
-        let e = collect(d.path(), &["*.log".to_string()], &[".env".to_string()]).unwrap();
-        let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, vec![".gitignore", "a.txt", "link", "run.sh", "sub/new.txt", "untracked.txt"]);
-        assert_eq!(e[2].kind, Kind::Symlink);
-        assert_eq!(e[3].kind, Kind::File { exec: true });
-        let info = git_info(d.path());
-        assert_eq!(info.commit.as_deref().map(str::len), Some(40));
-        assert_eq!(info.dirty, Some(false));
-    }
-
-    #[cfg(unix)]
-    #[test]
-    fn plain_directory_walk_honours_gitignore_and_skips_dot_git() {
-        let d = tempfile::tempdir().unwrap();
-        sh(
-            d.path(),
-            "printf 'secret\\n' > .gitignore && echo s > secret && mkdir .git && echo x > .git/config && echo a > a && echo h > .hidden",
-        );
-        let e = collect(d.path(), &[], &[]).unwrap();
-        let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, vec![".gitignore", ".hidden", "a"]);
-    }
-
-    #[cfg(unix)]
-    #[test]
-    fn a_failed_snapshot_never_ends_as_a_valid_archive() {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::write(d.path().join("a"), "a").unwrap();
-        let entries = vec![
-            Entry { path: "a".into(), kind: Kind::File { exec: false } },
-            Entry { path: "missing".into(), kind: Kind::File { exec: false } },
-        ];
-        let mut buf = Vec::new();
-        assert!(write_tar_gz(d.path(), &entries, &mut buf, 1, &mut |_, _| {}).is_err());
-        let mut out = Vec::new();
-        let gz = flate2::read::GzDecoder::new(&buf[..]).read_to_end(&mut out);
-        assert!(gz.is_err(), "the gzip stream must stay unfinished, not a valid archive of the files so far");
-    }
-
-    #[test]
-    fn tar_round_trips_through_gnu_tar() {
-        let d = tempfile::tempdir().unwrap();
-        let long = "d/".repeat(60) + "long-name-file.txt";
-        sh(
-            d.path(),
-            &format!("mkdir -p src/$(dirname {long}) && echo hi > src/{long} && printf x > src/x && chmod +x src/x && ln -s x src/l"),
-        );
-        let src = d.path().join("src");
-        let entries = collect(&src, &[], &[]).unwrap();
-        let mut buf = Vec::new();
-        let stats = write_tar_gz(&src, &entries, &mut buf, 1, &mut |_, _| {}).unwrap();
-        assert_eq!(stats.files, 3);
-        std::fs::create_dir(d.path().join("out")).unwrap();
-        let mut child =
-            Command::new("tar").args(["-xzf", "-", "-C"]).arg(d.path().join("out")).stdin(std::process::Stdio::piped()).spawn().unwrap();
-        child.stdin.take().unwrap().write_all(&buf).unwrap();
-        assert!(child.wait().unwrap().success());
-        assert_eq!(std::fs::read_to_string(d.path().join("out").join(&long)).unwrap(), "hi\n");
-        assert_eq!(std::fs::read_link(d.path().join("out/l")).unwrap(), PathBuf::from("x"));
-        use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(d.path().join("out/x")).unwrap().permissions().mode() & 0o777, 0o755);
-    }
-
-    /// A Windows checkout, seen from any OS: the walk spells paths with `\`, and a link is a
-    /// plain file holding its target.
-    #[test]
-    fn windows_paths_and_stored_links_become_posix_tar_entries() {
-        assert_eq!(release_path(Path::new(r"apps\api\src\index.ts")), "apps/api/src/index.ts");
-        assert_eq!(release_path(Path::new("apps/api/src/index.ts")), "apps/api/src/index.ts");
-        assert_eq!(stored_link_target("../shared/.env"), PathBuf::from("../shared/.env"));
-        assert_eq!(stored_link_target("../shared/.env\r\n"), PathBuf::from("../shared/.env"));
-
-        let d = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(d.path().join("apps/api/src")).unwrap();
-        std::fs::write(d.path().join("apps/api/src/index.ts"), "x").unwrap();
-        std::fs::write(d.path().join(".env"), "../../shared/.env\n").unwrap();
-        let entries = [
-            Entry { path: release_path(Path::new(".env")), kind: Kind::Symlink },
-            Entry { path: release_path(Path::new(r"apps\api\src\index.ts")), kind: Kind::File { exec: false } },
-        ];
-        let mut buf = Vec::new();
-        write_tar_gz(d.path(), &entries, &mut buf, 1, &mut |_, _| {}).unwrap();
-        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(&buf[..]));
-        let got: Vec<(String, tar::EntryType, Option<PathBuf>)> = tar
-            .entries()
-            .unwrap()
-            .map(|e| {
-                let e = e.unwrap();
-                (e.path().unwrap().to_string_lossy().into_owned(), e.header().entry_type(), e.link_name().unwrap().map(|l| l.into_owned()))
-            })
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                (".env".into(), tar::EntryType::Symlink, Some(PathBuf::from("../../shared/.env"))),
-                ("apps/api/src/index.ts".into(), tar::EntryType::Regular, None),
-            ]
-        );
-    }
-}
-
 /// Chunk size and depth of the producer→writer queue: memory stays under ~2 MiB whatever the
 /// workspace size.
 const CHUNK: usize = 256 * 1024;
@@ -502,4 +381,125 @@ pub fn stream_tar_gz(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    fn sh(dir: &Path, script: &str) {
+        let ok = Command::new("sh").arg("-c").arg(script).current_dir(dir).status().unwrap().success();
+        assert!(ok, "{script}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn git_workspace_lists_tracked_and_untracked_minus_ignored() {
+        let d = tempfile::tempdir().unwrap();
+        sh(
+            d.path(),
+            "git init -q . && printf 'ignored.txt\\nbuild/\\n' > .gitignore && echo a > a.txt && printf '#!/bin/sh\\n' > run.sh && chmod +x run.sh \
+             && ln -s a.txt link && mkdir build && echo x > build/out && echo i > ignored.txt && echo s > .env && mkdir sub && echo u > sub/new.txt \
+             && git add .gitignore a.txt run.sh link && git -c user.name=t -c user.email=t@e commit -qm init && echo u > untracked.txt && echo z > zz.log",
+        );
+        let e = collect(d.path(), &["*.log".to_string()], &[".env".to_string()]).unwrap();
+        let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, vec![".gitignore", "a.txt", "link", "run.sh", "sub/new.txt", "untracked.txt"]);
+        assert_eq!(e[2].kind, Kind::Symlink);
+        assert_eq!(e[3].kind, Kind::File { exec: true });
+        let info = git_info(d.path());
+        assert_eq!(info.commit.as_deref().map(str::len), Some(40));
+        assert_eq!(info.dirty, Some(false));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn plain_directory_walk_honours_gitignore_and_skips_dot_git() {
+        let d = tempfile::tempdir().unwrap();
+        sh(
+            d.path(),
+            "printf 'secret\\n' > .gitignore && echo s > secret && mkdir .git && echo x > .git/config && echo a > a && echo h > .hidden",
+        );
+        let e = collect(d.path(), &[], &[]).unwrap();
+        let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, vec![".gitignore", ".hidden", "a"]);
+    }
+
+    #[test]
+    fn a_failed_snapshot_never_ends_as_a_valid_archive() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a"), "a").unwrap();
+        let entries = vec![
+            Entry { path: "a".into(), kind: Kind::File { exec: false } },
+            Entry { path: "missing".into(), kind: Kind::File { exec: false } },
+        ];
+        let mut buf = Vec::new();
+        assert!(write_tar_gz(d.path(), &entries, &mut buf, 1, &mut |_, _| {}).is_err());
+        let mut out = Vec::new();
+        let gz = flate2::read::GzDecoder::new(&buf[..]).read_to_end(&mut out);
+        assert!(gz.is_err(), "the gzip stream must stay unfinished, not a valid archive of the files so far");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn tar_round_trips_through_gnu_tar() {
+        let d = tempfile::tempdir().unwrap();
+        let long = "d/".repeat(60) + "long-name-file.txt";
+        sh(
+            d.path(),
+            &format!("mkdir -p src/$(dirname {long}) && echo hi > src/{long} && printf x > src/x && chmod +x src/x && ln -s x src/l"),
+        );
+        let src = d.path().join("src");
+        let entries = collect(&src, &[], &[]).unwrap();
+        let mut buf = Vec::new();
+        let stats = write_tar_gz(&src, &entries, &mut buf, 1, &mut |_, _| {}).unwrap();
+        assert_eq!(stats.files, 3);
+        std::fs::create_dir(d.path().join("out")).unwrap();
+        let mut child =
+            Command::new("tar").args(["-xzf", "-", "-C"]).arg(d.path().join("out")).stdin(std::process::Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(&buf).unwrap();
+        assert!(child.wait().unwrap().success());
+        assert_eq!(std::fs::read_to_string(d.path().join("out").join(&long)).unwrap(), "hi\n");
+        assert_eq!(std::fs::read_link(d.path().join("out/l")).unwrap(), PathBuf::from("x"));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(d.path().join("out/x")).unwrap().permissions().mode() & 0o777, 0o755);
+    }
+
+    /// A Windows checkout, seen from any OS: the walk spells paths with `\`, and a link is a
+    /// plain file holding its target.
+    #[test]
+    fn windows_paths_and_stored_links_become_posix_tar_entries() {
+        assert_eq!(release_path(Path::new(r"apps\api\src\index.ts")), "apps/api/src/index.ts");
+        assert_eq!(release_path(Path::new("apps/api/src/index.ts")), "apps/api/src/index.ts");
+        assert_eq!(stored_link_target("../shared/.env"), PathBuf::from("../shared/.env"));
+        assert_eq!(stored_link_target("../shared/.env\r\n"), PathBuf::from("../shared/.env"));
+
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("apps/api/src")).unwrap();
+        std::fs::write(d.path().join("apps/api/src/index.ts"), "x").unwrap();
+        std::fs::write(d.path().join(".env"), "../../shared/.env\n").unwrap();
+        let entries = [
+            Entry { path: release_path(Path::new(".env")), kind: Kind::Symlink },
+            Entry { path: release_path(Path::new(r"apps\api\src\index.ts")), kind: Kind::File { exec: false } },
+        ];
+        let mut buf = Vec::new();
+        write_tar_gz(d.path(), &entries, &mut buf, 1, &mut |_, _| {}).unwrap();
+        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(&buf[..]));
+        let got: Vec<(String, tar::EntryType, Option<PathBuf>)> = tar
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.path().unwrap().to_string_lossy().into_owned(), e.header().entry_type(), e.link_name().unwrap().map(|l| l.into_owned()))
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (".env".into(), tar::EntryType::Symlink, Some(PathBuf::from("../../shared/.env"))),
+                ("apps/api/src/index.ts".into(), tar::EntryType::Regular, None),
+            ]
+        );
+    }
 }
