@@ -15,28 +15,17 @@ use crate::transport::Transport;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// `systemctl` or `journalctl` as the service is configured: through `sudo -n`, `--user`.
+fn tool(svc: &Service, name: &str) -> String {
+    format!("{}{name}{}", if svc.sudo { "sudo -n " } else { "" }, if svc.scope == Scope::User { " --user" } else { "" })
+}
+
 fn systemctl(svc: &Service) -> String {
-    let mut s = String::new();
-    if svc.sudo {
-        s.push_str("sudo -n ");
-    }
-    s.push_str("systemctl");
-    if svc.scope == Scope::User {
-        s.push_str(" --user");
-    }
-    s
+    tool(svc, "systemctl")
 }
 
 fn journalctl(svc: &Service) -> String {
-    let mut s = String::new();
-    if svc.sudo {
-        s.push_str("sudo -n ");
-    }
-    s.push_str("journalctl");
-    if svc.scope == Scope::User {
-        s.push_str(" --user");
-    }
-    s
+    tool(svc, "journalctl")
 }
 
 /// `systemctl --user` over SSH needs the user's runtime dir, which a non-login exec lacks.
