@@ -327,6 +327,44 @@ mod tests {
         assert_eq!(f.render(), "# keep me\r\nA='new value'\r\n\r\nC=3\r\n");
     }
 
+    /// Seeded mutations of the committed corpus (tests/corpus/dotenv): parsing never panics,
+    /// and an untouched round trip is byte for byte.
+    #[test]
+    fn fuzzed_env_files_never_panic_and_round_trip() {
+        use proptest::test_runner::{Config as PtConfig, TestRunner};
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/dotenv");
+        let corpus: Vec<Vec<u8>> = std::fs::read_dir(&dir).unwrap().map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect();
+        assert!(corpus.len() >= 3);
+        for c in &corpus {
+            let text = String::from_utf8_lossy(c);
+            assert_eq!(
+                EnvFile::parse(&text).render(),
+                if text.ends_with('\n') {
+                    text.to_string()
+                } else {
+                    format!("{text}{}", if text.contains("\r\n") { "\r\n" } else { "\n" })
+                }
+            );
+        }
+        let mut runner = TestRunner::new(PtConfig { cases: 600, ..PtConfig::default() });
+        let strat = (0..corpus.len(), any::<usize>(), any::<u8>(), 0u8..3, "\\PC{0,8}");
+        runner
+            .run(&strat, |(i, pos, byte, op, splice)| {
+                let mut b = corpus[i].clone();
+                let at = pos % (b.len() + 1);
+                match op {
+                    0 if at < b.len() => b[at] = byte,
+                    1 => b.truncate(at),
+                    _ => b.splice(at..at, splice.bytes()).for_each(drop),
+                }
+                let f = EnvFile::parse(&String::from_utf8_lossy(&b));
+                let again = EnvFile::parse(&f.render());
+                prop_assert_eq!(f.keys(), again.keys());
+                Ok(())
+            })
+            .unwrap();
+    }
+
     proptest! {
         #[test]
         fn any_value_set_reads_back_the_same(v in "[^\u{0}\r]{0,30}") {

@@ -120,7 +120,8 @@ I="$B/{INCOMING_DIR}/{id}"
 R="$B/releases/{id}"
 if [ -e "$R" ]; then echo "release {id} already exists" >&2; exit 1; fi
 mkdir -p "$I"
-tar -xzf - -C "$I" --no-same-owner
+# A stream cut short (Ctrl-C, dead client, full disk) leaves nothing behind.
+tar -xzf - -C "$I" --no-same-owner || {{ rc=$?; rm -rf "$I"; rmdir "$B/{INCOMING_DIR}" 2>/dev/null; exit $rc; }}
 cd "$I"
 "#
     );

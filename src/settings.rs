@@ -36,6 +36,8 @@ pub struct Ssh {
     pub hash_known_hosts: bool,
     pub proxy_jump: Option<String>,
     pub connect_timeout: Option<u64>,
+    /// Seconds between keepalives (`ServerAliveInterval`; 0 or unset: 15).
+    pub keepalive_secs: u32,
 }
 
 /// One SSH endpoint: explicit values (targets.toml, or a ProxyJump spec) win over
@@ -82,6 +84,7 @@ pub fn resolve_ssh(
         hash_known_hosts: cfg.hash_known_hosts.unwrap_or(false),
         proxy_jump: cfg.proxy_jump.filter(|j| !j.eq_ignore_ascii_case("none")),
         connect_timeout: cfg.connect_timeout,
+        keepalive_secs: cfg.server_alive_interval.filter(|s| *s > 0).unwrap_or(15),
     })
 }
 

@@ -19,6 +19,7 @@ pub struct HostConfig {
     pub proxy_jump: Option<String>,
     pub hash_known_hosts: Option<bool>,
     pub connect_timeout: Option<u64>,
+    pub server_alive_interval: Option<u32>,
 }
 
 /// Where the user's ssh config lives: `BST_SSH_CONFIG` (`none` disables), else `~/.ssh/config`.
@@ -167,6 +168,7 @@ pub fn apply(text: &str, host: &str, cfg: &mut HostConfig, depth: u32, dir: Opti
             "proxyjump" => set(&mut cfg.proxy_jump, first),
             "hashknownhosts" if cfg.hash_known_hosts.is_none() => cfg.hash_known_hosts = yes(&first),
             "connecttimeout" if cfg.connect_timeout.is_none() => cfg.connect_timeout = first.parse().ok(),
+            "serveraliveinterval" if cfg.server_alive_interval.is_none() => cfg.server_alive_interval = first.parse().ok(),
             _ => {}
         }
     }

@@ -105,7 +105,15 @@ pub fn acquire(t: &mut dyn Transport, target: &Target, command: &str, create: bo
     let mut broke = false;
     // Up to ~20 s for a dead run's last remote command to end.
     for _ in 0..80 {
-        let out = t.run(&remote::lock(&target.base, &owner_json, create))?;
+        let out = match t.run(&remote::lock(&target.base, &owner_json, create)) {
+            Ok(o) => o,
+            Err(e) => {
+                // The server may have taken the lock before we lost the reply (Ctrl-C, cut
+                // connection): the token is ours, so release it if we can.
+                let _ = t.run(&remote::unlock(&target.base, &owner.token));
+                return Err(e);
+            }
+        };
         if out.status != 0 {
             return Err(Error::Failed(format!("cannot prepare {} on {}: {}", target.base, target.host_label(), out.stderr_str())).into());
         }

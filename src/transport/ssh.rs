@@ -26,7 +26,6 @@ use crate::shell::quote;
 
 const LIBSSH2_ERROR_EAGAIN: i32 = -37;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const KEEPALIVE_SECS: u32 = 15;
 
 pub struct SshTransport {
     pump: Pump,
@@ -180,7 +179,7 @@ impl SshTransport {
     pub fn connect(s: &Ssh, g: &Globals) -> anyhow::Result<Self> {
         let (sess, tcp, tunnel) = open_session(s, g, 0)?;
         let socket = raw_socket(&tcp);
-        sess.set_keepalive(true, KEEPALIVE_SECS);
+        sess.set_keepalive(true, s.keepalive_secs);
         sess.set_timeout(0);
         sess.set_blocking(false);
         Ok(SshTransport {
@@ -211,8 +210,22 @@ impl SshTransport {
             drop(w);
             if let Err(e) = r {
                 if interrupted(&e) {
-                    // EOF ends a remote `tar` at once; no waiting for the close handshake.
+                    // EOF ends a remote `tar`; give its script a moment to clean up and exit,
+                    // so the abort that follows does not race it. No waiting for the close
+                    // handshake itself (sshd delays it until the child is gone).
                     let _ = pump.retry(|| ch.send_eof());
+                    let deadline = Instant::now() + Duration::from_secs(3);
+                    while !ch.eof() && Instant::now() < deadline {
+                        match drain(&mut ch, &mut out, &mut sink) {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                if pump.wait().is_err() {
+                                    break;
+                                }
+                            }
+                            Err(_) => break,
+                        }
+                    }
                     self.abandoned.push(ch);
                     return Err(Error::Interrupted.into());
                 }
@@ -390,7 +403,8 @@ fn open_session(s: &Ssh, g: &Globals, depth: u32) -> anyhow::Result<(Session, Tc
                 .channel_direct_tcpip(&s.host, s.port, None)
                 .map_err(|e| conn_err(format!("jump host {}:{} could not reach it: {}", jump.host, jump.port, e.message())))?;
             let (local, far) = loopback_pair()?;
-            let handle = std::thread::spawn(move || tunnel_pump(jsess, jtcp, ch, far, jtunnel));
+            let keepalive = jump.keepalive_secs;
+            let handle = std::thread::spawn(move || tunnel_pump(jsess, jtcp, ch, far, keepalive, jtunnel));
             (local, Some(handle))
         }
     };
@@ -423,8 +437,15 @@ fn loopback_pair() -> anyhow::Result<(TcpStream, TcpStream)> {
 
 /// Copies bytes between the local end of the tunnel and the hop's direct-tcpip channel until
 /// either side closes. Owns the hop's session for as long as the tunnel lives.
-fn tunnel_pump(jsess: Session, jtcp: TcpStream, mut ch: Channel, mut local: TcpStream, _outer: Option<std::thread::JoinHandle<()>>) {
-    jsess.set_keepalive(true, KEEPALIVE_SECS);
+fn tunnel_pump(
+    jsess: Session,
+    jtcp: TcpStream,
+    mut ch: Channel,
+    mut local: TcpStream,
+    keepalive_secs: u32,
+    _outer: Option<std::thread::JoinHandle<()>>,
+) {
+    jsess.set_keepalive(true, keepalive_secs);
     jsess.set_blocking(false);
     let _ = local.set_nonblocking(true);
     let mut buf = vec![0u8; 64 * 1024];
@@ -617,7 +638,8 @@ fn authenticate(sess: &Session, s: &Ssh) -> anyhow::Result<()> {
             }
         }
     };
-    if !s.identities_only && std::env::var_os("SSH_AUTH_SOCK").is_some() {
+    // On Windows libssh2 finds the OpenSSH agent's named pipe (or Pageant) by itself.
+    if !s.identities_only && (cfg!(windows) || std::env::var_os("SSH_AUTH_SOCK").is_some()) {
         match sess.userauth_agent(&s.user) {
             Ok(()) if sess.authenticated() => return Ok(()),
             Ok(()) => tried.push("ssh-agent (no key accepted)".into()),

@@ -194,3 +194,84 @@ fn full_disk_is_a_clear_error_and_the_next_deploy_works() {
     env.bst(&["deploy", "t", "-q"]).ok();
     assert_ne!(env.current_id(), good);
 }
+
+#[test]
+fn keepalives_hold_a_long_silent_build_through_an_idle_timeout() {
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    let proxy = Proxy::start_idle(sshd.port, Duration::from_secs(3));
+    let env = Env::new(None, &ws, "");
+    let kh = env.dir.path().join("kh");
+    std::fs::write(&kh, format!("[127.0.0.1]:{} {}\n", proxy.port, sshd.host_key)).unwrap();
+    std::fs::write(
+        &env.config,
+        format!("[targets.t]\nhost = \"quiet\"\nbase = {}\nsource = {}\nbuild = \"sleep 7\"\n", toml_str(&env.base), toml_str(ws.path())),
+    )
+    .unwrap();
+    let cfg = |alive: &str| {
+        let p = env.dir.path().join(format!("ssh_config{alive}"));
+        std::fs::write(
+            &p,
+            format!(
+                "Host quiet\n  HostName 127.0.0.1\n  Port {}\n  User {}\n  IdentityFile {}\n  UserKnownHostsFile {}\n{alive}",
+                proxy.port,
+                whoami(),
+                sshd.user_key.display(),
+                kh.display()
+            ),
+        )
+        .unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    // Keepalives every second: the 7 s of silence never looks idle.
+    bst_with(&env.config, &["deploy", "t", "--build", "-q"], &[("BST_SSH_CONFIG", &cfg("  ServerAliveInterval 1\n"))]).ok();
+    // The proxy really does cut quiet connections: with the default 15 s interval it does.
+    let run = bst_with(&env.config, &["deploy", "t", "--build"], &[("BST_SSH_CONFIG", &cfg(""))]);
+    assert_ne!(run.code, 0, "the idle proxy did not cut a silent connection: {}", run.stderr);
+    assert_eq!(env.meta(&env.current_id())["status"], "ok");
+}
+
+#[test]
+fn ctrl_c_at_random_moments_releases_the_lock_and_keeps_current_good() {
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    for i in 0..300 {
+        ws.write(&format!("src/gen/m{i:03}.ts"), &format!("export const v{i} = {};\n", "y".repeat(i * 53 % 3000)));
+    }
+    ws.write("assets/blob.bin", &String::from_utf8_lossy(&noise(400_000, 9)));
+    sh(ws.path(), "git add -A && git -c user.name=t -c user.email=t@example.com commit -qm bulk");
+    let env = Env::new(Some(&sshd), &ws, "keep_releases = 3\nbuild = \"sleep 0.3; echo built > built.txt\"");
+    env.bst(&["deploy", "t", "-q"]).ok();
+    let t0 = Instant::now();
+    env.bst(&["deploy", "t", "-q", "--build"]).ok();
+    let span = t0.elapsed().as_millis() as u64 + 50;
+    let mut seed: u64 = 0x0c7a_1c00_5eed;
+    for trial in 0..12 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        // From 30 ms: the handler is installed first thing in main, not before exec.
+        let delay = 30 + seed % span;
+        let build = trial % 2 == 0;
+        let mut args = vec!["deploy", "t", "-q"];
+        if build {
+            args.push("--build");
+        }
+        let child = bst_cmd(&env.config, &args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let out = child.wait_with_output().unwrap();
+        let context = format!("trial {trial} (SIGINT after {delay} ms of ~{span}, build={build})");
+        let code = out.status.code();
+        assert!(matches!(code, Some(0) | Some(130)), "{context}: exit {code:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(!env.base.join(".bst-lock").exists(), "{context}: lock not released: {}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!env.base.join(".bst-incoming").exists(), "{context}: partial upload left behind");
+        assert_invariant(&env, &ws, &context);
+        if code == Some(130) {
+            assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"), "{context}");
+        }
+    }
+    env.bst(&["deploy", "t", "-q"]).ok();
+}

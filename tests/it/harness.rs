@@ -333,6 +333,16 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn start(upstream: u16, cut_after: Option<u64>, bytes_per_sec: Option<u64>) -> Proxy {
+        Self::start_full(upstream, cut_after, bytes_per_sec, None)
+    }
+
+    /// Cuts a connection when the client sends nothing for `idle` (a NAT or firewall that
+    /// forgets quiet flows): only keepalives keep a long silent build alive through it.
+    pub fn start_idle(upstream: u16, idle: Duration) -> Proxy {
+        Self::start_full(upstream, None, None, Some(idle))
+    }
+
+    fn start_full(upstream: u16, cut_after: Option<u64>, bytes_per_sec: Option<u64>, idle: Option<Duration>) -> Proxy {
         use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::Arc;
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -358,6 +368,7 @@ impl Proxy {
                 // client -> server: counted, cut or throttled.
                 std::thread::spawn(move || {
                     let (mut c, mut s) = (client, server);
+                    let _ = c.set_read_timeout(idle);
                     let mut buf = [0u8; 16 * 1024];
                     let mut total = 0u64;
                     let started = Instant::now();
