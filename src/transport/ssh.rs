@@ -409,7 +409,10 @@ fn open_session(s: &Ssh, g: &Globals, depth: u32) -> anyhow::Result<(Session, Tc
         }
     };
     let mut sess = Session::new().context("cannot create an SSH session")?;
-    sess.set_timeout(20_000);
+    // Like OpenSSH, ConnectTimeout also bounds the banner exchange: a port that accepts but
+    // never speaks SSH must not hang the run.
+    let timeout = s.connect_timeout.map_or(CONNECT_TIMEOUT, Duration::from_secs);
+    sess.set_timeout(u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX));
     sess.set_compress(false);
     let known = read_known_hosts(s);
     if let Some(prefs) = crate::known_hosts::preferred_methods(&crate::known_hosts::keys_for(&known, &s.host, s.port)) {
@@ -420,7 +423,16 @@ fn open_session(s: &Ssh, g: &Globals, depth: u32) -> anyhow::Result<(Session, Tc
         let _ = sess.method_pref(ssh2::MethodType::HostKey, &format!("{prefs},{}", rest.join(",")));
     }
     sess.set_tcp_stream(tcp.try_clone().context("cannot share the socket")?);
-    sess.handshake().map_err(|e| conn_err(format!("SSH handshake failed: {}", e.message())))?;
+    sess.handshake().map_err(|e| {
+        let why = if e.code() == ErrorCode::Session(-9) {
+            format!("no SSH greeting within {}s", timeout.as_secs())
+        } else {
+            e.message().to_string()
+        };
+        conn_err(format!("SSH handshake failed: {why}"))
+    })?;
+    // Authentication and the first channel may take longer (agents, slow PAM): 60 s.
+    sess.set_timeout(60_000);
     verify_host_key(&sess, s, g.accept_new_host_key || s.accept_new, &known)?;
     authenticate(&sess, s)?;
     Ok((sess, tcp, tunnel))

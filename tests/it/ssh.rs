@@ -190,3 +190,73 @@ fn a_host_known_only_by_its_rsa_key_is_verified_with_it() {
     std::fs::write(&sshd.known_hosts, format!("[127.0.0.1]:{} {}\n", sshd.port, rsa_pub.join(" "))).unwrap();
     bst_with(&env.config, &["deploy", "t"], &[]).ok();
 }
+
+#[test]
+fn a_port_that_never_speaks_ssh_times_out_clearly() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hold = std::thread::spawn(move || {
+        let conns: Vec<_> = listener.incoming().take(1).collect();
+        std::thread::sleep(std::time::Duration::from_secs(6));
+        drop(conns);
+    });
+    let ws = Workspace::new();
+    let env = alias_env(&ws, "silent");
+    let cfg = ssh_config(env.dir.path(), &format!("Host silent\n  HostName 127.0.0.1\n  Port {port}\n  User x\n  ConnectTimeout 2\n"));
+    let t = std::time::Instant::now();
+    bst_with(&env.config, &["list", "t"], &[("BST_SSH_CONFIG", &cfg)])
+        .code(5)
+        .stderr_has(&format!("cannot connect to 127.0.0.1:{port}"))
+        .stderr_has("no SSH greeting within 2s");
+    assert!(t.elapsed() < std::time::Duration::from_secs(5), "took {:?}", t.elapsed());
+    hold.join().unwrap();
+}
+
+#[test]
+fn encrypted_key_passphrase_is_prompted_on_a_terminal_without_echo() {
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    let keys = tempfile::tempdir().unwrap();
+    let enc = keys.path().join("enc");
+    assert!(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "tty-pass-77", "-f"]).arg(&enc).status().unwrap().success());
+    sshd.authorize(&keys.path().join("enc.pub"));
+    let env = Env::new(Some(&sshd), &ws, "");
+    let cfg = std::fs::read_to_string(&env.config).unwrap().replace(&toml_str(&sshd.user_key), &toml_str(&enc));
+    std::fs::write(&env.config, cfg).unwrap();
+    let session = format!("bst-tty-{}", std::process::id());
+    let out = env.dir.path().join("out.txt");
+    // stdout goes to a file, but stdin/stderr stay on tmux's terminal: the prompt must show
+    // there, and the typed passphrase must not echo.
+    let cmd = format!(
+        "BST_SSH_CONFIG=none {} --config '{}' list t 2>/dev/tty > '{}'; echo EXIT=$? >> '{}'; sleep 30",
+        env!("CARGO_BIN_EXE_bst"),
+        env.config.display(),
+        out.display(),
+        out.display()
+    );
+    let ok = Command::new("tmux").args(["new-session", "-d", "-s", &session, "-x", "160", "-y", "20", &cmd]).status().unwrap().success();
+    assert!(ok, "tmux failed to start");
+    struct Kill(String);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux").args(["kill-session", "-t", &self.0]).status();
+        }
+    }
+    let _kill = Kill(session.clone());
+    let screen = || {
+        String::from_utf8_lossy(&Command::new("tmux").args(["capture-pane", "-p", "-t", &session]).output().unwrap().stdout).into_owned()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !screen().contains("passphrase for") {
+        assert!(std::time::Instant::now() < deadline, "no passphrase prompt:\n{}", screen());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(Command::new("tmux").args(["send-keys", "-t", &session, "tty-pass-77", "Enter"]).status().unwrap().success());
+    while !std::fs::read_to_string(&out).unwrap_or_default().contains("EXIT=") {
+        assert!(std::time::Instant::now() < deadline, "bst did not finish:\n{}", screen());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let result = std::fs::read_to_string(&out).unwrap();
+    assert!(result.contains("EXIT=0") && result.contains("no releases"), "{result}\n{}", screen());
+    assert!(!screen().contains("tty-pass-77"), "the passphrase was echoed:\n{}", screen());
+}
