@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod delta;
 pub mod dotenv;
 pub mod error;
 pub mod interrupt;

@@ -169,6 +169,8 @@ pub struct State {
     pub base_exists: bool,
     /// `<base>` with symlinks resolved (`pwd -P`): an alias path shows here.
     pub real_base: Option<String>,
+    /// The release whose snapshot the server keeps as its pristine copy, if any.
+    pub cache_generation: Option<String>,
 }
 
 impl State {
@@ -212,6 +214,7 @@ pub fn parse_state(listing: &str) -> State {
         match tag {
             "B" => state.base_exists = true,
             "P " => state.real_base = Some(rest.to_string()),
+            "G " if is_release_id(rest) => state.cache_generation = Some(rest.to_string()),
             "R " if is_release_id(rest) => state.releases.push(Release { id: rest.to_string(), meta: None }),
             "M " => {
                 if let Some(last) = state.releases.last_mut() {

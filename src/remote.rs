@@ -15,6 +15,8 @@ pub const INCOMING_DIR: &str = ".bst-incoming";
 /// Releases being pruned: renamed here first, so a prune cut short never leaves a
 /// half-deleted directory under `releases/` that still reads as an ok release.
 pub const TRASH_DIR: &str = ".bst-trash";
+/// The pristine copy of the last snapshot and its manifest, for delta redeploys.
+pub const CACHE_DIR: &str = ".bst-cache";
 
 /// For scripts that must finish once started (switch, prune, unlock): a client that dies
 /// (kill -9, cut connection) must not take the script down half-way through.
@@ -43,6 +45,7 @@ for d in releases/*/; do
   if [ -f "$d.release-meta" ]; then printf 'M '; tr -d '\n' < "$d.release-meta"; echo; fi
 done
 if [ -L current ]; then printf 'C %s\n' "$(readlink current)"; elif [ -e current ]; then echo 'C !not-a-symlink'; fi
+if [ -f .bst-cache/generation ] && [ -d .bst-cache/pristine ]; then printf 'G %s\n' "$(cat .bst-cache/generation)"; fi
 "#
 }
 
@@ -110,7 +113,8 @@ fn parent(rel_path: &str) -> Option<&str> {
 }
 
 /// Receives the tar.gz on stdin into the staging dir, links shared paths, writes the
-/// pending meta, and only then renames the staging dir to `releases/<id>`.
+/// pending meta, and only then renames the staging dir to `releases/<id>`. When the stream
+/// carries a manifest, the snapshot is also kept as the pristine copy for delta redeploys.
 pub fn upload(base: &str, id: &str, shared_files: &[String], shared_dirs: &[String], meta_json: &str) -> String {
     let mut s = base_var(base) + REGISTER;
     let _ = write!(
@@ -118,13 +122,73 @@ pub fn upload(base: &str, id: &str, shared_files: &[String], shared_dirs: &[Stri
         r#"set -eu
 I="$B/{INCOMING_DIR}/{id}"
 R="$B/releases/{id}"
+C="$B/{CACHE_DIR}"
 if [ -e "$R" ]; then echo "release {id} already exists" >&2; exit 1; fi
 mkdir -p "$I"
 # A stream cut short (Ctrl-C, dead client, full disk) leaves nothing behind.
 tar -xzf - -C "$I" --no-same-owner || {{ rc=$?; rm -rf "$I"; rmdir "$B/{INCOMING_DIR}" 2>/dev/null; exit $rc; }}
-cd "$I"
-"#
+if [ -d "$I/{UPLOAD}" ]; then
+  rm -rf "$C"; mkdir -p "$C"
+  mv "$I/{UPLOAD}" "$C/upload"
+  # The cache is an optimisation: failing to keep it (no space, no GNU cp) never fails a deploy.
+  if cp -a --reflink=auto "$I" "$C/pristine" 2>/dev/null && mv "$C/upload/manifest" "$C/manifest"; then
+    printf '%s\n' {id} > "$C/generation"
+  else
+    rm -rf "$C"; echo 'W could not keep a pristine copy for delta redeploys (disk space?)'
+  fi
+  rm -rf "$C/upload"
+fi
+"#,
+        UPLOAD = crate::delta::UPLOAD_DIR
     );
+    s.push_str(&finish_staging(base, id, shared_files, shared_dirs, meta_json));
+    s
+}
+
+/// Exit status of a delta upload whose pristine copy is not the one the client diffed
+/// against: the client then sends a full snapshot instead.
+pub const DELTA_STALE: i32 = 75;
+
+/// Receives only what changed, applies it (and the removals) to the pristine copy, and
+/// materialises the release from it with `cp -a --reflink=auto`: never hardlinks, so a build
+/// that edits a file in place cannot corrupt the next deploy. The generation marker is
+/// removed before the pristine copy changes, so an update cut short forces a full upload.
+pub fn upload_delta(base: &str, id: &str, generation: &str, shared_files: &[String], shared_dirs: &[String], meta_json: &str) -> String {
+    let mut s = base_var(base) + REGISTER;
+    let _ = write!(
+        s,
+        r#"set -eu
+I="$B/{INCOMING_DIR}/{id}"
+R="$B/releases/{id}"
+C="$B/{CACHE_DIR}"
+D="$I.delta"
+if [ -e "$R" ]; then echo "release {id} already exists" >&2; exit 1; fi
+if [ ! -d "$C/pristine" ] || [ "$(cat "$C/generation" 2>/dev/null)" != {generation} ]; then echo "pristine copy changed" >&2; exit {DELTA_STALE}; fi
+mkdir -p "$D"
+tar -xzf - -C "$D" --no-same-owner || {{ rc=$?; rm -rf "$D"; rmdir "$B/{INCOMING_DIR}" 2>/dev/null; exit $rc; }}
+mv "$D/{UPLOAD}" "$I.meta"
+rm -f "$C/generation"
+cd "$C/pristine"
+xargs -0 -r rm -rf -- < "$I.meta/removed"
+find . -mindepth 1 -depth -type d -empty -delete
+cd "$D"
+tar -cf - . | tar -xf - -C "$C/pristine" --no-same-owner
+mv "$I.meta/manifest" "$C/manifest"
+cd "$B"
+rm -rf "$D" "$I.meta"
+cp -a --reflink=auto "$C/pristine" "$I"
+printf '%s\n' {id} > "$C/generation"
+"#,
+        generation = quote(generation),
+        UPLOAD = crate::delta::UPLOAD_DIR
+    );
+    s.push_str(&finish_staging(base, id, shared_files, shared_dirs, meta_json));
+    s
+}
+
+/// The common tail of both uploads: shared links, pending meta, rename into `releases/`.
+fn finish_staging(_base: &str, id: &str, shared_files: &[String], shared_dirs: &[String], meta_json: &str) -> String {
+    let mut s = String::from("cd \"$I\"\n");
     let shared = shared_files.iter().map(|p| (p, false)).chain(shared_dirs.iter().map(|p| (p, true)));
     for (p, is_dir) in shared {
         let q = quote(p);
@@ -150,6 +214,12 @@ rmdir "$B/{INCOMING_DIR}" 2>/dev/null || true
         meta = quote(meta_json)
     );
     s
+}
+
+/// The pristine copy's manifest, gzip'd (a 50,000-file manifest is megabytes).
+pub fn read_cache_manifest(base: &str) -> String {
+    // From stdin with -n: no file name or timestamp, so no gzip warning (exit 2) to trip on.
+    base_var(base) + &format!("gzip -1 -c -n < \"$B/{CACHE_DIR}/manifest\"\n")
 }
 
 /// Runs install and build in the release dir in the user's login shell (so nvm, pnpm and

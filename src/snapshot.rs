@@ -75,6 +75,8 @@ pub fn collect(source: &Path, exclude: &[String], skip: &[String]) -> anyhow::Re
     let excluded = b.build()?;
     let keep = |path: &str| -> bool {
         !path.split('/').any(|c| c == ".git")
+            && path != crate::delta::UPLOAD_DIR
+            && !path.starts_with(&format!("{}/", crate::delta::UPLOAD_DIR))
             && !skip.iter().any(|s| path == s || path.starts_with(&format!("{s}/")))
             && !excluded.matched_path_or_any_parents(path, false).is_ignore()
     };
@@ -208,12 +210,36 @@ pub fn write_tar_gz<W: Write>(
     level: u32,
     progress: &mut dyn FnMut(&Entry, u64),
 ) -> anyhow::Result<Stats> {
+    write_tar_gz_with(source, entries, &[], w, level, progress)
+}
+
+/// Files bst adds to the stream after the snapshot (the delta manifest, removals).
+pub type Extra = (String, Vec<u8>);
+
+pub fn write_tar_gz_with<W: Write>(
+    source: &Path,
+    entries: &[Entry],
+    extra: &[Extra],
+    w: W,
+    level: u32,
+    progress: &mut dyn FnMut(&Entry, u64),
+) -> anyhow::Result<Stats> {
     let open = std::rc::Rc::new(std::cell::Cell::new(true));
     let valve = Valve { inner: w, open: open.clone() };
     let gz = flate2::write::GzEncoder::new(valve, flate2::Compression::new(level));
     let mut tar = tar::Builder::new(gz);
     tar.follow_symlinks(false);
-    match append_all(&mut tar, source, entries, progress) {
+    match append_all(&mut tar, source, entries, progress).and_then(|stats| {
+        for (path, data) in extra {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(0o600);
+            h.set_size(data.len() as u64);
+            h.set_mtime(u64::try_from(crate::release::now_unix()).unwrap_or(0));
+            tar.append_data(&mut h, path, &data[..])?;
+        }
+        Ok(stats)
+    }) {
         Ok(stats) => {
             let gz = tar.into_inner()?;
             let mut w = gz.finish()?;
@@ -351,6 +377,7 @@ impl Write for ChunkSender {
 pub fn stream_tar_gz(
     source: &Path,
     entries: &[Entry],
+    extra: &[Extra],
     w: &mut dyn Write,
     level: u32,
     progress: &(dyn Fn(&Entry, u64) + Sync),
@@ -359,7 +386,7 @@ pub fn stream_tar_gz(
     std::thread::scope(|scope| {
         let producer = scope.spawn(move || {
             let mut sink = ChunkSender { tx, buf: Vec::with_capacity(CHUNK) };
-            write_tar_gz(source, entries, &mut sink, level, &mut |e, n| progress(e, n))
+            write_tar_gz_with(source, entries, extra, &mut sink, level, &mut |e, n| progress(e, n))
         });
         let mut write_err = None;
         for chunk in rx.iter() {

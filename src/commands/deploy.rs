@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::lock::{self, Acquired, Held};
 use super::Audit;
+use crate::delta;
 use crate::error::Error;
 use crate::release::{self, Meta, Release, State, Status};
 use crate::report::{human_bytes, Printer};
@@ -33,6 +34,9 @@ struct Summary<'a> {
     pruned: Vec<String>,
     warnings: Vec<String>,
     phases_ms: Phases,
+    /// Only changed files were sent (the server kept a pristine copy of the last snapshot).
+    delta: bool,
+    files_sent: u64,
 }
 
 /// Wall time per phase, for the summary and `--json` (benchmarks read it).
@@ -132,7 +136,22 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
     let mut warnings = Vec::new();
     let gated = restart && !target.restart.is_empty();
     let mut phases = Phases { snapshot_ms, ..Phases::default() };
-    match deploy_locked(&mut *t, target, p, &state, &held, &entries, &mut meta, build, started, &mut warnings, gated, &mut phases) {
+    let mut delta_used = None;
+    match deploy_locked(
+        &mut *t,
+        target,
+        p,
+        &state,
+        &held,
+        &entries,
+        &mut meta,
+        build,
+        started,
+        &mut warnings,
+        gated,
+        &mut phases,
+        &mut delta_used,
+    ) {
         Ok(pruned) => {
             if let Err(e) = crate::interrupt::check() {
                 if gated {
@@ -177,6 +196,8 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
                 pruned,
                 warnings,
                 phases_ms: phases,
+                delta: delta_used.is_some(),
+                files_sent: delta_used.map_or(meta.files, |(sent, _)| sent as u64),
             });
             Ok(())
         }
@@ -214,25 +235,43 @@ fn deploy_locked(
     warnings: &mut Vec<String>,
     keep_lock: bool,
     phases: &mut Phases,
+    delta_used: &mut Option<(usize, usize)>,
 ) -> anyhow::Result<Vec<String>> {
     let id = meta.id.clone();
-    let script = crate::remote::upload(&target.base, &id, &target.shared_files, &target.shared_dirs, &serde_json::to_string(&meta)?);
-    let mut stats = snapshot::Stats::default();
     let upload_started = Instant::now();
-    let bar = progress_bar(p, target, entries);
-    let out = t.run_with_input(&script, &mut |w| {
-        let tick = |_: &snapshot::Entry, n: u64| {
-            if let Some(b) = &bar {
-                b.inc(n);
+    let local = delta::local_manifest(&target.source, entries);
+    let manifest = delta::encode(&local);
+    let snapshot_bytes: u64 = local.iter().map(|r| r.size).sum();
+    // Delta when the server kept a pristine copy and most files are unchanged.
+    let mut plan = match &state.cache_generation {
+        Some(generation) => match fetch_manifest(t, target) {
+            Ok(Some(remote)) => Some((generation.clone(), delta::plan(&local, &remote))),
+            Ok(None) => None,
+            Err(e) => {
+                p.warn(format!("cannot read the server's manifest ({e:#}); sending the full snapshot"));
+                None
             }
-        };
-        stats = snapshot::stream_tar_gz(&target.source, entries, w, GZIP_LEVEL, &tick)?;
-        Ok(())
-    })?;
-    if let Some(b) = &bar {
-        b.finish_and_clear();
+        },
+        None => None,
+    };
+    if p.verbose > 0 {
+        if let Some((g, pl)) = &plan {
+            eprintln!("delta against {g}: {} to send, {} to remove, of {}", pl.send.len(), pl.remove.len(), local.len());
+        }
     }
+    if plan.as_ref().is_some_and(|(_, pl)| pl.send.len() * 5 > local.len() * 4) {
+        plan = None;
+    }
+    let meta_json = serde_json::to_string(&meta)?;
+    let mut out = upload_once(t, target, p, &id, entries, &manifest, plan.as_ref(), &meta_json, &mut stats_sink())?;
+    if plan.is_some() && out.0.status == crate::remote::DELTA_STALE {
+        p.warn("the server's pristine copy changed under us; sending the full snapshot");
+        plan = None;
+        out = upload_once(t, target, p, &id, entries, &manifest, None, &meta_json, &mut stats_sink())?;
+    }
+    let (out, stats) = out;
     phases.upload_ms = ms(upload_started);
+    *delta_used = plan.as_ref().map(|(_, pl)| (pl.send.len(), pl.remove.len()));
     if out.status != 0 {
         let mut msg = format!("upload failed: {}", out.stderr_str());
         if let Some(fe) = &out.feed_error {
@@ -247,8 +286,16 @@ fn deploy_locked(
         p.warn(w);
         warnings.push(w.to_string());
     }
-    meta.bytes = stats.bytes;
-    p.status(format!("uploaded {} files ({}) in {:.1}s", stats.files, human_bytes(stats.bytes), upload_started.elapsed().as_secs_f64()));
+    meta.bytes = snapshot_bytes;
+    p.status(match delta_used {
+        Some((sent, removed)) => format!(
+            "uploaded {sent} changed files ({}), {removed} removed, of {} in {:.1}s",
+            human_bytes(stats.bytes),
+            local.len(),
+            upload_started.elapsed().as_secs_f64()
+        ),
+        None => format!("uploaded {} files ({}) in {:.1}s", stats.files, human_bytes(stats.bytes), upload_started.elapsed().as_secs_f64()),
+    });
 
     if build {
         let steps: Vec<&str> = target.install.iter().chain(&target.build).map(String::as_str).collect();
@@ -358,4 +405,65 @@ fn health_gate(
         ))
         .into())
     }
+}
+
+fn stats_sink() -> snapshot::Stats {
+    snapshot::Stats::default()
+}
+
+/// The server's manifest of its pristine copy; `None` when it has none or it is unreadable.
+fn fetch_manifest(t: &mut dyn Transport, target: &Target) -> anyhow::Result<Option<Vec<delta::Record>>> {
+    use std::io::Read;
+    let out = t.run(&crate::remote::read_cache_manifest(&target.base))?;
+    if out.status != 0 {
+        return Ok(None);
+    }
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(&out.stdout[..]).read_to_end(&mut raw)?;
+    Ok(delta::decode(&raw))
+}
+
+/// One upload: the full snapshot, or (with a plan) only the changed files and the removals.
+#[allow(clippy::too_many_arguments)]
+fn upload_once(
+    t: &mut dyn Transport,
+    target: &Target,
+    p: &Printer,
+    id: &str,
+    entries: &[snapshot::Entry],
+    manifest: &[u8],
+    plan: Option<&(String, delta::Plan)>,
+    meta_json: &str,
+    stats: &mut snapshot::Stats,
+) -> anyhow::Result<(crate::transport::Output, snapshot::Stats)> {
+    let manifest_path = format!("{}/manifest", delta::UPLOAD_DIR);
+    let (script, send, extra): (String, Vec<snapshot::Entry>, Vec<snapshot::Extra>) = match plan {
+        None => (
+            crate::remote::upload(&target.base, id, &target.shared_files, &target.shared_dirs, meta_json),
+            entries.to_vec(),
+            vec![(manifest_path, manifest.to_vec())],
+        ),
+        Some((generation, pl)) => {
+            let wanted: std::collections::HashSet<&str> = pl.send.iter().map(String::as_str).collect();
+            (
+                crate::remote::upload_delta(&target.base, id, generation, &target.shared_files, &target.shared_dirs, meta_json),
+                entries.iter().filter(|e| wanted.contains(e.path.as_str())).cloned().collect(),
+                vec![(manifest_path, manifest.to_vec()), (format!("{}/removed", delta::UPLOAD_DIR), delta::encode_paths(&pl.remove))],
+            )
+        }
+    };
+    let bar = progress_bar(p, target, &send);
+    let out = t.run_with_input(&script, &mut |w| {
+        let tick = |_: &snapshot::Entry, n: u64| {
+            if let Some(b) = &bar {
+                b.inc(n);
+            }
+        };
+        *stats = snapshot::stream_tar_gz(&target.source, &send, &extra, w, GZIP_LEVEL, &tick)?;
+        Ok(())
+    })?;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    Ok((out, *stats))
 }

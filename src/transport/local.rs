@@ -110,7 +110,7 @@ impl Transport for Local {
         let mut done = 0;
         while done < 2 {
             match rx.recv() {
-                Ok(Msg::Data(Stream::Stdout, d)) => capture(&mut out.stdout, &d),
+                Ok(Msg::Data(Stream::Stdout, d)) => super::capture_out(&mut out.stdout, &d),
                 Ok(Msg::Data(Stream::Stderr, d)) => capture(&mut out.stderr, &d),
                 Ok(Msg::Done) => done += 1,
                 Err(_) => break,

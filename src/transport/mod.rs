@@ -75,7 +75,18 @@ pub(crate) const CAPTURE_LIMIT: usize = 256 * 1024;
 pub(crate) const REPLY_LIMIT: usize = 64 * 1024;
 
 pub(crate) fn capture(buf: &mut Vec<u8>, data: &[u8]) {
-    let room = CAPTURE_LIMIT.saturating_sub(buf.len());
+    capture_upto(buf, data, CAPTURE_LIMIT);
+}
+
+/// stdout carries data (state listings, the delta manifest), so it gets more room.
+pub(crate) const STDOUT_LIMIT: usize = 64 * 1024 * 1024;
+
+pub(crate) fn capture_out(buf: &mut Vec<u8>, data: &[u8]) {
+    capture_upto(buf, data, STDOUT_LIMIT);
+}
+
+fn capture_upto(buf: &mut Vec<u8>, data: &[u8], limit: usize) {
+    let room = limit.saturating_sub(buf.len());
     buf.extend_from_slice(&data[..data.len().min(room)]);
 }
 

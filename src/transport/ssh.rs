@@ -116,7 +116,7 @@ fn drain(ch: &mut Channel, out: &mut Output, sink: &mut Option<Sink<'_>>) -> io:
                     progress = true;
                     match sink {
                         Some(s) => s(which, &buf[..n]),
-                        None if which == Stream::Stdout => capture(&mut out.stdout, &buf[..n]),
+                        None if which == Stream::Stdout => super::capture_out(&mut out.stdout, &buf[..n]),
                         None => capture(&mut out.stderr, &buf[..n]),
                     }
                 }

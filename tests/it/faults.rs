@@ -143,10 +143,21 @@ fn ctrl_c_mid_upload_removes_the_partial_release_and_the_lock() {
         std::fs::read_to_string(&env.config).unwrap().replace(&format!("port = {}", sshd.port), &format!("port = {}", proxy.port)),
     )
     .unwrap();
-    let child = bst_cmd(&slow_cfg, &["deploy", "t"]).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = bst_cmd(&slow_cfg, &["deploy", "t", "-v"]).stderr(Stdio::piped()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !env.base.join(".bst-incoming").exists() {
-        assert!(Instant::now() < deadline, "upload never started");
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "upload never started: {}\nbase: {}",
+                String::from_utf8_lossy(&out.stderr),
+                sh(
+                    &env.base,
+                    "ls -la . .bst-lock 2>&1; cat .bst-lock/* 2>&1; ps aux | grep -v grep | grep -E 'tar|gzip|sh -c' | cut -c1-150 | head"
+                )
+            );
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300));

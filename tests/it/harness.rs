@@ -69,6 +69,9 @@ impl Sshd {
         std::fs::copy(d.join("id_ed25519.pub"), d.join("authorized_keys")).unwrap();
         let host_pub = std::fs::read_to_string(d.join("host_ed25519.pub")).unwrap();
         let host_key = host_pub.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+        // Builds run in the login shell named by $SHELL. /bin/sh keeps the tester's own dotfiles
+        // out of the tests: a bash login that runs e.g. `pyenv rehash` and is killed by a
+        // Ctrl-C test leaves pyenv's lock behind, stalling every later shell for a minute.
         // sshd wants its privilege separation directory even when not separating.
         let _ = std::fs::create_dir_all("/run/sshd");
         for _attempt in 0..5 {
@@ -80,7 +83,7 @@ impl Sshd {
                     "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
                      AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n\
                      KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin yes\nAllowTcpForwarding yes\n\
-                     MaxStartups 100\n{extra}\nLogLevel VERBOSE\n",
+                     MaxStartups 100\nSetEnv SHELL=/bin/sh\n{extra}\nLogLevel VERBOSE\n",
                     d = d.display()
                 ),
             )

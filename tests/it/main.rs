@@ -3,6 +3,7 @@
 #![cfg(unix)]
 
 mod core;
+mod delta;
 mod ecosystem;
 mod faults;
 mod gates;
