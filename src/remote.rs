@@ -141,7 +141,7 @@ fi
 "#,
         UPLOAD = crate::delta::UPLOAD_DIR
     );
-    s.push_str(&finish_staging(base, id, shared_files, shared_dirs, meta_json));
+    s.push_str(&finish_staging(id, shared_files, shared_dirs, meta_json));
     s
 }
 
@@ -182,12 +182,12 @@ printf '%s\n' {id} > "$C/generation"
         generation = quote(generation),
         UPLOAD = crate::delta::UPLOAD_DIR
     );
-    s.push_str(&finish_staging(base, id, shared_files, shared_dirs, meta_json));
+    s.push_str(&finish_staging(id, shared_files, shared_dirs, meta_json));
     s
 }
 
 /// The common tail of both uploads: shared links, pending meta, rename into `releases/`.
-fn finish_staging(_base: &str, id: &str, shared_files: &[String], shared_dirs: &[String], meta_json: &str) -> String {
+fn finish_staging(id: &str, shared_files: &[String], shared_dirs: &[String], meta_json: &str) -> String {
     let mut s = String::from("cd \"$I\"\n");
     let shared = shared_files.iter().map(|p| (p, false)).chain(shared_dirs.iter().map(|p| (p, true)));
     for (p, is_dir) in shared {

@@ -110,7 +110,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, reports: &Path) -> a
             if target.required_env.is_empty() && target.expect_env.is_empty() {
                 items.push(Item { check: "env baseline", result: "SKIP", detail: "no required_env or expect_env configured".into() });
             } else {
-                let file = read_env(&mut *t, target, &format!("shared/{}", target.env_file))?;
+                let file = read_env(&mut *t, target, &super::env::shared_rel(target))?;
                 let (ok, keys, expects) = baseline(file.as_ref(), target);
                 let bad: Vec<String> = keys
                     .iter()

@@ -263,11 +263,11 @@ fn deploy_locked(
         plan = None;
     }
     let meta_json = serde_json::to_string(&meta)?;
-    let mut out = upload_once(t, target, p, &id, entries, &manifest, plan.as_ref(), &meta_json, &mut stats_sink())?;
+    let mut out = upload_once(t, target, p, &id, entries, &manifest, plan.as_ref(), &meta_json)?;
     if plan.is_some() && out.0.status == crate::remote::DELTA_STALE {
         p.warn("the server's pristine copy changed under us; sending the full snapshot");
         plan = None;
-        out = upload_once(t, target, p, &id, entries, &manifest, None, &meta_json, &mut stats_sink())?;
+        out = upload_once(t, target, p, &id, entries, &manifest, None, &meta_json)?;
     }
     let (out, stats) = out;
     phases.upload_ms = ms(upload_started);
@@ -407,10 +407,6 @@ fn health_gate(
     }
 }
 
-fn stats_sink() -> snapshot::Stats {
-    snapshot::Stats::default()
-}
-
 /// The server's manifest of its pristine copy; `None` when it has none or it is unreadable.
 fn fetch_manifest(t: &mut dyn Transport, target: &Target) -> anyhow::Result<Option<Vec<delta::Record>>> {
     use std::io::Read;
@@ -434,8 +430,8 @@ fn upload_once(
     manifest: &[u8],
     plan: Option<&(String, delta::Plan)>,
     meta_json: &str,
-    stats: &mut snapshot::Stats,
 ) -> anyhow::Result<(crate::transport::Output, snapshot::Stats)> {
+    let mut stats = snapshot::Stats::default();
     let manifest_path = format!("{}/manifest", delta::UPLOAD_DIR);
     let (script, send, extra): (String, Vec<snapshot::Entry>, Vec<snapshot::Extra>) = match plan {
         None => (
@@ -459,11 +455,11 @@ fn upload_once(
                 b.inc(n);
             }
         };
-        *stats = snapshot::stream_tar_gz(&target.source, &send, &extra, w, GZIP_LEVEL, &tick)?;
+        stats = snapshot::stream_tar_gz(&target.source, &send, &extra, w, GZIP_LEVEL, &tick)?;
         Ok(())
     })?;
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    Ok((out, *stats))
+    Ok((out, stats))
 }

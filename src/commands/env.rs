@@ -32,7 +32,8 @@ pub fn read_env(t: &mut dyn Transport, target: &Target, rel: &str) -> anyhow::Re
     }
 }
 
-fn shared_rel(target: &Target) -> String {
+/// The target's env file, relative to its base.
+pub(crate) fn shared_rel(target: &Target) -> String {
     format!("shared/{}", target.env_file)
 }
 

@@ -14,7 +14,7 @@ use anyhow::Context;
 use base64::Engine;
 #[cfg(unix)]
 use libc::{poll, pollfd, POLLIN, POLLOUT};
-use ssh2::{BlockDirections, Channel, CheckResult, ErrorCode, HashType, KnownHostFileKind, Session};
+use ssh2::{BlockDirections, Channel, CheckResult, ErrorCode, KnownHostFileKind, Session};
 #[cfg(windows)]
 use windows_sys::Win32::Networking::WinSock::{WSAPoll as poll, POLLIN, POLLOUT, SOCKET, WSAPOLLFD as pollfd};
 
@@ -344,12 +344,6 @@ fn root_message(e: &anyhow::Error) -> String {
     }
 }
 
-/// `SHA256:…` as OpenSSH prints it.
-pub fn fingerprint(sess: &Session) -> String {
-    let hash = sess.host_key_hash(HashType::Sha256).unwrap_or_default();
-    format!("SHA256:{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(hash))
-}
-
 fn default_known_hosts() -> PathBuf {
     home_dir().unwrap_or_default().join(".ssh").join("known_hosts")
 }
@@ -551,7 +545,7 @@ fn read_known_hosts(s: &Ssh) -> String {
 
 fn verify_host_key(sess: &Session, s: &Ssh, accept_new: bool, known_text: &str) -> anyhow::Result<()> {
     let (key, _) = sess.host_key().context("the server sent no host key")?;
-    let fp = fingerprint(sess);
+    let fp = crate::known_hosts::fingerprint(key);
     let path = s.known_hosts.clone().unwrap_or_else(default_known_hosts);
     let shown = path.display().to_string();
     let kind = key_type(key).context("cannot read the host key type")?.to_string();
