@@ -57,6 +57,19 @@ pub fn read_state(base: &str) -> String {
 /// state listing, or `HELD <owner json>`, or `NOBASE` when `create` is off and nothing was
 /// ever deployed. Staging leftovers of dead runs are removed once we hold the lock.
 pub fn lock(base: &str, owner_json: &str, create: bool) -> String {
+    lock_script(base, owner_json, create, false)
+}
+
+/// The marker after which the deploy lock's output carries the gzip'd cache manifest.
+pub const MANIFEST_MARKER: &[u8] = b"\nBST-MANIFEST-GZ\n";
+
+/// The deploy's lock: also waits for the previous deploy's cache job (so the state names a
+/// complete pristine copy or none) and appends that copy's manifest, saving a round trip.
+pub fn lock_for_deploy(base: &str, owner_json: &str) -> String {
+    lock_script(base, owner_json, true, true)
+}
+
+fn lock_script(base: &str, owner_json: &str, create: bool, deploy: bool) -> String {
     let mut s = base_var(base);
     if create {
         s.push_str("mkdir -p \"$B/releases\" \"$B/shared\" \"$B/logs\" || exit 1\n");
@@ -78,8 +91,83 @@ fi
 "#,
         owner = quote(owner_json)
     );
+    if deploy {
+        s.push_str(&wait_cache_job());
+    }
     s.push_str(state_body());
+    if deploy {
+        // From stdin with -n: no file name or timestamp, so no gzip warning (exit 2).
+        let _ = writeln!(
+            s,
+            "if [ -f {CACHE_DIR}/generation ] && [ -d {CACHE_DIR}/pristine ] && [ -f {CACHE_DIR}/manifest ]; then echo BST-MANIFEST-GZ; gzip -1 -c -n < {CACHE_DIR}/manifest; fi"
+        );
+    }
     s
+}
+
+/// The name the cache job runs under, so a pid file left by a reboot never makes us wait
+/// for (or signal) an unrelated process that reused the pid.
+const CACHE_JOB: &str = "bst-cache-job";
+
+/// Lets a running cache job finish (bounded: a minute), then stops it. Either way the
+/// cache is left complete or without a generation marker, never half-written and marked.
+fn wait_cache_job() -> String {
+    format!(
+        r#"J="$B/{CACHE_DIR}/job.pid"
+if [ -f "$J" ]; then
+  jp=$(cat "$J" 2>/dev/null)
+  job_alive() {{ if [ -r "/proc/$jp/cmdline" ]; then tr '\0' ' ' < "/proc/$jp/cmdline" | grep -q {CACHE_JOB}; else ps -p "$jp" -o args= 2>/dev/null | grep -q {CACHE_JOB}; fi; }}
+  n=0
+  while [ -n "$jp" ] && job_alive && [ $n -lt 600 ]; do sleep 0.1 2>/dev/null || sleep 1; n=$((n+1)); done
+  if [ -n "$jp" ] && job_alive; then
+    kill -TERM -- "-$jp" 2>/dev/null || kill -TERM "$jp" 2>/dev/null
+    n=0; while job_alive && [ $n -lt 50 ]; do sleep 0.1 2>/dev/null || sleep 1; n=$((n+1)); done
+  fi
+  rm -f "$J"
+fi
+"#
+    )
+}
+
+/// Starts the cache job in its own session, detached from the SSH channel: it unpacks the
+/// pristine copy from the upload's tee'd archive (full uploads) and prepares `spare`, a
+/// private copy of the pristine tree that the next delta deploy renames into place instead
+/// of copying the whole tree while the operator waits. The next deploy's lock waits for it.
+pub fn start_cache_job(id: &str) -> String {
+    let job = format!(
+        r#"B=$1; C="$B/{CACHE_DIR}"
+cd "$C" 2>/dev/null || exit 0
+trap 'rm -rf "$C/pristine.tmp" "$C/spare.tmp"' EXIT
+rm -rf "$C.old" pristine.tmp spare.tmp
+if [ -f snapshot.tgz ]; then
+  if mkdir pristine.tmp && tar -xzf snapshot.tgz -C pristine.tmp --no-same-owner && rm -rf pristine.tmp/{UPLOAD} && rm -rf pristine && mv pristine.tmp pristine && mv upload/manifest manifest; then
+    printf '%s\n' {id} > generation
+  else
+    echo "$(date -u +%FT%TZ) could not unpack the pristine copy; the next deploy sends everything"
+  fi
+  rm -rf snapshot.tgz upload
+fi
+[ -f generation ] && [ -d pristine ] || exit 0
+g=$(cat generation)
+rm -rf spare spare.generation
+if cp -a --reflink=auto pristine spare.tmp && mv spare.tmp spare; then
+  printf '%s\n' "$g" > spare.generation
+else
+  echo "$(date -u +%FT%TZ) could not prepare the spare copy; the next deploy copies the tree itself"
+fi
+"#,
+        id = quote(id),
+        UPLOAD = crate::delta::UPLOAD_DIR
+    );
+    let q = quote(&job);
+    format!(
+        r#"if [ -d "$B/{CACHE_DIR}" ]; then
+  if command -v setsid >/dev/null 2>&1; then setsid sh -c {q} {CACHE_JOB} "$B" < /dev/null >> "$B/{CACHE_DIR}/job.log" 2>&1 &
+  else sh -c {q} {CACHE_JOB} "$B" < /dev/null >> "$B/{CACHE_DIR}/job.log" 2>&1 & fi
+  echo $! > "$B/{CACHE_DIR}/job.pid" || true
+fi
+"#
+    )
 }
 
 /// Removes the lock only if it is still ours: a lock broken and retaken by someone else
@@ -114,7 +202,8 @@ fn parent(rel_path: &str) -> Option<&str> {
 
 /// Receives the tar.gz on stdin into the staging dir, links shared paths, writes the
 /// pending meta, and only then renames the staging dir to `releases/<id>`. When the stream
-/// carries a manifest, the snapshot is also kept as the pristine copy for delta redeploys.
+/// carries a manifest, the compressed stream is also kept (`tee`, a sequential write) for the
+/// cache job to unpack as the next pristine copy once the operator is no longer waiting.
 pub fn upload(base: &str, id: &str, shared_files: &[String], shared_dirs: &[String], meta_json: &str) -> String {
     let mut s = base_var(base) + REGISTER;
     let _ = write!(
@@ -125,19 +214,12 @@ R="$B/releases/{id}"
 C="$B/{CACHE_DIR}"
 if [ -e "$R" ]; then echo "release {id} already exists" >&2; exit 1; fi
 mkdir -p "$I"
+# This upload replaces the cache; the old one is deleted by the cache job, not now.
+if [ -e "$C" ]; then rm -rf "$C.old"; mv "$C" "$C.old"; fi
+mkdir -p "$C"
 # A stream cut short (Ctrl-C, dead client, full disk) leaves nothing behind.
-tar -xzf - -C "$I" --no-same-owner || {{ rc=$?; rm -rf "$I"; rmdir "$B/{INCOMING_DIR}" 2>/dev/null; exit $rc; }}
-if [ -d "$I/{UPLOAD}" ]; then
-  rm -rf "$C"; mkdir -p "$C"
-  mv "$I/{UPLOAD}" "$C/upload"
-  # The cache is an optimisation: failing to keep it (no space, no GNU cp) never fails a deploy.
-  if cp -a --reflink=auto "$I" "$C/pristine" 2>/dev/null && mv "$C/upload/manifest" "$C/manifest"; then
-    printf '%s\n' {id} > "$C/generation"
-  else
-    rm -rf "$C"; echo 'W could not keep a pristine copy for delta redeploys (disk space?)'
-  fi
-  rm -rf "$C/upload"
-fi
+tee "$C/snapshot.tgz" | tar -xzf - -C "$I" --no-same-owner || {{ rc=$?; rm -rf "$I" "$C"; rmdir "$B/{INCOMING_DIR}" 2>/dev/null; exit $rc; }}
+if [ -d "$I/{UPLOAD}" ]; then mv "$I/{UPLOAD}" "$C/upload"; else rm -rf "$C"; fi
 "#,
         UPLOAD = crate::delta::UPLOAD_DIR
     );
@@ -149,10 +231,12 @@ fi
 /// against: the client then sends a full snapshot instead.
 pub const DELTA_STALE: i32 = 75;
 
-/// Receives only what changed, applies it (and the removals) to the pristine copy, and
-/// materialises the release from it with `cp -a --reflink=auto`: never hardlinks, so a build
-/// that edits a file in place cannot corrupt the next deploy. The generation marker is
-/// removed before the pristine copy changes, so an update cut short forces a full upload.
+/// Receives only what changed and applies it (and the removals) to the pristine copy. The
+/// release is the cache job's `spare` (a private copy of the pristine tree, made after the
+/// last deploy) with the same changes applied, renamed into place; without a spare it is a
+/// `cp -a --reflink=auto` of the pristine tree. Never hardlinks, so a build that edits a file
+/// in place cannot corrupt the next deploy. The generation marker is removed before the
+/// pristine copy changes, so an update cut short forces a full upload.
 pub fn upload_delta(base: &str, id: &str, generation: &str, shared_files: &[String], shared_dirs: &[String], meta_json: &str) -> String {
     let mut s = base_var(base) + REGISTER;
     let _ = write!(
@@ -168,15 +252,25 @@ mkdir -p "$D"
 tar -xzf - -C "$D" --no-same-owner || {{ rc=$?; rm -rf "$D"; rmdir "$B/{INCOMING_DIR}" 2>/dev/null; exit $rc; }}
 mv "$D/{UPLOAD}" "$I.meta"
 rm -f "$C/generation"
-cd "$C/pristine"
-xargs -0 -r rm -rf -- < "$I.meta/removed"
-find . -mindepth 1 -depth -type d -empty -delete
-cd "$D"
-tar -cf - . | tar -xf - -C "$C/pristine" --no-same-owner
+apply() {{
+  cd "$1"
+  xargs -0 -r rm -rf -- < "$I.meta/removed"
+  find . -mindepth 1 -depth -type d -empty -delete
+  cd "$D"
+  tar -cf - . | tar -xf - -C "$1" --no-same-owner
+}}
+spare=
+if [ -d "$C/spare" ] && [ "$(cat "$C/spare.generation" 2>/dev/null)" = {generation} ]; then
+  rm -f "$C/spare.generation"
+  mv "$C/spare" "$I"
+  apply "$I"
+  spare=yes
+fi
+apply "$C/pristine"
 mv "$I.meta/manifest" "$C/manifest"
 cd "$B"
 rm -rf "$D" "$I.meta"
-cp -a --reflink=auto "$C/pristine" "$I"
+[ -n "$spare" ] || cp -a --reflink=auto "$C/pristine" "$I"
 printf '%s\n' {id} > "$C/generation"
 "#,
         generation = quote(generation),
@@ -314,15 +408,23 @@ fn prune_fragment(ids: &[String]) -> String {
 /// With `keep_lock` the lock stays held (the health gate runs under it).
 pub fn finish_deploy(base: &str, id: &str, meta_json: &str, prune: &[String], audit_json: &str, token: &str, keep_lock: bool) -> String {
     let mut s = base_var(base) + DETACHED;
-    let _ = write!(
-        s,
-        r#"set -eu
-cd "$B"
-printf '%s\n' {meta} > releases/{id}/.release-meta.tmp
-mv -f releases/{id}/.release-meta.tmp releases/{id}/.release-meta
-"#,
-        meta = quote(meta_json)
-    );
+    s.push_str("set -eu\ncd \"$B\"\n");
+    let placeholder = format!("\"duration_ms\":{DURATION_PLACEHOLDER}");
+    match meta_json.split_once(&placeholder) {
+        // Run inside one script with the upload: the duration is only known here.
+        Some((pre, post)) => {
+            let _ = writeln!(
+                s,
+                "printf '%s%s%s\\n' {} \"$((T_BEFORE + $(bst_ms) - T0))\" {} > releases/{id}/.release-meta.tmp",
+                quote(&format!("{pre}\"duration_ms\":")),
+                quote(post)
+            );
+        }
+        None => {
+            let _ = writeln!(s, "printf '%s\\n' {} > releases/{id}/.release-meta.tmp", quote(meta_json));
+        }
+    }
+    s.push_str(&format!("mv -f releases/{id}/.release-meta.tmp releases/{id}/.release-meta\n"));
     s.push_str(&switch_fragment(id));
     s.push_str("set +e\n");
     s.push_str(&prune_fragment(prune));
@@ -331,6 +433,23 @@ mv -f releases/{id}/.release-meta.tmp releases/{id}/.release-meta
         s.push_str(&unlock_fragment(token));
     }
     s
+}
+
+/// Stands for `duration_ms` in a meta written by a script that also uploads: the script
+/// fills in the real value when it gets there.
+pub const DURATION_PLACEHOLDER: u64 = 987_654_321_987;
+
+/// Milliseconds since the epoch in the script (GNU `date +%N`, or whole seconds without it),
+/// `T0` when the script started and `T_BEFORE` the client's time spent before it.
+pub fn clock_prologue(before_ms: u64) -> String {
+    format!(
+        "bst_ms() {{ n=$(date +%s%N 2>/dev/null); case $n in ''|*[!0-9]*) echo $(( $(date +%s) * 1000 ));; *) echo $(( n / 1000000 ));; esac; }}\nT0=$(bst_ms)\nT_BEFORE={before_ms}\n"
+    )
+}
+
+/// Prints `<tag> <ms since the script started>` for the client's phase timings.
+pub fn clock_mark(tag: &str) -> String {
+    format!("echo \"{tag} $(( $(bst_ms) - T0 ))\" || true\n")
 }
 
 /// The health gate's way back: `current` to the previous release, the new one marked failed.

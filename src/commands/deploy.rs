@@ -93,7 +93,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
     ));
 
     let mut t = transport::connect(target, globals)?;
-    let (held, state) = match lock::acquire(&mut *t, target, "deploy", true, p)? {
+    let (held, state) = match lock::acquire_for_deploy(&mut *t, target, p)? {
         Acquired::Held(h, s) => (h, s),
         Acquired::NoBase => unreachable!("deploy creates the base"),
     };
@@ -244,14 +244,20 @@ fn deploy_locked(
     let snapshot_bytes: u64 = local.iter().map(|r| r.size).sum();
     // Delta when the server kept a pristine copy and most files are unchanged.
     let mut plan = match &state.cache_generation {
-        Some(generation) => match fetch_manifest(t, target) {
-            Ok(Some(remote)) => Some((generation.clone(), delta::plan(&local, &remote))),
-            Ok(None) => None,
-            Err(e) => {
-                p.warn(format!("cannot read the server's manifest ({e:#}); sending the full snapshot"));
-                None
+        Some(generation) => {
+            let remote = match &held.cache_manifest {
+                Some(gz) => decode_manifest(gz),
+                None => fetch_manifest(t, target),
+            };
+            match remote {
+                Ok(Some(remote)) => Some((generation.clone(), delta::plan(&local, &remote))),
+                Ok(None) => None,
+                Err(e) => {
+                    p.warn(format!("cannot read the server's manifest ({e:#}); sending the full snapshot"));
+                    None
+                }
             }
-        },
+        }
         None => None,
     };
     if p.verbose > 0 {
@@ -262,40 +268,94 @@ fn deploy_locked(
     if plan.as_ref().is_some_and(|(_, pl)| pl.send.len() * 5 > local.len() * 4) {
         plan = None;
     }
+    meta.bytes = snapshot_bytes;
     let meta_json = serde_json::to_string(&meta)?;
-    let mut out = upload_once(t, target, p, &id, entries, &manifest, plan.as_ref(), &meta_json)?;
+
+    // The end of a good deploy, decided before the upload starts.
+    let mut ok_meta = meta.clone();
+    ok_meta.status = Status::Ok;
+    let mut after = state.clone();
+    after.releases.push(Release { id: id.clone(), meta: Some(ok_meta.clone()) });
+    after.current = Some(id.clone());
+    let prune = after.prune_plan(target.keep_releases);
+    let mut audit = Audit::new("deploy", &target.name, "ok");
+    audit.release = Some(&id);
+    audit.previous = state.current.as_deref();
+    let audit_json = audit.json();
+    let finish = |ok_meta: &Meta| -> anyhow::Result<String> {
+        Ok(crate::remote::finish_deploy(&target.base, &id, &serde_json::to_string(ok_meta)?, &prune, &audit_json, &held.token, keep_lock))
+    };
+    // Without a build or a health gate nothing needs the client between the upload and the
+    // switch: one script does both (one round trip fewer; ~0.15-0.3 s on a real server).
+    let combined = !build && !keep_lock;
+    let tail = if combined {
+        ok_meta.duration_ms = Some(crate::remote::DURATION_PLACEHOLDER);
+        format!(
+            "{}{}{}{}",
+            crate::remote::clock_mark("TU"),
+            finish(&ok_meta)?,
+            crate::remote::clock_mark("TS"),
+            crate::remote::start_cache_job(&id)
+        )
+    } else {
+        crate::remote::start_cache_job(&id)
+    };
+    let prologue = crate::remote::clock_prologue(ms(started));
+    let mut out = upload_once(t, target, p, &id, entries, &manifest, plan.as_ref(), &meta_json, &prologue, &tail, combined)?;
     if plan.is_some() && out.0.status == crate::remote::DELTA_STALE {
         p.warn("the server's pristine copy changed under us; sending the full snapshot");
         plan = None;
-        out = upload_once(t, target, p, &id, entries, &manifest, None, &meta_json)?;
+        out = upload_once(t, target, p, &id, entries, &manifest, None, &meta_json, &prologue, &tail, combined)?;
     }
-    let (out, stats) = out;
-    phases.upload_ms = ms(upload_started);
+    let (mut out, stats) = out;
     *delta_used = plan.as_ref().map(|(_, pl)| (pl.send.len(), pl.remove.len()));
-    if out.status != 0 {
-        let mut msg = format!("upload failed: {}", out.stderr_str());
+    let text = out.stdout_str();
+    let mark = |tag: &str| text.lines().find_map(|l| l.strip_prefix(tag)?.strip_prefix(' ')?.parse::<u64>().ok());
+    let switched = text.lines().any(|l| l == "SWITCHED");
+    let uploaded = !combined || mark("TU").is_some();
+    if !switched && (out.status != 0 || !uploaded) {
+        let mut msg = if uploaded {
+            format!("switching current to {id} failed: {}", out.stderr_str())
+        } else {
+            format!("upload failed: {}", out.stderr_str())
+        };
         if let Some(fe) = &out.feed_error {
             msg.push_str(&format!(" (while sending: {fe:#})"));
         }
         return Err(Error::Failed(msg).into());
     }
-    if let Some(fe) = out.feed_error {
-        return Err(fe.context("upload failed"));
+    if let Some(fe) = out.feed_error.take() {
+        if !switched {
+            return Err(fe.context("upload failed"));
+        }
     }
-    for w in out.stdout_str().lines().filter_map(|l| l.strip_prefix("W ")) {
+    for w in text.lines().filter_map(|l| l.strip_prefix("W ")) {
         p.warn(w);
         warnings.push(w.to_string());
     }
-    meta.bytes = snapshot_bytes;
+    let upload_total = ms(upload_started);
+    phases.switch_ms = match (mark("TU"), mark("TS")) {
+        (Some(u), Some(s)) => s.saturating_sub(u),
+        _ => 0,
+    };
+    phases.upload_ms = upload_total.saturating_sub(phases.switch_ms);
     p.status(match delta_used {
         Some((sent, removed)) => format!(
             "uploaded {sent} changed files ({}), {removed} removed, of {} in {:.1}s",
             human_bytes(stats.bytes),
             local.len(),
-            upload_started.elapsed().as_secs_f64()
+            phases.upload_ms as f64 / 1000.0
         ),
-        None => format!("uploaded {} files ({}) in {:.1}s", stats.files, human_bytes(stats.bytes), upload_started.elapsed().as_secs_f64()),
+        None => format!("uploaded {} files ({}) in {:.1}s", stats.files, human_bytes(stats.bytes), phases.upload_ms as f64 / 1000.0),
     });
+    if combined {
+        if out.status != 0 {
+            p.warn(format!("the release went live, but a step after the switch failed: {}", out.stderr_str()));
+        }
+        meta.status = Status::Ok;
+        meta.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+        return Ok(text.lines().filter_map(|l| l.strip_prefix("P ")).map(str::to_string).collect());
+    }
 
     if build {
         let steps: Vec<&str> = target.install.iter().chain(&target.build).map(String::as_str).collect();
@@ -315,15 +375,7 @@ fn deploy_locked(
 
     meta.status = Status::Ok;
     meta.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
-    let mut after = state.clone();
-    after.releases.push(Release { id: id.clone(), meta: Some(meta.clone()) });
-    after.current = Some(id.clone());
-    let prune = after.prune_plan(target.keep_releases);
-    let mut audit = Audit::new("deploy", &target.name, "ok");
-    audit.release = Some(&id);
-    audit.previous = state.current.as_deref();
-    let script =
-        crate::remote::finish_deploy(&target.base, &id, &serde_json::to_string(&meta)?, &prune, &audit.json(), &held.token, keep_lock);
+    let script = finish(meta)?;
     let switch_started = Instant::now();
     let out = {
         let _critical = crate::interrupt::Critical::enter();
@@ -408,18 +460,25 @@ fn health_gate(
 }
 
 /// The server's manifest of its pristine copy; `None` when it has none or it is unreadable.
+/// Only for a server whose lock output did not carry it.
 fn fetch_manifest(t: &mut dyn Transport, target: &Target) -> anyhow::Result<Option<Vec<delta::Record>>> {
-    use std::io::Read;
     let out = t.run(&crate::remote::read_cache_manifest(&target.base))?;
     if out.status != 0 {
         return Ok(None);
     }
+    decode_manifest(&out.stdout)
+}
+
+fn decode_manifest(gz: &[u8]) -> anyhow::Result<Option<Vec<delta::Record>>> {
+    use std::io::Read;
     let mut raw = Vec::new();
-    flate2::read::GzDecoder::new(&out.stdout[..]).read_to_end(&mut raw)?;
+    flate2::read::GzDecoder::new(gz).read_to_end(&mut raw)?;
     Ok(delta::decode(&raw))
 }
 
-/// One upload: the full snapshot, or (with a plan) only the changed files and the removals.
+/// One upload: the full snapshot, or (with a plan) only the changed files and the removals,
+/// followed by `tail` in the same script. When `tail` switches (`critical`), Ctrl-C is held
+/// back from the moment the last byte is out: the server is then completing the deploy.
 #[allow(clippy::too_many_arguments)]
 fn upload_once(
     t: &mut dyn Transport,
@@ -430,6 +489,9 @@ fn upload_once(
     manifest: &[u8],
     plan: Option<&(String, delta::Plan)>,
     meta_json: &str,
+    prologue: &str,
+    tail: &str,
+    critical: bool,
 ) -> anyhow::Result<(crate::transport::Output, snapshot::Stats)> {
     let mut stats = snapshot::Stats::default();
     let manifest_path = format!("{}/manifest", delta::UPLOAD_DIR);
@@ -448,7 +510,9 @@ fn upload_once(
             )
         }
     };
+    let script = format!("{prologue}{script}{tail}");
     let bar = progress_bar(p, target, &send);
+    let mut guard = None;
     let out = t.run_with_input(&script, &mut |w| {
         let tick = |_: &snapshot::Entry, n: u64| {
             if let Some(b) = &bar {
@@ -456,8 +520,13 @@ fn upload_once(
             }
         };
         stats = snapshot::stream_tar_gz(&target.source, &send, &extra, w, GZIP_LEVEL, &tick)?;
+        w.flush()?;
+        if critical {
+            guard = Some(crate::interrupt::Critical::enter());
+        }
         Ok(())
     })?;
+    drop(guard);
     if let Some(b) = &bar {
         b.finish_and_clear();
     }

@@ -30,6 +30,8 @@ impl Owner {
 
 pub struct Held {
     pub token: String,
+    /// The gzip'd manifest of the server's pristine copy (deploy's lock only).
+    pub cache_manifest: Option<Vec<u8>>,
 }
 
 pub enum Acquired {
@@ -93,6 +95,22 @@ fn new_token() -> String {
 }
 
 pub fn acquire(t: &mut dyn Transport, target: &Target, command: &str, create: bool, p: &Printer) -> anyhow::Result<Acquired> {
+    acquire_with(t, target, command, create, false, p)
+}
+
+/// The deploy's lock, which also brings the cache manifest (one round trip, not two).
+pub fn acquire_for_deploy(t: &mut dyn Transport, target: &Target, p: &Printer) -> anyhow::Result<Acquired> {
+    acquire_with(t, target, "deploy", true, true, p)
+}
+
+fn acquire_with(
+    t: &mut dyn Transport,
+    target: &Target,
+    command: &str,
+    create: bool,
+    deploy: bool,
+    p: &Printer,
+) -> anyhow::Result<Acquired> {
     let owner = Owner {
         user: local_user().unwrap_or_else(|| "unknown".into()),
         host: hostname(),
@@ -105,7 +123,9 @@ pub fn acquire(t: &mut dyn Transport, target: &Target, command: &str, create: bo
     let mut broke = false;
     // Up to ~20 s for a dead run's last remote command to end.
     for _ in 0..80 {
-        let out = match t.run(&remote::lock(&target.base, &owner_json, create)) {
+        let script =
+            if deploy { remote::lock_for_deploy(&target.base, &owner_json) } else { remote::lock(&target.base, &owner_json, create) };
+        let out = match t.run(&script) {
             Ok(o) => o,
             Err(e) => {
                 // The server may have taken the lock before we lost the reply (Ctrl-C, cut
@@ -117,14 +137,18 @@ pub fn acquire(t: &mut dyn Transport, target: &Target, command: &str, create: bo
         if out.status != 0 {
             return Err(Error::Failed(format!("cannot prepare {} on {}: {}", target.base, target.host_label(), out.stderr_str())).into());
         }
-        let text = out.stdout_str();
+        let (listing, cache_manifest) = match out.stdout.windows(remote::MANIFEST_MARKER.len()).position(|w| w == remote::MANIFEST_MARKER) {
+            Some(i) => (&out.stdout[..=i], Some(out.stdout[i + remote::MANIFEST_MARKER.len()..].to_vec())),
+            None => (&out.stdout[..], None),
+        };
+        let text = String::from_utf8_lossy(listing);
         let first = text.lines().next().unwrap_or("");
         if first == "NOBASE" {
             return Ok(Acquired::NoBase);
         }
         if first == "LOCKED" {
             let state = release::parse_state(&text);
-            return Ok(Acquired::Held(Held { token: owner.token }, state));
+            return Ok(Acquired::Held(Held { token: owner.token, cache_manifest }, state));
         }
         let holder: Option<Owner> = first.strip_prefix("HELD ").and_then(|j| serde_json::from_str(j).ok());
         let desc = holder.as_ref().map_or_else(|| "an unknown holder (no owner record)".to_string(), Owner::describe);

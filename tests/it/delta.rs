@@ -99,6 +99,7 @@ fn an_invalid_pristine_copy_falls_back_to_a_full_upload() {
     let ws = Workspace::new();
     let env = Env::new(Some(&sshd), &ws, "");
     env.bst(&["deploy", "t", "-q"]).ok();
+    env.wait_cache_job();
     // An update of the pristine copy that was cut short leaves no generation marker.
     std::fs::remove_file(env.base.join(".bst-cache/generation")).unwrap();
     std::fs::write(env.base.join(".bst-cache/pristine/package.json"), "corrupted").unwrap();
@@ -111,8 +112,75 @@ fn an_invalid_pristine_copy_falls_back_to_a_full_upload() {
     assert_eq!(j["delta"], true);
     assert_eq!(tree(&env.base.join("current"), false), shipped(&ws));
     // A manifest that does not parse is no reason to fail a deploy either.
+    env.wait_cache_job();
     std::fs::write(env.base.join(".bst-cache/manifest"), "garbage").unwrap();
     let run = env.bst(&["deploy", "t", "--json"]).ok();
     assert_eq!(run.json()["delta"], false);
+    assert_eq!(tree(&env.base.join("current"), false), shipped(&ws));
+}
+
+/// The operator waits for the upload and the switch, not for the cache: the cache job
+/// prepares a spare copy after the deploy, the next delta deploy renames it into place, and
+/// the result is the same tree a full copy would give.
+#[test]
+fn the_spare_copy_becomes_the_next_release_and_is_replaced() {
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    for i in 0..50 {
+        ws.write(&format!("lib/f{i:02}.ts"), &format!("export const f = {i};\n"));
+    }
+    sh(ws.path(), "git add -A && git -c user.name=t -c user.email=t@example.com commit -qm more");
+    let env = Env::new(Some(&sshd), &ws, "");
+    env.bst(&["deploy", "t", "-q"]).ok();
+    env.wait_cache_job();
+    let cache = env.base.join(".bst-cache");
+    let first = env.current_id();
+    assert_eq!(std::fs::read_to_string(cache.join("spare.generation")).unwrap().trim(), first);
+    assert_eq!(tree(&cache.join("spare"), false), tree(&cache.join("pristine"), false));
+    assert!(!cache.join("snapshot.tgz").exists(), "the tee'd archive outlived the cache job");
+    // Mark the spare so we can see it become the release.
+    let spare_ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(cache.join("spare")).unwrap());
+    ws.write("lib/f03.ts", "export const f = 'changed';\n");
+    std::fs::remove_file(ws.path().join("lib/f04.ts")).unwrap();
+    let j = deploy_json(&env);
+    assert_eq!(j["delta"], true);
+    let id = env.current_id();
+    let rel = env.base.join("releases").join(&id);
+    assert_eq!(std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&rel).unwrap()), spare_ino, "the spare was not used");
+    assert_eq!(tree(&rel, false), shipped(&ws));
+    // The release's meta was written by the same script as the upload, with a real duration.
+    let meta = env.meta(&id);
+    assert_eq!(meta["status"], "ok");
+    let d = meta["duration_ms"].as_u64().unwrap();
+    assert!(d > 0 && d < 600_000, "duration_ms = {d}");
+    env.wait_cache_job();
+    assert_eq!(std::fs::read_to_string(cache.join("spare.generation")).unwrap().trim(), id);
+    assert_eq!(tree(&cache.join("spare"), false), tree(&cache.join("pristine"), false));
+    // A spare of another generation is never used: the release is copied from pristine.
+    std::fs::write(cache.join("spare.generation"), "20200101T000000Z\n").unwrap();
+    std::fs::write(cache.join("spare/lib/f05.ts"), "stale spare").unwrap();
+    ws.write("lib/f06.ts", "export const f = 'again';\n");
+    assert_eq!(deploy_json(&env)["delta"], true);
+    assert_eq!(tree(&env.base.join("current"), false), shipped(&ws));
+}
+
+/// A pid file left by a crash or a reboot may name a process that reused the pid: the deploy
+/// neither waits for it nor signals it.
+#[test]
+fn a_stale_cache_job_pid_is_neither_waited_for_nor_killed() {
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    let env = Env::new(Some(&sshd), &ws, "");
+    env.bst(&["deploy", "t", "-q"]).ok();
+    env.wait_cache_job();
+    let mut bystander = std::process::Command::new("sleep").arg("300").spawn().unwrap();
+    std::fs::write(env.base.join(".bst-cache/job.pid"), format!("{}\n", bystander.id())).unwrap();
+    ws.write("package.json", "{\"name\":\"ws\",\"v\":3}\n");
+    let started = std::time::Instant::now();
+    assert_eq!(deploy_json(&env)["delta"], true);
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "waited for an unrelated process");
+    assert!(bystander.try_wait().unwrap().is_none(), "an unrelated process was signalled");
+    bystander.kill().unwrap();
+    let _ = bystander.wait();
     assert_eq!(tree(&env.base.join("current"), false), shipped(&ws));
 }
