@@ -1,6 +1,7 @@
-//! The POSIX `sh` scripts bst runs on a target, built from quoted parts. One script per
-//! phase keeps a deploy to a handful of round trips (Mina's lesson: latency, not
-//! bandwidth, dominates small deploys).
+//! The POSIX `sh` scripts bst runs on a target, built from quoted parts. A plain deploy is
+//! one remote command ([`deploy_session`]); a build or a health gate adds one each (Mina's
+//! lesson: latency, not bandwidth, dominates small deploys, and every remote command also
+//! starts the user's login shell).
 //!
 //! Layout under `<base>`: `releases/<id>`, `current -> releases/<id>` (relative, so the base
 //! can move), `shared/`, `logs/`, and bst's own `.bst-lock/` and `.bst-incoming/<id>` (the
@@ -60,13 +61,46 @@ pub fn lock(base: &str, owner_json: &str, create: bool) -> String {
     lock_script(base, owner_json, create, false)
 }
 
-/// The marker after which the deploy lock's output carries the gzip'd cache manifest.
-pub const MANIFEST_MARKER: &[u8] = b"\nBST-MANIFEST-GZ\n";
+/// A deploy in one remote command. The script takes the lock, waits for the previous
+/// deploy's cache job (so the state names a complete pristine copy or none), prints the state
+/// and the pristine copy's manifest (`BST-MANIFEST-GZ <bytes>` then gzip data), then
+/// `BST-READY`, and reads the rest of its own script from stdin up to a `BST-GO` line; the
+/// upload stream follows it. If the client goes away before `BST-GO`, it unlocks and exits.
+pub fn deploy_session(base: &str, owner_json: &str, token: &str) -> String {
+    let mut s = lock_script(base, owner_json, true, true);
+    // `read` takes a pipe byte by byte, so nothing after BST-GO is consumed: that is the
+    // upload's `tar` input.
+    s.push_str(
+        r#"echo BST-READY
+go=; bst_next=
+while IFS= read -r bst_line; do
+  if [ "$bst_line" = BST-GO ]; then go=1; break; fi
+  bst_next="$bst_next$bst_line
+"
+done
+if [ -z "$go" ]; then
+"#,
+    );
+    s.push_str(&unlock_fragment(token));
+    s.push_str("  exit 0\nfi\neval \"$bst_next\"\n");
+    s
+}
 
-/// The deploy's lock: also waits for the previous deploy's cache job (so the state names a
-/// complete pristine copy or none) and appends that copy's manifest, saving a round trip.
-pub fn lock_for_deploy(base: &str, owner_json: &str) -> String {
-    lock_script(base, owner_json, true, true)
+/// Splits a deploy session's first answer into the state listing and the manifest, once the
+/// answer is complete (`None` until then).
+pub fn split_session_head(buf: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
+    const MARK: &[u8] = b"\nBST-MANIFEST-GZ ";
+    const READY: &[u8] = b"BST-READY\n";
+    if let Some(i) = buf.windows(MARK.len()).position(|w| w == MARK) {
+        let rest = &buf[i + MARK.len()..];
+        let nl = rest.iter().position(|&b| b == b'\n')?;
+        let len: usize = std::str::from_utf8(&rest[..nl]).ok()?.trim().parse().ok()?;
+        let blob = rest.get(nl + 1..nl + 1 + len)?;
+        (rest.get(nl + 1 + len..)? == READY).then_some((&buf[..=i], Some(blob)))
+    } else {
+        let listing = buf.strip_suffix(READY)?;
+        (listing.is_empty() || listing.ends_with(b"\n")).then_some((listing, None))
+    }
 }
 
 fn lock_script(base: &str, owner_json: &str, create: bool, deploy: bool) -> String {
@@ -97,9 +131,14 @@ fi
     s.push_str(state_body());
     if deploy {
         // From stdin with -n: no file name or timestamp, so no gzip warning (exit 2).
-        let _ = writeln!(
+        let _ = write!(
             s,
-            "if [ -f {CACHE_DIR}/generation ] && [ -d {CACHE_DIR}/pristine ] && [ -f {CACHE_DIR}/manifest ]; then echo BST-MANIFEST-GZ; gzip -1 -c -n < {CACHE_DIR}/manifest; fi"
+            r#"if [ -f {CACHE_DIR}/generation ] && [ -d {CACHE_DIR}/pristine ] && [ -f {CACHE_DIR}/manifest ]; then
+  M={LOCK_DIR}/manifest.gz
+  if gzip -1 -c -n < {CACHE_DIR}/manifest > "$M"; then printf 'BST-MANIFEST-GZ %s\n' "$(wc -c < "$M" | tr -d ' ')"; cat "$M"; fi
+  rm -f "$M"
+fi
+"#
         );
     }
     s
@@ -254,8 +293,11 @@ mv "$D/{UPLOAD}" "$I.meta"
 rm -f "$C/generation"
 apply() {{
   cd "$1"
-  xargs -0 -r rm -rf -- < "$I.meta/removed"
-  find . -mindepth 1 -depth -type d -empty -delete
+  # The empty-directory sweep walks the whole tree: only when something was removed.
+  if [ -s "$I.meta/removed" ]; then
+    xargs -0 -r rm -rf -- < "$I.meta/removed"
+    find . -mindepth 1 -depth -type d -empty -delete
+  fi
   cd "$D"
   tar -cf - . | tar -xf - -C "$1" --no-same-owner
 }}
@@ -308,12 +350,6 @@ rmdir "$B/{INCOMING_DIR}" 2>/dev/null || true
         meta = quote(meta_json)
     );
     s
-}
-
-/// The pristine copy's manifest, gzip'd (a 50,000-file manifest is megabytes).
-pub fn read_cache_manifest(base: &str) -> String {
-    // From stdin with -n: no file name or timestamp, so no gzip warning (exit 2) to trip on.
-    base_var(base) + &format!("gzip -1 -c -n < \"$B/{CACHE_DIR}/manifest\"\n")
 }
 
 /// Runs install and build in the release dir in the user's login shell (so nvm, pnpm and
@@ -385,19 +421,24 @@ fn audit_fragment(line_json: &str) -> String {
     format!("printf '%s\\n' {} >> \"$B/logs/deploys.jsonl\" || true\n", quote(line_json))
 }
 
-fn prune_fragment(ids: &[String]) -> String {
+/// Renames the releases into a trash dir of this run (so a cut-short prune never leaves a
+/// half-deleted directory under `releases/` that still reads as a release), then deletes them
+/// in the background after a deploy (the operator does not wait for `rm -rf` of whole trees)
+/// or at once for `bst prune` (whose point may be the disk space). A deletion cut short is
+/// finished by the next lock.
+fn prune_fragment(ids: &[String], background: bool) -> String {
     let mut s = String::new();
-    if !ids.is_empty() {
-        let _ = writeln!(s, "mkdir -p {TRASH_DIR}");
+    if ids.is_empty() {
+        return s;
     }
+    let _ = writeln!(s, "T={TRASH_DIR}/$$\nmkdir -p \"$T\"");
     for id in ids {
-        let _ = writeln!(
-            s,
-            "if mv releases/{id} {TRASH_DIR}/{id}.$$ && rm -rf {TRASH_DIR}/{id}.$$; then echo P {id}; else echo 'W could not remove releases/{id}'; fi"
-        );
+        let _ = writeln!(s, "if mv releases/{id} \"$T\"/{id}; then echo P {id}; else echo 'W could not remove releases/{id}'; fi");
     }
-    if !ids.is_empty() {
-        let _ = writeln!(s, "rmdir {TRASH_DIR} 2>/dev/null");
+    if background {
+        let _ = writeln!(s, "( rm -rf \"$T\"; rmdir {TRASH_DIR} 2>/dev/null ) < /dev/null > /dev/null 2>&1 &");
+    } else {
+        let _ = writeln!(s, "rm -rf \"$T\"; rmdir {TRASH_DIR} 2>/dev/null");
     }
     s
 }
@@ -427,7 +468,7 @@ pub fn finish_deploy(base: &str, id: &str, meta_json: &str, prune: &[String], au
     s.push_str(&format!("mv -f releases/{id}/.release-meta.tmp releases/{id}/.release-meta\n"));
     s.push_str(&switch_fragment(id));
     s.push_str("set +e\n");
-    s.push_str(&prune_fragment(prune));
+    s.push_str(&prune_fragment(prune, true));
     s.push_str(&audit_fragment(audit_json));
     if !keep_lock {
         s.push_str(&unlock_fragment(token));
@@ -543,7 +584,7 @@ if [ -d "$B/.bst-lock" ]; then printf 'LOCK '; tr -d '
 pub fn prune(base: &str, ids: &[String], token: &str) -> String {
     let mut s = base_var(base) + DETACHED;
     s.push_str("cd \"$B\" || exit 1\n");
-    s.push_str(&prune_fragment(ids));
+    s.push_str(&prune_fragment(ids, false));
     s.push_str(&unlock_fragment(token));
     s
 }
@@ -628,11 +669,49 @@ mod tests {
     }
 
     #[test]
+    fn session_head_is_complete_only_with_its_whole_manifest() {
+        let head = b"LOCKED\nB\nG 20260220T051228Z\nBST-MANIFEST-GZ 5\nab\ncdBST-READY\n";
+        let (listing, m) = split_session_head(head).unwrap();
+        assert_eq!(listing, b"LOCKED\nB\nG 20260220T051228Z\n");
+        assert_eq!(m, Some(&b"ab\ncd"[..]));
+        for cut in 0..head.len() {
+            assert!(split_session_head(&head[..cut]).is_none(), "complete at {cut} bytes");
+        }
+        assert_eq!(split_session_head(b"LOCKED\nB\nBST-READY\n"), Some((&b"LOCKED\nB\n"[..], None)));
+        assert!(split_session_head(b"HELD {}\n").is_none());
+    }
+
+    /// A client that goes away before `BST-GO` (Ctrl-C while planning, a refusal) leaves no
+    /// lock behind, and nothing of what it sent runs.
+    #[cfg(unix)]
+    #[test]
+    fn deploy_session_unlocks_without_go_and_runs_only_after_it() {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path().join("base");
+        let script = deploy_session(base.to_str().unwrap(), "{\"token\":\"tok-1\"}", "tok-1");
+        let run = |input: &[u8]| {
+            let mut c = Command::new("sh").arg("-c").arg(&script).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+            c.stdin.take().unwrap().write_all(input).unwrap();
+            let out = c.wait_with_output().unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let out = run(b"touch \"$B/ran\"\n");
+        assert!(out.starts_with("LOCKED\n") && out.ends_with("BST-READY\n"), "{out}");
+        assert!(!base.join(".bst-lock").exists(), "lock left behind");
+        assert!(!base.join("ran").exists(), "ran without BST-GO");
+        run(b"touch \"$B/ran\"\ncat > \"$B/rest\"\nBST-GO\npayload\nBST-GO\n");
+        assert!(base.join("ran").exists());
+        assert_eq!(std::fs::read_to_string(base.join("rest")).unwrap(), "payload\nBST-GO\n", "stdin after BST-GO is the payload");
+    }
+
+    #[test]
     fn deploy_finish_marks_ok_before_switching() {
         let s = finish_deploy("/b", "20260220T051228Z", "{}", &["20260101T000000Z".into()], "{}", "tok", false);
         let meta = s.find(".release-meta.tmp").unwrap();
         let switch = s.find("mv -T").unwrap();
-        let prune = s.find("mv releases/20260101T000000Z .bst-trash/").unwrap();
+        let prune = s.find("mv releases/20260101T000000Z \"$T\"/20260101T000000Z").unwrap();
         assert!(meta < switch && switch < prune);
     }
 }

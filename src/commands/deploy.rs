@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::lock::{self, Acquired, Held};
+use super::lock::{self, Held};
 use super::Audit;
 use crate::delta;
 use crate::error::Error;
@@ -68,6 +68,20 @@ fn progress_bar(p: &Printer, target: &Target, entries: &[snapshot::Entry]) -> Op
     Some(bar)
 }
 
+/// Everything decided once the lock is held and the state is known, before the upload.
+struct Prepared {
+    state: State,
+    meta: Meta,
+    plan: Option<(String, delta::Plan)>,
+    /// What the upload script runs after it: the whole end of the deploy, or the cache job.
+    tail: String,
+    prologue: String,
+    meta_json: String,
+    prune: Vec<String>,
+    audit_json: String,
+    gated: bool,
+}
+
 pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut skip: Vec<String> = target.shared_files.iter().chain(&target.shared_dirs).cloned().collect();
@@ -81,6 +95,8 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
         }
     }
     let entries = snapshot::collect(&target.source, &target.exclude, &skip)?;
+    let local = delta::local_manifest(&target.source, &entries);
+    let manifest = delta::encode(&local);
     let snapshot_ms = ms(started);
     let git = snapshot::git_info(&target.source);
     p.status(format!(
@@ -93,66 +109,110 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
     ));
 
     let mut t = transport::connect(target, globals)?;
-    let (held, state) = match lock::acquire_for_deploy(&mut *t, target, p)? {
-        Acquired::Held(h, s) => (h, s),
-        Acquired::NoBase => unreachable!("deploy creates the base"),
-    };
-    if let Some(real) = &state.real_base {
-        if let Some(f) = target.forbidden_paths.iter().find(|f| crate::settings::under(real, f)) {
-            lock::release(&mut *t, target, &held, p);
-            return Err(Error::Failed(format!(
-                "{} resolves to {real}, at or under the forbidden path {f}; refusing to deploy",
-                target.base
-            ))
-            .into());
-        }
-    }
-    if let Some(raw) = &state.current_raw {
-        lock::release(&mut *t, target, &held, p);
-        return Err(Error::Failed(format!(
-            "{}/current points at `{raw}`, not at a release of this target; refusing to replace it",
-            target.base
-        ))
-        .into());
-    }
-    let id = release::next_id(release::now_unix(), state.newest_id());
-    let mut meta = Meta {
-        id: id.clone(),
-        target: target.name.clone(),
-        status: Status::Pending,
-        created_at: release::rfc3339(release::now_unix()),
-        commit: git.commit,
-        branch: git.branch,
-        dirty: git.dirty,
-        deployed_by: lock::who(),
-        tool_version: env!("CARGO_PKG_VERSION").to_string(),
-        build,
-        files: entries.len() as u64,
-        bytes: 0,
-        duration_ms: None,
-        error: None,
-    };
-
-    let mut warnings = Vec::new();
+    let owner = lock::new_owner("deploy");
+    let held = Held { token: owner.token.clone() };
+    let session = crate::remote::deploy_session(&target.base, &serde_json::to_string(&owner)?, &owner.token);
     let gated = restart && !target.restart.is_empty();
+    // Without a build or a health gate nothing needs the client between the upload and the
+    // switch: the upload script also switches (one remote command for the whole deploy).
+    let combined = !build && !gated;
     let mut phases = Phases { snapshot_ms, ..Phases::default() };
-    let mut delta_used = None;
-    match deploy_locked(
+    let mut broke = false;
+    let upload_started = Instant::now();
+    let mut attempts = 0;
+    let (prep, first) = loop {
+        attempts += 1;
+        let mut prep: Option<Prepared> = None;
+        let mut refusal: Option<anyhow::Error> = None;
+        let mut head_text = String::new();
+        let mut stats = snapshot::Stats::default();
+        let mut bar = None;
+        let mut guard = None;
+        // One remote command: lock + state + manifest, then (same command) upload and switch.
+        let r = t.converse(&session, &mut |i| {
+            let head = i.read_until(&|b| crate::remote::split_session_head(b).is_some())?;
+            let Some((listing, remote_manifest)) = crate::remote::split_session_head(&head) else {
+                head_text = String::from_utf8_lossy(&head).into_owned();
+                return Ok(());
+            };
+            let state = release::parse_state(&String::from_utf8_lossy(listing));
+            let pr = match prepare(target, p, state, remote_manifest, &local, &git, &held, build, gated, started) {
+                Ok(pr) => pr,
+                Err(e) => {
+                    // Closing stdin without BST-GO: the script unlocks and exits.
+                    refusal = Some(e);
+                    return Ok(());
+                }
+            };
+            let (script, send, extra) = upload_parts(target, &pr.meta.id, &entries, &manifest, pr.plan.as_ref(), &pr.meta_json);
+            let mut continuation = format!("{}{script}{}", pr.prologue, pr.tail);
+            if !continuation.ends_with('\n') {
+                continuation.push('\n');
+            }
+            show_continuation(p, &continuation);
+            prep = Some(pr);
+            i.write_all(continuation.as_bytes())?;
+            i.write_all(b"BST-GO\n")?;
+            bar = progress_bar(p, target, &send);
+            let tick = |_: &snapshot::Entry, n: u64| {
+                if let Some(b) = &bar {
+                    b.inc(n);
+                }
+            };
+            stats = snapshot::stream_tar_gz(&target.source, &send, &extra, i.as_write(), GZIP_LEVEL, &tick)?;
+            i.flush()?;
+            if combined {
+                // The server is completing the deploy now: Ctrl-C must not report it failed.
+                guard = Some(crate::interrupt::Critical::enter());
+            }
+            Ok(())
+        });
+        drop(guard);
+        if let Some(b) = &bar {
+            b.finish_and_clear();
+        }
+        match (r, prep) {
+            (Ok(out), Some(pr)) => break (pr, Some((out, stats))),
+            (Err(e), Some(pr)) => {
+                return fail(&mut *t, target, p, &held, pr, started, e);
+            }
+            (Err(e), None) => {
+                // The server may hold the lock for us with nobody reading: release it.
+                let _ = t.run(&crate::remote::unlock(&target.base, &held.token));
+                return Err(e);
+            }
+            (Ok(out), None) => {
+                if let Some(e) = refusal {
+                    return Err(e);
+                }
+                if out.status != 0 {
+                    return Err(lock::cannot_prepare(target, &out.stderr_str()));
+                }
+                lock::not_locked(&mut *t, target, &owner, &head_text, &mut broke, p)?;
+                if attempts >= lock::ATTEMPTS {
+                    return Err(Error::Locked { target: target.name.clone(), holder: "another run".into() }.into());
+                }
+            }
+        }
+    };
+    let mut prep = prep;
+    match after_upload(
         &mut *t,
         target,
         p,
-        &state,
         &held,
+        &mut prep,
         &entries,
-        &mut meta,
+        &manifest,
+        first,
         build,
+        combined,
         started,
-        &mut warnings,
-        gated,
+        upload_started,
         &mut phases,
-        &mut delta_used,
     ) {
-        Ok(pruned) => {
+        Ok((pruned, warnings, delta_used)) => {
+            let id = prep.meta.id.clone();
             if let Err(e) = crate::interrupt::check() {
                 if gated {
                     lock::release(&mut *t, target, &held, p);
@@ -162,10 +222,11 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
                     .context(format!("Ctrl-C came during the switch, which completed: current -> releases/{id}{what}")));
             }
             if gated {
-                let gate = health_gate(&mut *t, target, globals, p, &mut meta, state.current.as_deref());
+                let gate = health_gate(&mut *t, target, globals, p, &mut prep.meta, prep.state.current.as_deref());
                 lock::release(&mut *t, target, &held, p);
                 gate?;
             }
+            let meta = &prep.meta;
             let sent = t.bytes_sent();
             p.status(format!(
                 "deployed {} to {} in {:.1}s ({} files, {}, {} sent; snapshot {} ms, upload {} ms{}, switch {} ms){}",
@@ -186,7 +247,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
                 schema_version: 1,
                 target: &target.name,
                 release_id: &id,
-                previous: state.current.as_deref(),
+                previous: prep.state.current.as_deref(),
                 status: "ok",
                 build,
                 files: meta.files,
@@ -201,64 +262,106 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
             });
             Ok(())
         }
-        Err(e) => {
-            meta.status = Status::Failed;
-            meta.error = Some(format!("{e:#}").lines().next().unwrap_or("").to_string());
-            meta.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
-            let mut audit = Audit::new("deploy", &target.name, "failed");
-            audit.release = Some(&id);
-            audit.previous = state.current.as_deref();
-            audit.error = meta.error.clone();
-            let script = crate::remote::abort_deploy(&target.base, &id, &serde_json::to_string(&meta)?, &audit.json(), &held.token);
-            match t.run(&script) {
-                Ok(o) if o.status == 0 => {}
-                Ok(o) => p.warn(format!("cleanup after the failed deploy did not finish: {}", o.stderr_str())),
-                Err(ce) => p.warn(format!("cleanup after the failed deploy did not run: {ce:#}")),
-            }
-            let now = state.current.as_deref().map_or("nothing (first deploy)".to_string(), |c| format!("releases/{c}"));
-            Err(e.context(format!("deploy of {id} to {} failed; current still points at {now}", target.name)))
-        }
+        Err(e) => fail(&mut *t, target, p, &held, prep, started, e),
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn deploy_locked(
+fn show_continuation(p: &Printer, script: &str) {
+    if p.verbose > 0 {
+        crate::transport::show_command(p.verbose, "same command, after BST-GO", script);
+    }
+}
+
+/// A failed deploy: the release is marked failed (unless it is live), the staging dir goes,
+/// the lock is released, and the error says where `current` still points.
+fn fail(
     t: &mut dyn Transport,
     target: &Target,
     p: &Printer,
-    state: &State,
     held: &Held,
-    entries: &[snapshot::Entry],
-    meta: &mut Meta,
-    build: bool,
+    prep: Prepared,
     started: Instant,
-    warnings: &mut Vec<String>,
-    keep_lock: bool,
-    phases: &mut Phases,
-    delta_used: &mut Option<(usize, usize)>,
-) -> anyhow::Result<Vec<String>> {
+    e: anyhow::Error,
+) -> anyhow::Result<()> {
+    let mut meta = prep.meta;
     let id = meta.id.clone();
-    let upload_started = Instant::now();
-    let local = delta::local_manifest(&target.source, entries);
-    let manifest = delta::encode(&local);
-    let snapshot_bytes: u64 = local.iter().map(|r| r.size).sum();
-    // Delta when the server kept a pristine copy and most files are unchanged.
-    let mut plan = match &state.cache_generation {
-        Some(generation) => {
-            let remote = match &held.cache_manifest {
-                Some(gz) => decode_manifest(gz),
-                None => fetch_manifest(t, target),
-            };
-            match remote {
-                Ok(Some(remote)) => Some((generation.clone(), delta::plan(&local, &remote))),
-                Ok(None) => None,
-                Err(e) => {
-                    p.warn(format!("cannot read the server's manifest ({e:#}); sending the full snapshot"));
-                    None
-                }
-            }
+    meta.status = Status::Failed;
+    meta.error = Some(format!("{e:#}").lines().next().unwrap_or("").to_string());
+    meta.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+    let mut audit = Audit::new("deploy", &target.name, "failed");
+    audit.release = Some(&id);
+    audit.previous = prep.state.current.as_deref();
+    audit.error = meta.error.clone();
+    let script = crate::remote::abort_deploy(&target.base, &id, &serde_json::to_string(&meta)?, &audit.json(), &held.token);
+    match t.run(&script) {
+        Ok(o) if o.status == 0 => {}
+        Ok(o) => p.warn(format!("cleanup after the failed deploy did not finish: {}", o.stderr_str())),
+        Err(ce) => p.warn(format!("cleanup after the failed deploy did not run: {ce:#}")),
+    }
+    let now = prep.state.current.as_deref().map_or("nothing (first deploy)".to_string(), |c| format!("releases/{c}"));
+    Err(e.context(format!("deploy of {id} to {} failed; current still points at {now}", target.name)))
+}
+
+/// Refusals that need the server's state, the new id and meta, the delta plan, and the end of
+/// the deploy as script text.
+#[allow(clippy::too_many_arguments)]
+fn prepare(
+    target: &Target,
+    p: &Printer,
+    state: State,
+    remote_manifest: Option<&[u8]>,
+    local: &[delta::Record],
+    git: &snapshot::GitInfo,
+    held: &Held,
+    build: bool,
+    gated: bool,
+    started: Instant,
+) -> anyhow::Result<Prepared> {
+    let combined = !build && !gated;
+    if let Some(real) = &state.real_base {
+        if let Some(f) = target.forbidden_paths.iter().find(|f| crate::settings::under(real, f)) {
+            return Err(Error::Failed(format!(
+                "{} resolves to {real}, at or under the forbidden path {f}; refusing to deploy",
+                target.base
+            ))
+            .into());
         }
-        None => None,
+    }
+    if let Some(raw) = &state.current_raw {
+        return Err(Error::Failed(format!(
+            "{}/current points at `{raw}`, not at a release of this target; refusing to replace it",
+            target.base
+        ))
+        .into());
+    }
+    let id = release::next_id(release::now_unix(), state.newest_id());
+    let meta = Meta {
+        id: id.clone(),
+        target: target.name.clone(),
+        status: Status::Pending,
+        created_at: release::rfc3339(release::now_unix()),
+        commit: git.commit.clone(),
+        branch: git.branch.clone(),
+        dirty: git.dirty,
+        deployed_by: lock::who(),
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        build,
+        files: local.len() as u64,
+        bytes: local.iter().map(|r| r.size).sum(),
+        duration_ms: None,
+        error: None,
+    };
+    // Delta when the server kept a pristine copy and most files are unchanged.
+    let mut plan = match (&state.cache_generation, remote_manifest) {
+        (Some(generation), Some(gz)) => match decode_manifest(gz) {
+            Ok(Some(remote)) => Some((generation.clone(), delta::plan(local, &remote))),
+            Ok(None) => None,
+            Err(e) => {
+                p.warn(format!("cannot read the server's manifest ({e:#}); sending the full snapshot"));
+                None
+            }
+        },
+        _ => None,
     };
     if p.verbose > 0 {
         if let Some((g, pl)) = &plan {
@@ -268,10 +371,7 @@ fn deploy_locked(
     if plan.as_ref().is_some_and(|(_, pl)| pl.send.len() * 5 > local.len() * 4) {
         plan = None;
     }
-    meta.bytes = snapshot_bytes;
     let meta_json = serde_json::to_string(&meta)?;
-
-    // The end of a good deploy, decided before the upload starts.
     let mut ok_meta = meta.clone();
     ok_meta.status = Status::Ok;
     let mut after = state.clone();
@@ -282,33 +382,52 @@ fn deploy_locked(
     audit.release = Some(&id);
     audit.previous = state.current.as_deref();
     let audit_json = audit.json();
-    let finish = |ok_meta: &Meta| -> anyhow::Result<String> {
-        Ok(crate::remote::finish_deploy(&target.base, &id, &serde_json::to_string(ok_meta)?, &prune, &audit_json, &held.token, keep_lock))
-    };
-    // Without a build or a health gate nothing needs the client between the upload and the
-    // switch: one script does both (one round trip fewer; ~0.15-0.3 s on a real server).
-    let combined = !build && !keep_lock;
     let tail = if combined {
         ok_meta.duration_ms = Some(crate::remote::DURATION_PLACEHOLDER);
-        format!(
-            "{}{}{}{}",
-            crate::remote::clock_mark("TU"),
-            finish(&ok_meta)?,
-            crate::remote::clock_mark("TS"),
-            crate::remote::start_cache_job(&id)
-        )
+        let finish =
+            crate::remote::finish_deploy(&target.base, &id, &serde_json::to_string(&ok_meta)?, &prune, &audit_json, &held.token, false);
+        format!("{}{finish}{}{}", crate::remote::clock_mark("TU"), crate::remote::clock_mark("TS"), crate::remote::start_cache_job(&id))
     } else {
         crate::remote::start_cache_job(&id)
     };
-    let prologue = crate::remote::clock_prologue(ms(started));
-    let mut out = upload_once(t, target, p, &id, entries, &manifest, plan.as_ref(), &meta_json, &prologue, &tail, combined)?;
-    if plan.is_some() && out.0.status == crate::remote::DELTA_STALE {
-        p.warn("the server's pristine copy changed under us; sending the full snapshot");
-        plan = None;
-        out = upload_once(t, target, p, &id, entries, &manifest, None, &meta_json, &prologue, &tail, combined)?;
-    }
-    let (mut out, stats) = out;
-    *delta_used = plan.as_ref().map(|(_, pl)| (pl.send.len(), pl.remove.len()));
+    Ok(Prepared { state, meta, plan, tail, prologue: crate::remote::clock_prologue(ms(started)), meta_json, prune, audit_json, gated })
+}
+
+type Uploaded = (crate::transport::Output, snapshot::Stats);
+
+/// After the upload: a stale pristine copy means one more (full) upload; then the build and
+/// the switch when the upload script did not already switch. Returns what was pruned, the
+/// warnings, and (files sent, files removed) for a delta.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn after_upload(
+    t: &mut dyn Transport,
+    target: &Target,
+    p: &Printer,
+    held: &Held,
+    prep: &mut Prepared,
+    entries: &[snapshot::Entry],
+    manifest: &[u8],
+    uploaded: Option<Uploaded>,
+    build: bool,
+    combined: bool,
+    started: Instant,
+    upload_started: Instant,
+    phases: &mut Phases,
+) -> anyhow::Result<(Vec<String>, Vec<String>, Option<(usize, usize)>)> {
+    let id = prep.meta.id.clone();
+    let mut warnings = Vec::new();
+    let (mut out, stats) = match uploaded {
+        Some((out, _)) if prep.plan.is_some() && out.status == crate::remote::DELTA_STALE => {
+            p.warn("the server's pristine copy changed under us; sending the full snapshot");
+            prep.plan = None;
+            upload_once(t, target, p, &id, entries, manifest, None, &prep.meta_json, &prep.prologue, &prep.tail, combined)?
+        }
+        Some(u) => u,
+        None => {
+            upload_once(t, target, p, &id, entries, manifest, prep.plan.as_ref(), &prep.meta_json, &prep.prologue, &prep.tail, combined)?
+        }
+    };
+    let delta_used = prep.plan.as_ref().map(|(_, pl)| (pl.send.len(), pl.remove.len()));
     let text = out.stdout_str();
     let mark = |tag: &str| text.lines().find_map(|l| l.strip_prefix(tag)?.strip_prefix(' ')?.parse::<u64>().ok());
     let switched = text.lines().any(|l| l == "SWITCHED");
@@ -333,28 +452,29 @@ fn deploy_locked(
         p.warn(w);
         warnings.push(w.to_string());
     }
-    let upload_total = ms(upload_started);
     phases.switch_ms = match (mark("TU"), mark("TS")) {
         (Some(u), Some(s)) => s.saturating_sub(u),
         _ => 0,
     };
-    phases.upload_ms = upload_total.saturating_sub(phases.switch_ms);
+    phases.upload_ms = ms(upload_started).saturating_sub(phases.switch_ms);
+    let local_files = prep.meta.files;
     p.status(match delta_used {
         Some((sent, removed)) => format!(
-            "uploaded {sent} changed files ({}), {removed} removed, of {} in {:.1}s",
+            "uploaded {sent} changed files ({}), {removed} removed, of {local_files} in {:.1}s",
             human_bytes(stats.bytes),
-            local.len(),
             phases.upload_ms as f64 / 1000.0
         ),
         None => format!("uploaded {} files ({}) in {:.1}s", stats.files, human_bytes(stats.bytes), phases.upload_ms as f64 / 1000.0),
     });
+    let meta = &mut prep.meta;
     if combined {
         if out.status != 0 {
             p.warn(format!("the release went live, but a step after the switch failed: {}", out.stderr_str()));
         }
         meta.status = Status::Ok;
         meta.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
-        return Ok(text.lines().filter_map(|l| l.strip_prefix("P ")).map(str::to_string).collect());
+        let pruned = text.lines().filter_map(|l| l.strip_prefix("P ")).map(str::to_string).collect();
+        return Ok((pruned, warnings, delta_used));
     }
 
     if build {
@@ -375,7 +495,15 @@ fn deploy_locked(
 
     meta.status = Status::Ok;
     meta.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
-    let script = finish(meta)?;
+    let script = crate::remote::finish_deploy(
+        &target.base,
+        &id,
+        &serde_json::to_string(&meta)?,
+        &prep.prune,
+        &prep.audit_json,
+        &held.token,
+        prep.gated,
+    );
     let switch_started = Instant::now();
     let out = {
         let _critical = crate::interrupt::Critical::enter();
@@ -390,7 +518,7 @@ fn deploy_locked(
         p.warn(w);
         warnings.push(w.to_string());
     }
-    Ok(text.lines().filter_map(|l| l.strip_prefix("P ")).map(str::to_string).collect())
+    Ok((text.lines().filter_map(|l| l.strip_prefix("P ")).map(str::to_string).collect(), warnings, delta_used))
 }
 
 /// deploy-rs's "magic rollback": after the switch, restart the `restart` services and wait
@@ -459,16 +587,6 @@ fn health_gate(
     }
 }
 
-/// The server's manifest of its pristine copy; `None` when it has none or it is unreadable.
-/// Only for a server whose lock output did not carry it.
-fn fetch_manifest(t: &mut dyn Transport, target: &Target) -> anyhow::Result<Option<Vec<delta::Record>>> {
-    let out = t.run(&crate::remote::read_cache_manifest(&target.base))?;
-    if out.status != 0 {
-        return Ok(None);
-    }
-    decode_manifest(&out.stdout)
-}
-
 fn decode_manifest(gz: &[u8]) -> anyhow::Result<Option<Vec<delta::Record>>> {
     use std::io::Read;
     let mut raw = Vec::new();
@@ -476,26 +594,18 @@ fn decode_manifest(gz: &[u8]) -> anyhow::Result<Option<Vec<delta::Record>>> {
     Ok(delta::decode(&raw))
 }
 
-/// One upload: the full snapshot, or (with a plan) only the changed files and the removals,
-/// followed by `tail` in the same script. When `tail` switches (`critical`), Ctrl-C is held
-/// back from the moment the last byte is out: the server is then completing the deploy.
-#[allow(clippy::too_many_arguments)]
-fn upload_once(
-    t: &mut dyn Transport,
+/// The upload script for a full snapshot or (with a plan) a delta, the entries to send and
+/// bst's own files that travel with them.
+fn upload_parts(
     target: &Target,
-    p: &Printer,
     id: &str,
     entries: &[snapshot::Entry],
     manifest: &[u8],
     plan: Option<&(String, delta::Plan)>,
     meta_json: &str,
-    prologue: &str,
-    tail: &str,
-    critical: bool,
-) -> anyhow::Result<(crate::transport::Output, snapshot::Stats)> {
-    let mut stats = snapshot::Stats::default();
+) -> (String, Vec<snapshot::Entry>, Vec<snapshot::Extra>) {
     let manifest_path = format!("{}/manifest", delta::UPLOAD_DIR);
-    let (script, send, extra): (String, Vec<snapshot::Entry>, Vec<snapshot::Extra>) = match plan {
+    match plan {
         None => (
             crate::remote::upload(&target.base, id, &target.shared_files, &target.shared_dirs, meta_json),
             entries.to_vec(),
@@ -509,7 +619,28 @@ fn upload_once(
                 vec![(manifest_path, manifest.to_vec()), (format!("{}/removed", delta::UPLOAD_DIR), delta::encode_paths(&pl.remove))],
             )
         }
-    };
+    }
+}
+
+/// An upload in a remote command of its own (the retry after a stale pristine copy), followed
+/// by `tail` in the same script. When `tail` switches (`critical`), Ctrl-C is held back from
+/// the moment the last byte is out: the server is then completing the deploy.
+#[allow(clippy::too_many_arguments)]
+fn upload_once(
+    t: &mut dyn Transport,
+    target: &Target,
+    p: &Printer,
+    id: &str,
+    entries: &[snapshot::Entry],
+    manifest: &[u8],
+    plan: Option<&(String, delta::Plan)>,
+    meta_json: &str,
+    prologue: &str,
+    tail: &str,
+    critical: bool,
+) -> anyhow::Result<Uploaded> {
+    let mut stats = snapshot::Stats::default();
+    let (script, send, extra) = upload_parts(target, id, entries, manifest, plan, meta_json);
     let script = format!("{prologue}{script}{tail}");
     let bar = progress_bar(p, target, &send);
     let mut guard = None;

@@ -30,8 +30,6 @@ impl Owner {
 
 pub struct Held {
     pub token: String,
-    /// The gzip'd manifest of the server's pristine copy (deploy's lock only).
-    pub cache_manifest: Option<Vec<u8>>,
 }
 
 pub enum Acquired {
@@ -89,43 +87,32 @@ fn pid_alive(pid: u32) -> bool {
     }
 }
 
-fn new_token() -> String {
+pub fn new_token() -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     format!("bst-{}-{}-{:x}", hostname().replace(|c: char| !c.is_ascii_alphanumeric(), ""), std::process::id(), nanos)
 }
 
-pub fn acquire(t: &mut dyn Transport, target: &Target, command: &str, create: bool, p: &Printer) -> anyhow::Result<Acquired> {
-    acquire_with(t, target, command, create, false, p)
-}
-
-/// The deploy's lock, which also brings the cache manifest (one round trip, not two).
-pub fn acquire_for_deploy(t: &mut dyn Transport, target: &Target, p: &Printer) -> anyhow::Result<Acquired> {
-    acquire_with(t, target, "deploy", true, true, p)
-}
-
-fn acquire_with(
-    t: &mut dyn Transport,
-    target: &Target,
-    command: &str,
-    create: bool,
-    deploy: bool,
-    p: &Printer,
-) -> anyhow::Result<Acquired> {
-    let owner = Owner {
+pub fn new_owner(command: &str) -> Owner {
+    Owner {
         user: local_user().unwrap_or_else(|| "unknown".into()),
         host: hostname(),
         pid: std::process::id(),
         command: command.to_string(),
         started: release::rfc3339(release::now_unix()),
         token: new_token(),
-    };
+    }
+}
+
+/// How many times a lock attempt is repeated while a dead run's last remote command ends
+/// (about 20 s).
+pub const ATTEMPTS: usize = 80;
+
+pub fn acquire(t: &mut dyn Transport, target: &Target, command: &str, create: bool, p: &Printer) -> anyhow::Result<Acquired> {
+    let owner = new_owner(command);
     let owner_json = serde_json::to_string(&owner)?;
     let mut broke = false;
-    // Up to ~20 s for a dead run's last remote command to end.
-    for _ in 0..80 {
-        let script =
-            if deploy { remote::lock_for_deploy(&target.base, &owner_json) } else { remote::lock(&target.base, &owner_json, create) };
-        let out = match t.run(&script) {
+    for _ in 0..ATTEMPTS {
+        let out = match t.run(&remote::lock(&target.base, &owner_json, create)) {
             Ok(o) => o,
             Err(e) => {
                 // The server may have taken the lock before we lost the reply (Ctrl-C, cut
@@ -135,38 +122,45 @@ fn acquire_with(
             }
         };
         if out.status != 0 {
-            return Err(Error::Failed(format!("cannot prepare {} on {}: {}", target.base, target.host_label(), out.stderr_str())).into());
+            return Err(cannot_prepare(target, &out.stderr_str()));
         }
-        let (listing, cache_manifest) = match out.stdout.windows(remote::MANIFEST_MARKER.len()).position(|w| w == remote::MANIFEST_MARKER) {
-            Some(i) => (&out.stdout[..=i], Some(out.stdout[i + remote::MANIFEST_MARKER.len()..].to_vec())),
-            None => (&out.stdout[..], None),
-        };
-        let text = String::from_utf8_lossy(listing);
+        let text = out.stdout_str();
         let first = text.lines().next().unwrap_or("");
         if first == "NOBASE" {
             return Ok(Acquired::NoBase);
         }
         if first == "LOCKED" {
             let state = release::parse_state(&text);
-            return Ok(Acquired::Held(Held { token: owner.token, cache_manifest }, state));
+            return Ok(Acquired::Held(Held { token: owner.token }, state));
         }
-        let holder: Option<Owner> = first.strip_prefix("HELD ").and_then(|j| serde_json::from_str(j).ok());
-        let desc = holder.as_ref().map_or_else(|| "an unknown holder (no owner record)".to_string(), Owner::describe);
-        let stale = holder.as_ref().is_some_and(|h| h.host == owner.host && !pid_alive(h.pid));
-        if stale && !broke {
-            if text.lines().any(|l| l == "ACTIVE") {
-                // The client is gone but its last script still runs on the server: let it finish.
-                std::thread::sleep(std::time::Duration::from_millis(250));
-                continue;
-            }
-            p.warn(format!("breaking a stale lock on `{}`: {desc}, and that process is gone", target.name));
-            t.run(&remote::force_unlock(&target.base))?;
-            broke = true;
-            continue;
-        }
-        return Err(Error::Locked { target: target.name.clone(), holder: desc }.into());
+        not_locked(t, target, &owner, &text, &mut broke, p)?;
     }
     Err(Error::Locked { target: target.name.clone(), holder: "another run".into() }.into())
+}
+
+pub fn cannot_prepare(target: &Target, stderr: &str) -> anyhow::Error {
+    Error::Failed(format!("cannot prepare {} on {}: {stderr}", target.base, target.host_label())).into()
+}
+
+/// The lock script found the lock held (`HELD <owner>`, maybe `ACTIVE`). `Ok` means try
+/// again: a dead local run's lock was broken, or its last remote command is still ending.
+pub fn not_locked(t: &mut dyn Transport, target: &Target, owner: &Owner, text: &str, broke: &mut bool, p: &Printer) -> anyhow::Result<()> {
+    let first = text.lines().next().unwrap_or("");
+    let holder: Option<Owner> = first.strip_prefix("HELD ").and_then(|j| serde_json::from_str(j).ok());
+    let desc = holder.as_ref().map_or_else(|| "an unknown holder (no owner record)".to_string(), Owner::describe);
+    let stale = holder.as_ref().is_some_and(|h| h.host == owner.host && !pid_alive(h.pid));
+    if stale && !*broke {
+        if text.lines().any(|l| l == "ACTIVE") {
+            // The client is gone but its last script still runs on the server: let it finish.
+            std::thread::sleep(std::time::Duration::from_millis(250));
+            return Ok(());
+        }
+        p.warn(format!("breaking a stale lock on `{}`: {desc}, and that process is gone", target.name));
+        t.run(&remote::force_unlock(&target.base))?;
+        *broke = true;
+        return Ok(());
+    }
+    Err(Error::Locked { target: target.name.clone(), holder: desc }.into())
 }
 
 pub fn release(t: &mut dyn Transport, target: &Target, held: &Held, p: &Printer) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::{capture, show_command, Feed, Output, Stream, Transport};
+use super::{capture, show_command, Input, Output, Stream, Talk, Transport};
 use crate::error::Error;
 use crate::interrupt;
 
@@ -73,6 +73,44 @@ fn kill_group(child: &mut std::process::Child) {
     let _ = child.kill();
 }
 
+struct LocalInput<'a, W: Write> {
+    w: Counting<'a, W>,
+    rx: &'a mpsc::Receiver<Msg>,
+    out: &'a mut Output,
+    done: &'a mut usize,
+}
+
+impl<W: Write> Write for LocalInput<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.w.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.w.flush()
+    }
+}
+
+impl<W: Write> Input for LocalInput<'_, W> {
+    fn read_until(&mut self, done: &dyn Fn(&[u8]) -> bool) -> anyhow::Result<Vec<u8>> {
+        self.w.flush()?;
+        while !done(&self.out.stdout) && *self.done < 2 {
+            interrupt::check()?;
+            match self.rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(Msg::Data(Stream::Stdout, d)) => super::capture_out(&mut self.out.stdout, &d),
+                Ok(Msg::Data(Stream::Stderr, d)) => capture(&mut self.out.stderr, &d),
+                Ok(Msg::Done) => *self.done += 1,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        Ok(std::mem::take(&mut self.out.stdout))
+    }
+
+    fn as_write(&mut self) -> &mut dyn Write {
+        self
+    }
+}
+
 struct Counting<'a, W: Write> {
     inner: W,
     sent: &'a mut u64,
@@ -90,15 +128,17 @@ impl<W: Write> Write for Counting<'_, W> {
 }
 
 impl Transport for Local {
-    fn run_with_input(&mut self, script: &str, feed: Feed<'_>) -> anyhow::Result<Output> {
+    fn converse(&mut self, script: &str, talk: Talk<'_>) -> anyhow::Result<Output> {
         let mut child = self.spawn(script, true)?;
         let (tx, rx) = mpsc::channel();
         pump(child.stdout.take().expect("piped"), Stream::Stdout, tx.clone());
         pump(child.stderr.take().expect("piped"), Stream::Stderr, tx);
         let stdin = child.stdin.take().expect("piped");
+        let mut out = Output::default();
+        let mut done = 0;
         let fed = {
-            let mut w = Counting { inner: stdin, sent: &mut self.sent };
-            let r = feed(&mut w);
+            let mut w = LocalInput { w: Counting { inner: stdin, sent: &mut self.sent }, rx: &rx, out: &mut out, done: &mut done };
+            let r = talk(&mut w);
             drop(w);
             r
         };
@@ -106,8 +146,6 @@ impl Transport for Local {
         if interrupted {
             kill_group(&mut child);
         }
-        let mut out = Output::default();
-        let mut done = 0;
         while done < 2 {
             match rx.recv() {
                 Ok(Msg::Data(Stream::Stdout, d)) => super::capture_out(&mut out.stdout, &d),

@@ -38,6 +38,19 @@ pub enum Stream {
 /// Writes the stdin of a running script; returns what it wrote.
 pub type Feed<'a> = &'a mut dyn FnMut(&mut dyn Write) -> anyhow::Result<()>;
 
+/// Drives a conversation with a running script: read its first answer, then write.
+pub type Talk<'a> = &'a mut dyn FnMut(&mut dyn Input) -> anyhow::Result<()>;
+
+/// The stdin of a running script that can also wait for what the script printed so far:
+/// one remote command can answer a question and then take the upload (one round trip).
+pub trait Input: Write {
+    /// Reads the script's stdout until `done` holds for everything read so far, or stdout
+    /// ends; hands that over (it is not part of the final [`Output`]).
+    fn read_until(&mut self, done: &dyn Fn(&[u8]) -> bool) -> anyhow::Result<Vec<u8>>;
+
+    fn as_write(&mut self) -> &mut dyn Write;
+}
+
 pub trait Transport {
     /// Runs `script` with `sh -c`, stdin closed, output captured.
     fn run(&mut self, script: &str) -> anyhow::Result<Output> {
@@ -47,7 +60,13 @@ pub trait Transport {
     /// Runs `script` while `feed` streams its stdin. If the script exits early (e.g. `tar`
     /// hits a full disk) the feed's write error is swallowed and the script's status and
     /// stderr tell the story.
-    fn run_with_input(&mut self, script: &str, feed: Feed<'_>) -> anyhow::Result<Output>;
+    fn run_with_input(&mut self, script: &str, feed: Feed<'_>) -> anyhow::Result<Output> {
+        self.converse(script, &mut |i| feed(i.as_write()))
+    }
+
+    /// Runs `script` while `talk` reads its first output and then writes its stdin. Error
+    /// handling as for [`Transport::run_with_input`].
+    fn converse(&mut self, script: &str, talk: Talk<'_>) -> anyhow::Result<Output>;
 
     /// Runs `script`, handing output to `sink` as it arrives (builds). Returns the status.
     fn run_streaming(&mut self, script: &str, sink: &mut dyn FnMut(Stream, &[u8])) -> anyhow::Result<i32>;

@@ -18,7 +18,7 @@ use ssh2::{BlockDirections, Channel, CheckResult, ErrorCode, KnownHostFileKind, 
 #[cfg(windows)]
 use windows_sys::Win32::Networking::WinSock::{WSAPoll as poll, POLLIN, POLLOUT, SOCKET, WSAPOLLFD as pollfd};
 
-use super::{capture, show_command, Feed, Output, Stream, Transport};
+use super::{capture, show_command, Input, Output, Stream, Talk, Transport};
 use crate::error::Error;
 use crate::interrupt;
 use crate::settings::{home_dir, Globals, Ssh};
@@ -128,6 +128,41 @@ fn drain(ch: &mut Channel, out: &mut Output, sink: &mut Option<Sink<'_>>) -> io:
     Ok(progress)
 }
 
+struct SshInput<'a, 'b> {
+    w: BufWriter<ChanWriter<'a, 'b>>,
+}
+
+impl Write for SshInput<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.w.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.w.flush()
+    }
+}
+
+impl Input for SshInput<'_, '_> {
+    fn read_until(&mut self, done: &dyn Fn(&[u8]) -> bool) -> anyhow::Result<Vec<u8>> {
+        self.w.flush()?;
+        let cw = self.w.get_mut();
+        while !done(&cw.out.stdout) {
+            let progress = drain(cw.ch, cw.out, cw.sink).context("lost the connection while reading")?;
+            if cw.ch.eof() {
+                break;
+            }
+            if !progress {
+                cw.pump.wait()?;
+            }
+        }
+        Ok(std::mem::take(&mut cw.out.stdout))
+    }
+
+    fn as_write(&mut self) -> &mut dyn Write {
+        self
+    }
+}
+
 /// stdin of a remote script. While the window is full it keeps reading the script's output,
 /// so a remote `tar` that fills stderr cannot deadlock us.
 struct ChanWriter<'a, 'b> {
@@ -193,7 +228,7 @@ impl SshTransport {
         })
     }
 
-    fn exec(&mut self, script: &str, feed: Option<Feed<'_>>, mut sink: Option<Sink<'_>>) -> anyhow::Result<Output> {
+    fn exec(&mut self, script: &str, feed: Option<Talk<'_>>, mut sink: Option<Sink<'_>>) -> anyhow::Result<Output> {
         show_command(self.verbose, &self.label, script);
         // Always `sh`: the login shell may be fish or csh, our scripts are POSIX.
         let cmd = format!("sh -c {}", quote(script));
@@ -202,10 +237,12 @@ impl SshTransport {
         pump.retry(|| ch.exec(&cmd)).context("cannot start the remote command")?;
         let mut out = Output::default();
         if let Some(feed) = feed {
-            let mut w = BufWriter::with_capacity(
-                256 * 1024,
-                ChanWriter { pump, ch: &mut ch, out: &mut out, sink: &mut sink, sent: &mut self.sent },
-            );
+            let mut w = SshInput {
+                w: BufWriter::with_capacity(
+                    256 * 1024,
+                    ChanWriter { pump, ch: &mut ch, out: &mut out, sink: &mut sink, sent: &mut self.sent },
+                ),
+            };
             let r = feed(&mut w).and_then(|()| w.flush().map_err(anyhow::Error::from));
             drop(w);
             if let Err(e) = r {
@@ -268,8 +305,8 @@ fn signal_number(name: &str) -> i32 {
 }
 
 impl Transport for SshTransport {
-    fn run_with_input(&mut self, script: &str, feed: Feed<'_>) -> anyhow::Result<Output> {
-        self.exec(script, Some(feed), None)
+    fn converse(&mut self, script: &str, talk: Talk<'_>) -> anyhow::Result<Output> {
+        self.exec(script, Some(talk), None)
     }
 
     fn run(&mut self, script: &str) -> anyhow::Result<Output> {

@@ -99,10 +99,17 @@ fn seven_deploys_keep_five() {
     assert_eq!(env.release_ids(), ids[2..].to_vec());
     assert_eq!(env.current_id(), ids[6]);
     assert_eq!(std::fs::read_to_string(env.base.join("current/version.txt")).unwrap(), "6");
-    // By hand: keep 2 -> current and its rollback target remain.
+    // A deploy deletes what it pruned after it returns; the trees do go.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while env.base.join(".bst-trash").exists() {
+        assert!(std::time::Instant::now() < deadline, "pruned releases never deleted");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // By hand: keep 2 -> current and its rollback target remain, deleted before bst returns.
     let j = env.bst(&["prune", "t", "--keep", "2", "--json"]).ok().json();
     assert_eq!(j["pruned"].as_array().unwrap().len(), 3);
     assert_eq!(env.release_ids(), ids[5..].to_vec());
+    assert!(!env.base.join(".bst-trash").exists());
 }
 
 #[test]
