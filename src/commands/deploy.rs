@@ -95,7 +95,9 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
         }
     }
     let entries = snapshot::collect(&target.source, &target.exclude, &skip)?;
-    let local = delta::local_manifest(&target.source, &entries);
+    let mut hashes = delta::HashCache::open(&target.source);
+    let local = delta::local_manifest(&target.source, &entries, &mut hashes);
+    hashes.save();
     let manifest = delta::encode(&local);
     let snapshot_ms = ms(started);
     let git = snapshot::git_info(&target.source);

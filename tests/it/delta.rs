@@ -184,3 +184,40 @@ fn a_stale_cache_job_pid_is_neither_waited_for_nor_killed() {
     let _ = bystander.wait();
     assert_eq!(tree(&env.base.join("current"), false), shipped(&ws));
 }
+
+/// Change detection is by content: fresh mtimes on every file (a CI checkout, a second
+/// laptop's clone) send nothing that did not change.
+#[test]
+fn new_mtimes_and_another_clone_send_only_real_changes() {
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    for i in 0..40 {
+        ws.write(&format!("src/m{i:02}.ts"), &format!("export const v = {i};\n"));
+    }
+    sh(ws.path(), "git add -A && git -c user.name=t -c user.email=t@example.com commit -qm more");
+    let env = Env::new(Some(&sshd), &ws, "");
+    env.bst(&["deploy", "t", "-q"]).ok();
+    sh(ws.path(), "find . -path ./.git -prune -o -type f -exec touch -d '2031-01-01 00:00:00' {} +");
+    let j = deploy_json(&env);
+    assert_eq!((j["delta"].as_bool(), j["files_sent"].as_u64()), (Some(true), Some(0)), "{j}");
+    // Another machine: a clone has its own mtimes and no hash cache; one real edit there.
+    let other = tempfile::tempdir().unwrap();
+    let clone = other.path().join("clone");
+    sh(other.path(), &format!("git clone -q {} clone", ws.path().display()));
+    std::fs::write(clone.join("src/m05.ts"), "export const v = 'from the other laptop';\n").unwrap();
+    // What the clone does not carry (ignored and untracked files of the first workspace)
+    // is removed from the release, as a full upload of the clone would do.
+    let config = other.path().join("targets.toml");
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let ws_line = text.lines().find(|l| l.starts_with("source = ")).unwrap();
+    std::fs::write(&config, text.replace(ws_line, &format!("source = {}", toml_str(&clone)))).unwrap();
+    let run = bst_with(&config, &["deploy", "t", "--json"], &[]).ok();
+    let j = run.json();
+    assert_eq!(j["delta"], true, "{j}");
+    let sent = j["files_sent"].as_u64().unwrap();
+    assert_eq!(sent, 1, "{j}");
+    assert_eq!(std::fs::read_to_string(env.base.join("current/src/m05.ts")).unwrap(), "export const v = 'from the other laptop';\n");
+    let mut want = tree(&clone, true);
+    want.retain(|p, _| p != ".env");
+    assert_eq!(tree(&env.base.join("current"), false), want);
+}

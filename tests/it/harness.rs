@@ -328,6 +328,8 @@ pub fn bst_cmd(config: &Path, args: &[&str]) -> Command {
         .env_remove("BST_CONFIG")
         .env_remove("BST_SSH_PASSPHRASE")
         .env("BST_SSH_CONFIG", "none")
+        // The local hash cache lives next to the test's config, not in the user's home.
+        .env("BST_CACHE_DIR", config.parent().unwrap_or(Path::new(".")).join("bst-cache"))
         .stdin(Stdio::null());
     c
 }
