@@ -242,6 +242,16 @@ impl Env {
         ids
     }
 
+    /// Waits for what a deploy leaves running on the server after bst returns (the cache job,
+    /// the deletion of pruned releases), so the temp dir can really be removed.
+    fn wait_background(&self) {
+        self.wait_cache_job();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.base.join(".bst-trash").exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until the server-side cache job of the last deploy has ended (it runs after bst
     /// returns), for tests that inspect or tamper with `.bst-cache`.
     pub fn wait_cache_job(&self) {
@@ -263,6 +273,14 @@ impl Env {
     pub fn meta(&self, id: &str) -> serde_json::Value {
         let text = std::fs::read_to_string(self.base.join("releases").join(id).join(".release-meta")).unwrap();
         serde_json::from_str(&text).unwrap()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.wait_background();
+        }
     }
 }
 
