@@ -16,6 +16,10 @@ use crate::snapshot::{Entry, Kind};
 /// Reserved root entry of an upload: bst's own files travel in the same tar stream.
 pub const UPLOAD_DIR: &str = ".bst-upload";
 
+/// The last entry of every upload. The stream is concatenated gzip members, and GNU tar
+/// accepts an archive cut at an entry boundary, so only this proves the stream was complete.
+pub const COMPLETE_MARKER: &str = ".bst-upload/complete";
+
 /// First record of a manifest; an older format does not decode (one full upload follows).
 const MAGIC: &[u8] = b"bst-manifest-2";
 

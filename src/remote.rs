@@ -176,6 +176,9 @@ pub fn start_cache_job(id: &str) -> String {
     let job = format!(
         r#"B=$1; C="$B/{CACHE_DIR}"
 cd "$C" 2>/dev/null || exit 0
+# Registered by the job itself: until this process runs this script, its command line is
+# its parent's, without the name the waiting side checks for.
+echo $$ > job.pid.tmp && mv -f job.pid.tmp job.pid
 trap 'rm -rf "$C/pristine.tmp" "$C/spare.tmp"' EXIT
 rm -rf "$C.old" pristine.tmp spare.tmp
 if [ -f snapshot.tgz ]; then
@@ -201,9 +204,10 @@ fi
     let q = quote(&job);
     format!(
         r#"if [ -d "$B/{CACHE_DIR}" ]; then
+  rm -f "$B/{CACHE_DIR}/job.pid"
   if command -v setsid >/dev/null 2>&1; then setsid sh -c {q} {CACHE_JOB} "$B" < /dev/null >> "$B/{CACHE_DIR}/job.log" 2>&1 &
   else sh -c {q} {CACHE_JOB} "$B" < /dev/null >> "$B/{CACHE_DIR}/job.log" 2>&1 & fi
-  echo $! > "$B/{CACHE_DIR}/job.pid" || true
+  n=0; while [ ! -f "$B/{CACHE_DIR}/job.pid" ] && [ $n -lt 500 ]; do sleep 0.01 2>/dev/null || sleep 1; n=$((n+1)); done
 fi
 "#
     )
@@ -258,9 +262,13 @@ if [ -e "$C" ]; then rm -rf "$C.old"; mv "$C" "$C.old"; fi
 mkdir -p "$C"
 # A stream cut short (Ctrl-C, dead client, full disk) leaves nothing behind.
 tee "$C/snapshot.tgz" | tar -xzf - -C "$I" --no-same-owner || {{ rc=$?; rm -rf "$I" "$C"; rmdir "$B/{INCOMING_DIR}" 2>/dev/null; exit $rc; }}
-if [ -d "$I/{UPLOAD}" ]; then mv "$I/{UPLOAD}" "$C/upload"; else rm -rf "$C"; fi
+# The stream is gzip members and tar accepts an archive cut at an entry boundary: only the
+# marker the client sends last proves that everything before it arrived.
+if [ ! -f "$I/{COMPLETE}" ]; then rm -rf "$I" "$C"; rmdir "$B/{INCOMING_DIR}" 2>/dev/null; echo "the upload stream ended early" >&2; exit 1; fi
+mv "$I/{UPLOAD}" "$C/upload"
 "#,
-        UPLOAD = crate::delta::UPLOAD_DIR
+        UPLOAD = crate::delta::UPLOAD_DIR,
+        COMPLETE = crate::delta::COMPLETE_MARKER
     );
     s.push_str(&finish_staging(id, shared_files, shared_dirs, meta_json));
     s
@@ -289,6 +297,7 @@ if [ -e "$R" ]; then echo "release {id} already exists" >&2; exit 1; fi
 if [ ! -d "$C/pristine" ] || [ "$(cat "$C/generation" 2>/dev/null)" != {generation} ]; then echo "pristine copy changed" >&2; exit {DELTA_STALE}; fi
 mkdir -p "$D"
 tar -xzf - -C "$D" --no-same-owner || {{ rc=$?; rm -rf "$D"; rmdir "$B/{INCOMING_DIR}" 2>/dev/null; exit $rc; }}
+if [ ! -f "$D/{COMPLETE}" ]; then rm -rf "$D"; rmdir "$B/{INCOMING_DIR}" 2>/dev/null; echo "the upload stream ended early" >&2; exit 1; fi
 mv "$D/{UPLOAD}" "$I.meta"
 rm -f "$C/generation"
 apply() {{
@@ -316,7 +325,8 @@ rm -rf "$D" "$I.meta"
 printf '%s\n' {id} > "$C/generation"
 "#,
         generation = quote(generation),
-        UPLOAD = crate::delta::UPLOAD_DIR
+        UPLOAD = crate::delta::UPLOAD_DIR,
+        COMPLETE = crate::delta::COMPLETE_MARKER
     );
     s.push_str(&finish_staging(id, shared_files, shared_dirs, meta_json));
     s
@@ -704,6 +714,40 @@ mod tests {
         run(b"touch \"$B/ran\"\ncat > \"$B/rest\"\nBST-GO\npayload\nBST-GO\n");
         assert!(base.join("ran").exists());
         assert_eq!(std::fs::read_to_string(base.join("rest")).unwrap(), "payload\nBST-GO\n", "stdin after BST-GO is the payload");
+    }
+
+    /// GNU tar exits 0 on an archive cut at an entry boundary, and the stream is gzip
+    /// members: an upload without its final marker must never become a release.
+    #[cfg(unix)]
+    #[test]
+    fn an_upload_without_its_final_marker_is_refused() {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("a.txt"), "a").unwrap();
+        let entries = vec![crate::snapshot::Entry { path: "a.txt".into(), kind: crate::snapshot::Kind::File { exec: false } }];
+        let base = d.path().join("base");
+        std::fs::create_dir_all(base.join("releases")).unwrap();
+        let run = |extra: &[crate::snapshot::Extra]| {
+            let mut tgz = Vec::new();
+            crate::snapshot::stream_tar_gz(&src, &entries, extra, &mut tgz, 1, &|_, _| {}).unwrap();
+            let script = upload(base.to_str().unwrap(), "20260220T051228Z", &[], &[], "{}");
+            let mut c = Command::new("sh").arg("-c").arg(&script).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+            c.stdin.take().unwrap().write_all(&tgz).unwrap();
+            let out = c.wait_with_output().unwrap();
+            (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+        };
+        let manifest = (format!("{}/manifest", crate::delta::UPLOAD_DIR), b"m".to_vec());
+        let (ok, err) = run(std::slice::from_ref(&manifest));
+        assert!(!ok && err.contains("ended early"), "{err}");
+        assert!(!base.join("releases/20260220T051228Z").exists());
+        assert!(!base.join(INCOMING_DIR).exists());
+        let (ok, err) = run(&[manifest, (crate::delta::COMPLETE_MARKER.into(), Vec::new())]);
+        assert!(ok, "{err}");
+        assert_eq!(std::fs::read_to_string(base.join("releases/20260220T051228Z/a.txt")).unwrap(), "a");
+        assert!(!base.join("releases/20260220T051228Z/.bst-upload").exists());
     }
 
     #[test]

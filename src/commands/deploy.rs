@@ -607,18 +607,23 @@ fn upload_parts(
     meta_json: &str,
 ) -> (String, Vec<snapshot::Entry>, Vec<snapshot::Extra>) {
     let manifest_path = format!("{}/manifest", delta::UPLOAD_DIR);
+    let complete = (delta::COMPLETE_MARKER.to_string(), Vec::new());
     match plan {
         None => (
             crate::remote::upload(&target.base, id, &target.shared_files, &target.shared_dirs, meta_json),
             entries.to_vec(),
-            vec![(manifest_path, manifest.to_vec())],
+            vec![(manifest_path, manifest.to_vec()), complete],
         ),
         Some((generation, pl)) => {
             let wanted: std::collections::HashSet<&str> = pl.send.iter().map(String::as_str).collect();
             (
                 crate::remote::upload_delta(&target.base, id, generation, &target.shared_files, &target.shared_dirs, meta_json),
                 entries.iter().filter(|e| wanted.contains(e.path.as_str())).cloned().collect(),
-                vec![(manifest_path, manifest.to_vec()), (format!("{}/removed", delta::UPLOAD_DIR), delta::encode_paths(&pl.remove))],
+                vec![
+                    (manifest_path, manifest.to_vec()),
+                    (format!("{}/removed", delta::UPLOAD_DIR), delta::encode_paths(&pl.remove)),
+                    complete,
+                ],
             )
         }
     }
