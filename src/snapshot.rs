@@ -39,6 +39,8 @@ pub struct Stats {
     pub files: u64,
     /// Uncompressed content bytes.
     pub bytes: u64,
+    /// The gzip level the upload settled on (0: stored), when it was measured.
+    pub level: Option<u32>,
 }
 
 fn git(source: &Path, args: &[&str]) -> Option<Vec<u8>> {
@@ -371,6 +373,51 @@ struct Block {
     seq: u64,
     data: Vec<u8>,
     level: u32,
+    /// The level came from [`Probe`], not from the content being already compressed.
+    adaptive: bool,
+}
+
+/// Picks the compression level by measurement: a few blocks at `level`, a few stored, then
+/// whichever moved more snapshot bytes per second through the whole pipeline (compressors,
+/// link, server) for the rest of the upload. Over a LAN or anything slower, compression wins;
+/// where the link is faster than deflate (loopback, a fast LAN with a slow laptop) storing
+/// wins, and the server's `gzip -d` has less to do too.
+struct Probe {
+    level: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    max: u32,
+    /// Snapshot bytes and seconds observed per level (index 0: stored, 1: `max`).
+    seen: [(u64, f64, u32); 2],
+    decided: bool,
+}
+
+/// Blocks per probe phase; the first ones of a phase are not measured (pipeline refill).
+const PROBE_BLOCKS: u32 = 6;
+const PROBE_SKIP: u32 = 2;
+
+impl Probe {
+    fn observe(&mut self, block_level: u32, raw: usize, secs: f64) {
+        use std::sync::atomic::Ordering;
+        if self.decided || self.max == 0 {
+            return;
+        }
+        let i = usize::from(block_level != 0);
+        let s = &mut self.seen[i];
+        s.2 += 1;
+        if s.2 > PROBE_SKIP {
+            s.0 += raw as u64;
+            s.1 += secs;
+        }
+        if i == 1 && s.2 >= PROBE_BLOCKS {
+            self.level.store(0, Ordering::Relaxed);
+        }
+        if i == 0 && s.2 >= PROBE_BLOCKS {
+            let rate = |(b, t, _): (u64, f64, u32)| b as f64 / t.max(1e-9);
+            // Ties go to compression: fewer bytes is kinder to a shared link.
+            let store = rate(self.seen[0]) > rate(self.seen[1]) * 1.1;
+            self.level.store(if store { 0 } else { self.max }, Ordering::Relaxed);
+            self.decided = true;
+        }
+    }
 }
 
 /// Cuts the raw tar stream into blocks for the compressors, noting how much of each block
@@ -383,7 +430,7 @@ struct BlockWriter {
     tokens: std::sync::mpsc::Receiver<()>,
     buf: Vec<u8>,
     seq: u64,
-    level: u32,
+    level: std::sync::Arc<std::sync::atomic::AtomicU32>,
     incompressible: usize,
     current_incompressible: bool,
     open: bool,
@@ -396,7 +443,8 @@ impl BlockWriter {
         }
         let stored = self.incompressible * 10 >= self.buf.len() * 9;
         let data = std::mem::replace(&mut self.buf, Vec::with_capacity(BLOCK));
-        let block = Block { seq: self.seq, data, level: if stored { 0 } else { self.level } };
+        let level = if stored { 0 } else { self.level.load(std::sync::atomic::Ordering::Relaxed) };
+        let block = Block { seq: self.seq, data, level, adaptive: !stored };
         self.seq += 1;
         self.incompressible = 0;
         let gone = || io::Error::new(io::ErrorKind::BrokenPipe, "upload stopped");
@@ -443,10 +491,14 @@ pub fn stream_tar_gz(
 ) -> anyhow::Result<Stats> {
     use std::sync::mpsc::{sync_channel, Receiver};
     use std::sync::{Arc, Mutex};
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
-    let in_flight = 2 * workers + 2;
+    // Four cores compress ~500 MB/s, more than a LAN carries; more workers only cost memory.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
+    let in_flight = workers + 2;
+    let shared_level = Arc::new(std::sync::atomic::AtomicU32::new(level));
+    let mut probe = Probe { level: Arc::clone(&shared_level), max: level, seen: [(0, 0.0, 0); 2], decided: false };
     let (block_tx, block_rx) = sync_channel::<Block>(workers);
-    let (done_tx, done_rx) = sync_channel::<(u64, io::Result<Vec<u8>>)>(in_flight);
+    type Done = (u64, io::Result<Vec<u8>>, u32, bool, usize);
+    let (done_tx, done_rx) = sync_channel::<Done>(in_flight);
     let (token_tx, token_rx) = sync_channel::<()>(in_flight);
     for _ in 0..in_flight {
         let _ = token_tx.send(());
@@ -459,7 +511,7 @@ pub fn stream_tar_gz(
                 tokens: token_rx,
                 buf: Vec::with_capacity(BLOCK),
                 seq: 0,
-                level,
+                level: shared_level,
                 incompressible: 0,
                 current_incompressible: false,
                 open: true,
@@ -490,7 +542,7 @@ pub fn stream_tar_gz(
                 let mut gz =
                     flate2::write::GzEncoder::new(Vec::with_capacity(block.data.len() / 2 + 64), flate2::Compression::new(block.level));
                 let out = gz.write_all(&block.data).and_then(|()| gz.finish());
-                if tx.send((block.seq, out)).is_err() {
+                if tx.send((block.seq, out, block.level, block.adaptive, block.data.len())).is_err() {
                     break;
                 }
             });
@@ -499,14 +551,20 @@ pub fn stream_tar_gz(
         let mut write_err: Option<anyhow::Error> = None;
         let mut next = 0u64;
         let mut waiting = std::collections::BTreeMap::new();
-        for (seq, out) in done_rx.iter() {
-            waiting.insert(seq, out);
-            while let Some(out) = waiting.remove(&next) {
+        let mut last = std::time::Instant::now();
+        for (seq, out, lvl, adaptive, raw) in done_rx.iter() {
+            waiting.insert(seq, (out, lvl, adaptive, raw));
+            while let Some((out, lvl, adaptive, raw)) = waiting.remove(&next) {
                 let r = out.map_err(anyhow::Error::from).and_then(|bytes| w.write_all(&bytes).map_err(anyhow::Error::from));
                 if let Err(e) = r {
                     write_err = Some(e);
                     break;
                 }
+                let now = std::time::Instant::now();
+                if adaptive {
+                    probe.observe(lvl, raw, (now - last).as_secs_f64());
+                }
+                last = now;
                 next += 1;
                 let _ = token_tx.send(());
             }
@@ -524,7 +582,8 @@ pub fn stream_tar_gz(
             (None, Err(e)) => Err(e),
             (None, Ok(stats)) => {
                 w.flush()?;
-                Ok(stats)
+                let level = probe.decided.then(|| probe.level.load(std::sync::atomic::Ordering::Relaxed));
+                Ok(Stats { level, ..stats })
             }
         }
     })
@@ -605,6 +664,30 @@ mod tests {
         assert!(child.wait().unwrap().success());
         assert!(std::fs::read(d.path().join("out/logo.png")).unwrap() == noise);
         assert_eq!(std::fs::read_to_string(d.path().join("out/mod.ts")).unwrap(), text);
+    }
+
+    #[test]
+    fn the_probe_stores_only_when_storing_moves_more_bytes() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let run = |secs_stored: f64| {
+            let level = std::sync::Arc::new(AtomicU32::new(1));
+            let mut p = Probe { level: level.clone(), max: 1, seen: [(0, 0.0, 0); 2], decided: false };
+            for _ in 0..PROBE_BLOCKS {
+                p.observe(level.load(Ordering::Relaxed), BLOCK, 0.010);
+            }
+            assert_eq!(level.load(Ordering::Relaxed), 0, "the second phase stores");
+            for _ in 0..PROBE_BLOCKS {
+                p.observe(0, BLOCK, secs_stored);
+            }
+            assert!(p.decided);
+            level.load(Ordering::Relaxed)
+        };
+        // A link faster than deflate: stored blocks go through in half the time.
+        assert_eq!(run(0.005), 0);
+        // A slow link: stored blocks take longer per snapshot byte; keep compressing.
+        assert_eq!(run(0.016), 1);
+        // Within 10%: compression (fewer bytes on a shared link).
+        assert_eq!(run(0.0095), 1);
     }
 
     #[test]

@@ -221,3 +221,36 @@ fn new_mtimes_and_another_clone_send_only_real_changes() {
     want.retain(|p, _| p != ".env");
     assert_eq!(tree(&env.base.join("current"), false), want);
 }
+
+/// The level is picked by measurement: over a slow link compression moves the snapshot
+/// faster than storing, so the upload keeps compressing (and says so at -v).
+#[test]
+fn a_slow_link_keeps_compression() {
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    // 24 MiB of source-like text (compresses ~4x): enough blocks for both probe phases.
+    let line = "export const handler = async (request, response) => { return queue.push(payload); };\n";
+    for i in 0..24 {
+        ws.write(&format!("gen/chunk{i:02}.ts"), &line.repeat((1 << 20) / line.len()));
+    }
+    sh(ws.path(), "git add -A && git -c user.name=t -c user.email=t@example.com commit -qm text");
+    let proxy = Proxy::start(sshd.port, None, Some(4 << 20));
+    std::fs::write(
+        &sshd.known_hosts,
+        format!("[127.0.0.1]:{} {}\n[127.0.0.1]:{} {}\n", sshd.port, sshd.host_key, proxy.port, sshd.host_key),
+    )
+    .unwrap();
+    let env = Env::new(Some(&sshd), &ws, "");
+    let slow = env.dir.path().join("slow.toml");
+    std::fs::write(
+        &slow,
+        std::fs::read_to_string(&env.config).unwrap().replace(&format!("port = {}", sshd.port), &format!("port = {}", proxy.port)),
+    )
+    .unwrap();
+    let run = bst_with(&slow, &["deploy", "t", "--json", "-v"], &[]).ok();
+    assert!(run.stderr.contains("compression: gzip level 1"), "{}", run.stderr);
+    let j = run.json();
+    let (sent, raw) = (j["bytes_sent"].as_u64().unwrap(), j["bytes"].as_u64().unwrap());
+    assert!(sent < raw / 2, "sent {sent} of {raw} bytes");
+    assert_eq!(tree(&env.base.join("current"), false), shipped(&ws));
+}
