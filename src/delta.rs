@@ -176,14 +176,47 @@ impl HashCache {
             out.extend_from_slice(format!("{size}\t{mtime}\t{hash}\t{path}").as_bytes());
             out.push(0);
         }
-        let Some(dir) = file.parent() else { return };
-        if std::fs::create_dir_all(dir).is_err() {
-            return;
-        }
-        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
-        if std::fs::write(&tmp, &out).is_ok() && std::fs::rename(&tmp, file).is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
+        write_atomic(file, &out);
+    }
+}
+
+/// The manifest this client last left on a target, by the generation it wrote there: when the
+/// server still holds that generation, its manifest need not travel (50,000 files: megabytes).
+pub struct ManifestCache {
+    file: Option<PathBuf>,
+}
+
+impl ManifestCache {
+    pub fn for_target(identity: &str) -> ManifestCache {
+        ManifestCache { file: cache_dir().map(|d| d.join(format!("manifest-{}", hex16(&sha2::Sha256::digest(identity.as_bytes()))))) }
+    }
+
+    /// `(generation, records)` if there is a readable cache.
+    pub fn load(&self) -> Option<(String, Vec<Record>)> {
+        let data = std::fs::read(self.file.as_ref()?).ok()?;
+        let nl = data.iter().position(|&b| b == b'\n')?;
+        let generation = std::str::from_utf8(&data[..nl]).ok()?.to_string();
+        Some((generation, decode(&data[nl + 1..])?))
+    }
+
+    pub fn save(&self, generation: &str, manifest: &[u8]) {
+        let Some(file) = &self.file else { return };
+        let mut data = Vec::with_capacity(generation.len() + 1 + manifest.len());
+        data.extend_from_slice(generation.as_bytes());
+        data.push(b'\n');
+        data.extend_from_slice(manifest);
+        write_atomic(file, &data);
+    }
+}
+
+fn write_atomic(file: &Path, data: &[u8]) {
+    let Some(dir) = file.parent() else { return };
+    if std::fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+    if std::fs::write(&tmp, data).is_ok() && std::fs::rename(&tmp, file).is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
 }
 
@@ -211,12 +244,32 @@ pub fn encode(records: &[Record]) -> Vec<u8> {
     out
 }
 
+/// The records a delta deploy appends to the server's manifest: the changed ones, and a `-`
+/// record per removed path. The server only appends (O(change)); [`decode`] replays them.
+pub fn encode_patch(changed: &[&Record], removed: &[String]) -> Vec<u8> {
+    let mut out = Vec::with_capacity((changed.len() + removed.len()) * 100);
+    for r in changed {
+        out.extend_from_slice(format!("{}\t{}\t{}\t{}\t", r.kind, r.size, r.mtime_ns, r.hash).as_bytes());
+        out.extend_from_slice(r.path.as_bytes());
+        out.push(0);
+    }
+    for p in removed {
+        out.extend_from_slice(format!("-\t0\t0\t{}\t", "0".repeat(32)).as_bytes());
+        out.extend_from_slice(p.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+/// A manifest, with any appended patches replayed: a later record for a path replaces the
+/// earlier one, a `-` record removes it.
 pub fn decode(data: &[u8]) -> Option<Vec<Record>> {
     let mut recs = data.split(|b| *b == 0).filter(|r| !r.is_empty());
     if recs.next()? != MAGIC {
         return None;
     }
-    let mut out = Vec::new();
+    let mut out: Vec<Option<Record>> = Vec::new();
+    let mut at: HashMap<String, usize> = HashMap::new();
     for rec in recs {
         let text = std::str::from_utf8(rec).ok()?;
         let mut f = text.splitn(5, '\t');
@@ -225,12 +278,25 @@ pub fn decode(data: &[u8]) -> Option<Vec<Record>> {
         let mtime_ns = f.next()?.parse().ok()?;
         let hash = f.next()?.to_string();
         let path = f.next()?.to_string();
-        if !matches!(kind, 'f' | 'x' | 'l') || path.is_empty() || hash.len() != 32 {
+        if !matches!(kind, 'f' | 'x' | 'l' | '-') || path.is_empty() || hash.len() != 32 {
             return None;
         }
-        out.push(Record { kind, size, mtime_ns, hash, path });
+        if kind == '-' {
+            if let Some(i) = at.remove(&path) {
+                out[i] = None;
+            }
+            continue;
+        }
+        let r = Record { kind, size, mtime_ns, hash, path };
+        match at.get(&r.path) {
+            Some(&i) => out[i] = Some(r),
+            None => {
+                at.insert(r.path.clone(), out.len());
+                out.push(Some(r));
+            }
+        }
     }
-    Some(out)
+    Some(out.into_iter().flatten().collect())
 }
 
 #[derive(Debug, Default, PartialEq)]
@@ -275,11 +341,17 @@ mod tests {
     #[test]
     fn manifest_round_trips_any_path() {
         let m = vec![r('f', 1, 2, "a b/it's\ttab"), r('x', 0, 1_700_000_000_123_456_789, "run.sh"), r('l', 5, 3, "link")];
-        assert_eq!(decode(&encode(&m)), Some(m));
+        assert_eq!(decode(&encode(&m)), Some(m.clone()));
         assert_eq!(decode(b"bst-manifest-2\0q\t1\t2\t00000000000000000000000000000000\tp\0"), None);
         assert_eq!(decode(b"bst-manifest-2\0"), Some(vec![]));
         // The mtime-only format of earlier versions: not trusted, a full upload follows.
         assert_eq!(decode(b"f\t1\t2\tp\0"), None);
+        // Patches appended to a manifest replay in order.
+        let mut grown = encode(&m);
+        let edited = r('f', 9, 9, "run.sh");
+        grown.extend(encode_patch(&[&edited, &r('f', 1, 1, "new")], &["link".to_string(), "never-there".to_string()]));
+        grown.extend(encode_patch(&[&r('l', 5, 3, "link")], &["new".to_string()]));
+        assert_eq!(decode(&grown), Some(vec![m[0].clone(), edited, m[2].clone()]));
     }
 
     #[test]

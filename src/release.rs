@@ -214,7 +214,10 @@ pub fn parse_state(listing: &str) -> State {
         match tag {
             "B" => state.base_exists = true,
             "P " => state.real_base = Some(rest.to_string()),
-            "G " if is_release_id(rest) => state.cache_generation = Some(rest.to_string()),
+            // `<release id> <nonce>`: which upload the pristine copy holds.
+            "G " if rest.split(' ').next().is_some_and(is_release_id) && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b' ') => {
+                state.cache_generation = Some(rest.to_string())
+            }
             "R " if is_release_id(rest) => state.releases.push(Release { id: rest.to_string(), meta: None }),
             "M " => {
                 if let Some(last) = state.releases.last_mut() {

@@ -58,7 +58,7 @@ pub fn read_state(base: &str) -> String {
 /// state listing, or `HELD <owner json>`, or `NOBASE` when `create` is off and nothing was
 /// ever deployed. Staging leftovers of dead runs are removed once we hold the lock.
 pub fn lock(base: &str, owner_json: &str, create: bool) -> String {
-    lock_script(base, owner_json, create, false)
+    lock_script(base, owner_json, create, None)
 }
 
 /// A deploy in one remote command. The script takes the lock, waits for the previous
@@ -66,8 +66,8 @@ pub fn lock(base: &str, owner_json: &str, create: bool) -> String {
 /// and the pristine copy's manifest (`BST-MANIFEST-GZ <bytes>` then gzip data), then
 /// `BST-READY`, and reads the rest of its own script from stdin up to a `BST-GO` line; the
 /// upload stream follows it. If the client goes away before `BST-GO`, it unlocks and exits.
-pub fn deploy_session(base: &str, owner_json: &str, token: &str) -> String {
-    let mut s = lock_script(base, owner_json, true, true);
+pub fn deploy_session(base: &str, owner_json: &str, token: &str, known_generation: &str) -> String {
+    let mut s = lock_script(base, owner_json, true, Some(known_generation));
     // `read` takes a pipe byte by byte, so nothing after BST-GO is consumed: that is the
     // upload's `tar` input.
     s.push_str(
@@ -103,7 +103,9 @@ pub fn split_session_head(buf: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
     }
 }
 
-fn lock_script(base: &str, owner_json: &str, create: bool, deploy: bool) -> String {
+/// `deploy`: `Some` with the generation whose manifest the client already has (`""` for
+/// none): the manifest is sent only when the server's differs.
+fn lock_script(base: &str, owner_json: &str, create: bool, deploy: Option<&str>) -> String {
     let mut s = base_var(base);
     if create {
         s.push_str("mkdir -p \"$B/releases\" \"$B/shared\" \"$B/logs\" || exit 1\n");
@@ -125,20 +127,23 @@ fi
 "#,
         owner = quote(owner_json)
     );
-    if deploy {
+    if deploy.is_some() {
         s.push_str(&wait_cache_job());
     }
     s.push_str(state_body());
-    if deploy {
+    if let Some(known) = deploy {
         // From stdin with -n: no file name or timestamp, so no gzip warning (exit 2).
         let _ = write!(
             s,
             r#"if [ -f {CACHE_DIR}/generation ] && [ -d {CACHE_DIR}/pristine ] && [ -f {CACHE_DIR}/manifest ]; then
+  if [ "$(cat {CACHE_DIR}/generation)" = {known} ] && [ "$(head -c 14 {CACHE_DIR}/manifest)" = bst-manifest-2 ]; then printf 'MSAME %s\n' "$(wc -c < {CACHE_DIR}/manifest | tr -d ' ')"; else
   M={LOCK_DIR}/manifest.gz
   if gzip -1 -c -n < {CACHE_DIR}/manifest > "$M"; then printf 'BST-MANIFEST-GZ %s\n' "$(wc -c < "$M" | tr -d ' ')"; cat "$M"; fi
   rm -f "$M"
+  fi
 fi
-"#
+"#,
+            known = quote(known)
         );
     }
     s
@@ -172,7 +177,7 @@ fi
 /// pristine copy from the upload's tee'd archive (full uploads) and prepares `spare`, a
 /// private copy of the pristine tree that the next delta deploy renames into place instead
 /// of copying the whole tree while the operator waits. The next deploy's lock waits for it.
-pub fn start_cache_job(id: &str) -> String {
+pub fn start_cache_job(generation: &str) -> String {
     let job = format!(
         r#"B=$1; C="$B/{CACHE_DIR}"
 cd "$C" 2>/dev/null || exit 0
@@ -183,7 +188,7 @@ trap 'rm -rf "$C/pristine.tmp" "$C/spare.tmp"' EXIT
 rm -rf "$C.old" pristine.tmp spare.tmp
 if [ -f snapshot.tgz ]; then
   if mkdir pristine.tmp && tar -xzf snapshot.tgz -C pristine.tmp --no-same-owner && rm -rf pristine.tmp/{UPLOAD} && rm -rf pristine && mv pristine.tmp pristine && mv upload/manifest manifest; then
-    printf '%s\n' {id} > generation
+    printf '%s\n' {generation} > generation
   else
     echo "$(date -u +%FT%TZ) could not unpack the pristine copy; the next deploy sends everything"
   fi
@@ -198,7 +203,7 @@ else
   echo "$(date -u +%FT%TZ) could not prepare the spare copy; the next deploy copies the tree itself"
 fi
 "#,
-        id = quote(id),
+        generation = quote(generation),
         UPLOAD = crate::delta::UPLOAD_DIR
     );
     let q = quote(&job);
@@ -284,7 +289,16 @@ pub const DELTA_STALE: i32 = 75;
 /// `cp -a --reflink=auto` of the pristine tree. Never hardlinks, so a build that edits a file
 /// in place cannot corrupt the next deploy. The generation marker is removed before the
 /// pristine copy changes, so an update cut short forces a full upload.
-pub fn upload_delta(base: &str, id: &str, generation: &str, shared_files: &[String], shared_dirs: &[String], meta_json: &str) -> String {
+#[allow(clippy::too_many_arguments)]
+pub fn upload_delta(
+    base: &str,
+    id: &str,
+    generation: &str,
+    new_generation: &str,
+    shared_files: &[String],
+    shared_dirs: &[String],
+    meta_json: &str,
+) -> String {
     let mut s = base_var(base) + REGISTER;
     let _ = write!(
         s,
@@ -318,13 +332,15 @@ if [ -d "$C/spare" ] && [ "$(cat "$C/spare.generation" 2>/dev/null)" = {generati
   spare=yes
 fi
 apply "$C/pristine"
-mv "$I.meta/manifest" "$C/manifest"
+# A whole manifest now and then; usually the changed records, appended (O(change)).
+if [ -f "$I.meta/manifest" ]; then mv "$I.meta/manifest" "$C/manifest"; else cat "$I.meta/manifest-patch" >> "$C/manifest"; fi
 cd "$B"
 rm -rf "$D" "$I.meta"
 [ -n "$spare" ] || cp -a --reflink=auto "$C/pristine" "$I"
-printf '%s\n' {id} > "$C/generation"
+printf '%s\n' {new_generation} > "$C/generation"
 "#,
         generation = quote(generation),
+        new_generation = quote(new_generation),
         UPLOAD = crate::delta::UPLOAD_DIR,
         COMPLETE = crate::delta::COMPLETE_MARKER
     );
@@ -700,7 +716,7 @@ mod tests {
         use std::process::{Command, Stdio};
         let d = tempfile::tempdir().unwrap();
         let base = d.path().join("base");
-        let script = deploy_session(base.to_str().unwrap(), "{\"token\":\"tok-1\"}", "tok-1");
+        let script = deploy_session(base.to_str().unwrap(), "{\"token\":\"tok-1\"}", "tok-1", "");
         let run = |input: &[u8]| {
             let mut c = Command::new("sh").arg("-c").arg(&script).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
             c.stdin.take().unwrap().write_all(input).unwrap();

@@ -81,6 +81,10 @@ struct Prepared {
     prune: Vec<String>,
     audit_json: String,
     gated: bool,
+    /// What `<base>/.bst-cache/generation` says once this upload is in the pristine copy.
+    generation: String,
+    /// Manifest records to append on the server instead of a whole manifest (delta only).
+    patch: Option<Vec<u8>>,
 }
 
 pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart: bool) -> anyhow::Result<()> {
@@ -114,7 +118,14 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
     let mut t = transport::connect(target, globals)?;
     let owner = lock::new_owner("deploy");
     let held = Held { token: owner.token.clone() };
-    let session = crate::remote::deploy_session(&target.base, &serde_json::to_string(&owner)?, &owner.token);
+    let manifests = delta::ManifestCache::for_target(&format!("{}:{}", target.host_label(), target.base));
+    let known = manifests.load();
+    let session = crate::remote::deploy_session(
+        &target.base,
+        &serde_json::to_string(&owner)?,
+        &owner.token,
+        known.as_ref().map_or("", |k| k.0.as_str()),
+    );
     let gated = restart && !target.restart.is_empty();
     // Without a build or a health gate nothing needs the client between the upload and the
     // switch: the upload script also switches (one remote command for the whole deploy).
@@ -138,8 +149,23 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
                 head_text = String::from_utf8_lossy(&head).into_owned();
                 return Ok(());
             };
-            let state = release::parse_state(&String::from_utf8_lossy(listing));
-            let pr = match prepare(target, p, state, remote_manifest, &local, &git, &held, build, gated, started) {
+            let listing = String::from_utf8_lossy(listing);
+            let state = release::parse_state(&listing);
+            // The server still holds the manifest this client left there: no need to send it.
+            let same: Option<usize> = listing.lines().find_map(|l| l.strip_prefix("MSAME ")?.parse().ok());
+            let remote = match (remote_manifest, &known, same) {
+                (Some(gz), _, _) => Remote::Gz(gz),
+                (None, Some((g, recs)), Some(len)) if state.cache_generation.as_ref() == Some(g) => Remote::Known(recs, len),
+                _ => Remote::None,
+            };
+            if p.verbose > 0 {
+                match &remote {
+                    Remote::Gz(gz) => eprintln!("server manifest: received ({} bytes gzip'd)", gz.len()),
+                    Remote::Known(..) => eprintln!("server manifest: as this client left it, not sent"),
+                    Remote::None => eprintln!("server manifest: none (full upload)"),
+                }
+            }
+            let pr = match prepare(target, p, state, remote, &local, &git, &held, build, gated, started) {
                 Ok(pr) => pr,
                 Err(e) => {
                     // Closing stdin without BST-GO: the script unlocks and exits.
@@ -147,7 +173,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
                     return Ok(());
                 }
             };
-            let (script, send, extra) = upload_parts(target, &pr.meta.id, &entries, &manifest, pr.plan.as_ref(), &pr.meta_json);
+            let (script, send, extra) = upload_parts(target, &pr, &entries, &manifest);
             let mut continuation = format!("{}{script}{}", pr.prologue, pr.tail);
             if !continuation.ends_with('\n') {
                 continuation.push('\n');
@@ -157,17 +183,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
             i.write_all(continuation.as_bytes())?;
             i.write_all(b"BST-GO\n")?;
             bar = progress_bar(p, target, &send);
-            let tick = |_: &snapshot::Entry, n: u64| {
-                if let Some(b) = &bar {
-                    b.inc(n);
-                }
-            };
-            stats = snapshot::stream_tar_gz(&target.source, &send, &extra, i.as_write(), GZIP_LEVEL, &tick)?;
-            i.flush()?;
-            if combined {
-                // The server is completing the deploy now: Ctrl-C must not report it failed.
-                guard = Some(crate::interrupt::Critical::enter());
-            }
+            stats = send_snapshot(target, &send, &extra, i.as_write(), bar.as_ref(), combined.then_some(&mut guard))?;
             Ok(())
         });
         drop(guard);
@@ -215,6 +231,8 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
         &mut phases,
     ) {
         Ok((pruned, warnings, delta_used)) => {
+            // What the server's manifest now says (by content), for the next deploy from here.
+            manifests.save(&prep.generation, &manifest);
             let id = prep.meta.id.clone();
             if let Err(e) = crate::interrupt::check() {
                 if gated {
@@ -312,7 +330,7 @@ fn prepare(
     target: &Target,
     p: &Printer,
     state: State,
-    remote_manifest: Option<&[u8]>,
+    remote: Remote<'_>,
     local: &[delta::Record],
     git: &snapshot::GitInfo,
     held: &Held,
@@ -355,16 +373,17 @@ fn prepare(
         error: None,
     };
     // Delta when the server kept a pristine copy and most files are unchanged.
-    let mut plan = match (&state.cache_generation, remote_manifest) {
-        (Some(generation), Some(gz)) => match decode_manifest(gz) {
-            Ok(Some(remote)) => Some((generation.clone(), delta::plan(local, &remote))),
-            Ok(None) => None,
-            Err(e) => {
-                p.warn(format!("cannot read the server's manifest ({e:#}); sending the full snapshot"));
-                None
-            }
-        },
-        _ => None,
+    let decoded = match remote {
+        Remote::Gz(gz) => decode_manifest(gz).unwrap_or_else(|e| {
+            p.warn(format!("cannot read the server's manifest ({e:#}); sending the full snapshot"));
+            None
+        }),
+        Remote::Known(recs, len) => Some((recs.to_vec(), Some(len))),
+        Remote::None => None,
+    };
+    let (mut plan, remote_len) = match (&state.cache_generation, decoded) {
+        (Some(generation), Some((remote, raw_len))) => (Some((generation.clone(), delta::plan(local, &remote))), raw_len),
+        _ => (None, None),
     };
     if p.verbose > 0 {
         if let Some((g, pl)) = &plan {
@@ -385,15 +404,51 @@ fn prepare(
     audit.release = Some(&id);
     audit.previous = state.current.as_deref();
     let audit_json = audit.json();
+    // What the pristine copy holds after this upload: unique, so a client's cached manifest
+    // is trusted only for exactly the upload it made.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let generation = format!("{id} {:x}{:x}", nanos, std::process::id());
+    // The changed records are appended to the server's manifest, unless replayed patches
+    // would make it more than twice the size of a fresh one (or its size is unknown).
+    let patch = plan.as_ref().and_then(|(_, pl)| {
+        let by_path: std::collections::HashMap<&str, &delta::Record> = local.iter().map(|r| (r.path.as_str(), r)).collect();
+        let changed: Vec<&delta::Record> = pl.send.iter().filter_map(|p| by_path.get(p.as_str()).copied()).collect();
+        let patch = delta::encode_patch(&changed, &pl.remove);
+        let fresh = local.len() * 100;
+        remote_len.filter(|&len| len + patch.len() <= 2 * fresh.max(4096)).map(|_| patch)
+    });
+    let cache_job = crate::remote::start_cache_job(&generation);
     let tail = if combined {
         ok_meta.duration_ms = Some(crate::remote::DURATION_PLACEHOLDER);
         let finish =
             crate::remote::finish_deploy(&target.base, &id, &serde_json::to_string(&ok_meta)?, &prune, &audit_json, &held.token, false);
-        format!("{}{finish}{}{}", crate::remote::clock_mark("TU"), crate::remote::clock_mark("TS"), crate::remote::start_cache_job(&id))
+        format!("{}{finish}{}{cache_job}", crate::remote::clock_mark("TU"), crate::remote::clock_mark("TS"))
     } else {
-        crate::remote::start_cache_job(&id)
+        cache_job
     };
-    Ok(Prepared { state, meta, plan, tail, prologue: crate::remote::clock_prologue(ms(started)), meta_json, prune, audit_json, gated })
+    Ok(Prepared {
+        state,
+        meta,
+        plan,
+        tail,
+        prologue: crate::remote::clock_prologue(ms(started)),
+        meta_json,
+        prune,
+        audit_json,
+        gated,
+        generation,
+        patch,
+    })
+}
+
+/// What the client knows of the server's manifest.
+enum Remote<'a> {
+    /// Sent by the server, gzip'd.
+    Gz(&'a [u8]),
+    /// The one this client left there (the server said its generation is unchanged), and the
+    /// size of the server's copy.
+    Known(&'a [delta::Record], usize),
+    None,
 }
 
 type Uploaded = (crate::transport::Output, snapshot::Stats);
@@ -423,12 +478,10 @@ fn after_upload(
         Some((out, _)) if prep.plan.is_some() && out.status == crate::remote::DELTA_STALE => {
             p.warn("the server's pristine copy changed under us; sending the full snapshot");
             prep.plan = None;
-            upload_once(t, target, p, &id, entries, manifest, None, &prep.meta_json, &prep.prologue, &prep.tail, combined)?
+            upload_once(t, target, p, prep, entries, manifest, combined)?
         }
         Some(u) => u,
-        None => {
-            upload_once(t, target, p, &id, entries, manifest, prep.plan.as_ref(), &prep.meta_json, &prep.prologue, &prep.tail, combined)?
-        }
+        None => upload_once(t, target, p, prep, entries, manifest, combined)?,
     };
     let delta_used = prep.plan.as_ref().map(|(_, pl)| (pl.send.len(), pl.remove.len()));
     let text = out.stdout_str();
@@ -593,79 +646,96 @@ fn health_gate(
     }
 }
 
-fn decode_manifest(gz: &[u8]) -> anyhow::Result<Option<Vec<delta::Record>>> {
+/// The records and the manifest's raw size (which grows with every appended patch).
+fn decode_manifest(gz: &[u8]) -> anyhow::Result<Option<(Vec<delta::Record>, Option<usize>)>> {
     use std::io::Read;
     let mut raw = Vec::new();
     flate2::read::GzDecoder::new(gz).read_to_end(&mut raw)?;
-    Ok(delta::decode(&raw))
+    Ok(delta::decode(&raw).map(|r| (r, Some(raw.len()))))
 }
 
 /// The upload script for a full snapshot or (with a plan) a delta, the entries to send and
 /// bst's own files that travel with them.
 fn upload_parts(
     target: &Target,
-    id: &str,
+    prep: &Prepared,
     entries: &[snapshot::Entry],
     manifest: &[u8],
-    plan: Option<&(String, delta::Plan)>,
-    meta_json: &str,
 ) -> (String, Vec<snapshot::Entry>, Vec<snapshot::Extra>) {
-    let manifest_path = format!("{}/manifest", delta::UPLOAD_DIR);
+    let id = &prep.meta.id;
+    let file = |name: &str, data: Vec<u8>| (format!("{}/{name}", delta::UPLOAD_DIR), data);
     let complete = (delta::COMPLETE_MARKER.to_string(), Vec::new());
-    match plan {
+    match &prep.plan {
         None => (
-            crate::remote::upload(&target.base, id, &target.shared_files, &target.shared_dirs, meta_json),
+            crate::remote::upload(&target.base, id, &target.shared_files, &target.shared_dirs, &prep.meta_json),
             entries.to_vec(),
-            vec![(manifest_path, manifest.to_vec()), complete],
+            vec![file("manifest", manifest.to_vec()), complete],
         ),
         Some((generation, pl)) => {
             let wanted: std::collections::HashSet<&str> = pl.send.iter().map(String::as_str).collect();
+            let manifest = match &prep.patch {
+                Some(patch) => file("manifest-patch", patch.clone()),
+                None => file("manifest", manifest.to_vec()),
+            };
             (
-                crate::remote::upload_delta(&target.base, id, generation, &target.shared_files, &target.shared_dirs, meta_json),
+                crate::remote::upload_delta(
+                    &target.base,
+                    id,
+                    generation,
+                    &prep.generation,
+                    &target.shared_files,
+                    &target.shared_dirs,
+                    &prep.meta_json,
+                ),
                 entries.iter().filter(|e| wanted.contains(e.path.as_str())).cloned().collect(),
-                vec![
-                    (manifest_path, manifest.to_vec()),
-                    (format!("{}/removed", delta::UPLOAD_DIR), delta::encode_paths(&pl.remove)),
-                    complete,
-                ],
+                vec![manifest, file("removed", delta::encode_paths(&pl.remove)), complete],
             )
         }
     }
 }
 
+/// Streams the upload with the bar ticking. With `critical`, Ctrl-C is held back from the
+/// moment the last byte is out: the script is then completing the deploy, and must not be
+/// reported failed.
+fn send_snapshot(
+    target: &Target,
+    send: &[snapshot::Entry],
+    extra: &[snapshot::Extra],
+    w: &mut dyn std::io::Write,
+    bar: Option<&indicatif::ProgressBar>,
+    critical: Option<&mut Option<crate::interrupt::Critical>>,
+) -> anyhow::Result<snapshot::Stats> {
+    let tick = |_: &snapshot::Entry, n: u64| {
+        if let Some(b) = bar {
+            b.inc(n);
+        }
+    };
+    let stats = snapshot::stream_tar_gz(&target.source, send, extra, w, GZIP_LEVEL, &tick)?;
+    w.flush()?;
+    if let Some(guard) = critical {
+        *guard = Some(crate::interrupt::Critical::enter());
+    }
+    Ok(stats)
+}
+
 /// An upload in a remote command of its own (the retry after a stale pristine copy), followed
-/// by `tail` in the same script. When `tail` switches (`critical`), Ctrl-C is held back from
-/// the moment the last byte is out: the server is then completing the deploy.
-#[allow(clippy::too_many_arguments)]
+/// by `tail` in the same script (`critical` when `tail` switches).
 fn upload_once(
     t: &mut dyn Transport,
     target: &Target,
     p: &Printer,
-    id: &str,
+    prep: &Prepared,
     entries: &[snapshot::Entry],
     manifest: &[u8],
-    plan: Option<&(String, delta::Plan)>,
-    meta_json: &str,
-    prologue: &str,
-    tail: &str,
     critical: bool,
 ) -> anyhow::Result<Uploaded> {
     let mut stats = snapshot::Stats::default();
-    let (script, send, extra) = upload_parts(target, id, entries, manifest, plan, meta_json);
-    let script = format!("{prologue}{script}{tail}");
+    let (script, send, extra) = upload_parts(target, prep, entries, manifest);
+    let script = format!("{}{script}{}", prep.prologue, prep.tail);
     let bar = progress_bar(p, target, &send);
     let mut guard = None;
     let out = t.run_with_input(&script, &mut |w| {
-        let tick = |_: &snapshot::Entry, n: u64| {
-            if let Some(b) = &bar {
-                b.inc(n);
-            }
-        };
-        stats = snapshot::stream_tar_gz(&target.source, &send, &extra, w, GZIP_LEVEL, &tick)?;
-        w.flush()?;
-        if critical {
-            guard = Some(crate::interrupt::Critical::enter());
-        }
+        stats = send_snapshot(target, &send, &extra, w, bar.as_ref(), critical.then_some(&mut guard))?;
         Ok(())
     })?;
     drop(guard);

@@ -135,7 +135,8 @@ fn the_spare_copy_becomes_the_next_release_and_is_replaced() {
     env.wait_cache_job();
     let cache = env.base.join(".bst-cache");
     let first = env.current_id();
-    assert_eq!(std::fs::read_to_string(cache.join("spare.generation")).unwrap().trim(), first);
+    let generation_of = |f: &str| std::fs::read_to_string(cache.join(f)).unwrap().split(' ').next().unwrap().to_string();
+    assert_eq!(generation_of("spare.generation"), first);
     assert_eq!(tree(&cache.join("spare"), false), tree(&cache.join("pristine"), false));
     assert!(!cache.join("snapshot.tgz").exists(), "the tee'd archive outlived the cache job");
     // Mark the spare so we can see it become the release.
@@ -154,7 +155,7 @@ fn the_spare_copy_becomes_the_next_release_and_is_replaced() {
     let d = meta["duration_ms"].as_u64().unwrap();
     assert!(d > 0 && d < 600_000, "duration_ms = {d}");
     env.wait_cache_job();
-    assert_eq!(std::fs::read_to_string(cache.join("spare.generation")).unwrap().trim(), id);
+    assert_eq!(generation_of("spare.generation"), id);
     assert_eq!(tree(&cache.join("spare"), false), tree(&cache.join("pristine"), false));
     // A spare of another generation is never used: the release is copied from pristine.
     std::fs::write(cache.join("spare.generation"), "20200101T000000Z\n").unwrap();
@@ -252,5 +253,36 @@ fn a_slow_link_keeps_compression() {
     let j = run.json();
     let (sent, raw) = (j["bytes_sent"].as_u64().unwrap(), j["bytes"].as_u64().unwrap());
     assert!(sent < raw / 2, "sent {sent} of {raw} bytes");
+    assert_eq!(tree(&env.base.join("current"), false), shipped(&ws));
+}
+
+/// The server's manifest travels only when this client does not already know it, and a delta
+/// deploy appends its changes to it instead of rewriting it; another client still reads it.
+#[test]
+fn the_manifest_travels_only_when_needed_and_grows_by_patches() {
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    for i in 0..300 {
+        ws.write(&format!("src/m{i:03}.ts"), &format!("export const v = {i};\n"));
+    }
+    sh(ws.path(), "git add -A && git -c user.name=t -c user.email=t@example.com commit -qm more");
+    let env = Env::new(Some(&sshd), &ws, "");
+    let first = env.bst(&["deploy", "t", "-v"]).ok();
+    assert!(first.stderr.contains("server manifest: none"), "{}", first.stderr);
+    env.wait_cache_job();
+    let manifest = env.base.join(".bst-cache/manifest");
+    let before = std::fs::metadata(&manifest).unwrap().len();
+    ws.write("src/m007.ts", "export const v = 'seven';\n");
+    std::fs::remove_file(ws.path().join("src/m008.ts")).unwrap();
+    let again = env.bst(&["deploy", "t", "-v"]).ok();
+    assert!(again.stderr.contains("server manifest: as this client left it, not sent"), "{}", again.stderr);
+    let after = std::fs::metadata(&manifest).unwrap().len();
+    assert!(after > before && after - before < 400, "manifest {before} -> {after} bytes: rewritten, not patched");
+    // Another machine (no local caches): the patched manifest is sent and replayed.
+    let other_cache = tempfile::tempdir().unwrap();
+    ws.write("src/m009.ts", "export const v = 'nine';\n");
+    let third = bst_with(&env.config, &["deploy", "t", "-v", "--json"], &[("BST_CACHE_DIR", other_cache.path().to_str().unwrap())]).ok();
+    assert!(third.stderr.contains("server manifest: received"), "{}", third.stderr);
+    assert_eq!(third.json()["files_sent"], 1, "{}", third.stdout);
     assert_eq!(tree(&env.base.join("current"), false), shipped(&ws));
 }
