@@ -72,10 +72,15 @@ pub fn local_manifest(source: &Path, entries: &[Entry], cache: &mut HashCache) -
     let mut recs: Vec<Option<Record>> = entries
         .iter()
         .map(|e| {
-            let md = std::fs::symlink_metadata(source.join(&e.path)).ok()?;
-            let mtime_ns = md.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
-            let hash = cache.get(&e.path, md.len(), mtime_ns).unwrap_or_default();
-            Some(Record { kind: kind_char(&e.kind), size: md.len(), mtime_ns, hash, path: e.path.clone() })
+            let (size, mtime_ns) = match e.stat {
+                Some(st) => st,
+                None => {
+                    let md = std::fs::symlink_metadata(source.join(&e.path)).ok()?;
+                    (md.len(), md.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos())
+                }
+            };
+            let hash = cache.get(&e.path, size, mtime_ns).unwrap_or_default();
+            Some(Record { kind: kind_char(&e.kind), size, mtime_ns, hash, path: e.path.clone() })
         })
         .collect();
     let misses: Vec<usize> =
@@ -150,11 +155,12 @@ impl HashCache {
         map
     }
 
+    /// Moves the entry over to this run's set (memory: one copy per path, not two).
     fn get(&mut self, path: &str, size: u64, mtime_ns: u128) -> Option<String> {
-        let (s, m, h) = self.map.get(path)?;
-        (*s == size && *m == mtime_ns).then(|| {
-            self.used.insert(path.to_string(), (size, mtime_ns, h.clone()));
-            h.clone()
+        let (path, (s, m, h)) = self.map.remove_entry(path)?;
+        (s == size && m == mtime_ns).then(|| {
+            self.used.insert(path, (size, mtime_ns, h.clone()));
+            h
         })
     }
 
@@ -189,6 +195,14 @@ pub struct ManifestCache {
 impl ManifestCache {
     pub fn for_target(identity: &str) -> ManifestCache {
         ManifestCache { file: cache_dir().map(|d| d.join(format!("manifest-{}", hex16(&sha2::Sha256::digest(identity.as_bytes()))))) }
+    }
+
+    /// The generation of the cached manifest, without reading the manifest itself.
+    pub fn generation(&self) -> Option<String> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(std::fs::File::open(self.file.as_ref()?).ok()?).read_line(&mut line).ok()?;
+        line.strip_suffix('\n').map(str::to_string)
     }
 
     /// `(generation, records)` if there is a readable cache.
@@ -383,9 +397,9 @@ mod tests {
             std::fs::File::options().write(true).open(src.join(f)).unwrap().set_modified(t).unwrap();
         }
         let entries = vec![
-            Entry { path: "a".into(), kind: Kind::File { exec: false } },
-            Entry { path: "b".into(), kind: Kind::File { exec: false } },
-            Entry { path: "l".into(), kind: Kind::Symlink },
+            Entry { path: "a".into(), kind: Kind::File { exec: false }, stat: None },
+            Entry { path: "b".into(), kind: Kind::File { exec: false }, stat: None },
+            Entry { path: "l".into(), kind: Kind::Symlink, stat: None },
         ];
         let file = d.path().join("cache");
         let mut c = HashCache { file: Some(file.clone()), ..HashCache::default() };

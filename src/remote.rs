@@ -743,7 +743,7 @@ mod tests {
         let src = d.path().join("src");
         std::fs::create_dir(&src).unwrap();
         std::fs::write(src.join("a.txt"), "a").unwrap();
-        let entries = vec![crate::snapshot::Entry { path: "a.txt".into(), kind: crate::snapshot::Kind::File { exec: false } }];
+        let entries = vec![crate::snapshot::Entry { path: "a.txt".into(), kind: crate::snapshot::Kind::File { exec: false }, stat: None }];
         let base = d.path().join("base");
         std::fs::create_dir_all(base.join("releases")).unwrap();
         let run = |extra: &[crate::snapshot::Extra]| {

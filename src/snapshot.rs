@@ -25,6 +25,13 @@ pub struct Entry {
     /// Relative, `/`-separated, as it will appear in the release.
     pub path: String,
     pub kind: Kind,
+    /// Size and mtime (ns) from the listing's own `lstat`, so the manifest need not stat
+    /// 50,000 files a second time.
+    pub stat: Option<(u64, u128)>,
+}
+
+fn stat_of(md: &std::fs::Metadata) -> Option<(u64, u128)> {
+    Some((md.len(), md.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos()))
 }
 
 #[derive(Debug, Clone, Default)]
@@ -75,12 +82,12 @@ pub fn collect(source: &Path, exclude: &[String], skip: &[String]) -> anyhow::Re
         b.add_line(None, pat).with_context(|| format!("invalid exclude pattern `{pat}`"))?;
     }
     let excluded = b.build()?;
+    let under = |path: &str, dir: &str| path == dir || path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'));
     let keep = |path: &str| -> bool {
         !path.split('/').any(|c| c == ".git")
-            && path != crate::delta::UPLOAD_DIR
-            && !path.starts_with(&format!("{}/", crate::delta::UPLOAD_DIR))
-            && !skip.iter().any(|s| path == s || path.starts_with(&format!("{s}/")))
-            && !excluded.matched_path_or_any_parents(path, false).is_ignore()
+            && !under(path, crate::delta::UPLOAD_DIR)
+            && !skip.iter().any(|s| under(path, s))
+            && (exclude.is_empty() || !excluded.matched_path_or_any_parents(path, false).is_ignore())
     };
     let mut entries = if in_git_work_tree(source) { from_git(source)? } else { from_walk(source, &excluded)? };
     entries.retain(|e| keep(&e.path));
@@ -90,27 +97,24 @@ pub fn collect(source: &Path, exclude: &[String], skip: &[String]) -> anyhow::Re
 }
 
 fn from_git(source: &Path) -> anyhow::Result<Vec<Entry>> {
-    let staged = git(source, &["ls-files", "-z", "--stage"]).context("git ls-files failed")?;
-    let others = git(source, &["ls-files", "-z", "--others", "--exclude-standard"]).context("git ls-files failed")?;
-    let mut out = Vec::new();
-    for rec in staged.split(|b| *b == 0).filter(|r| !r.is_empty()) {
-        let rec = String::from_utf8_lossy(rec);
-        let Some((meta, path)) = rec.split_once('\t') else { continue };
-        let mode = meta.split(' ').next().unwrap_or("");
-        // Files deleted in the work tree do not ship: the work tree is the truth.
-        let Ok(md) = std::fs::symlink_metadata(source.join(path)) else { continue };
-        let kind = match mode {
-            "120000" => Kind::Symlink,
-            "100755" => Kind::File { exec: true },
-            "100644" => Kind::File { exec: false },
-            _ => continue, // 160000: submodules are not snapshotted
-        };
-        // A tracked file replaced by a directory locally: skip rather than ship garbage.
-        if md.is_dir() {
-            continue;
-        }
-        out.push(Entry { path: path.to_string(), kind });
-    }
+    // The untracked listing walks the whole tree (0.25 s at 50,000 files): it runs while
+    // the tracked files are stat'ed, and those on all cores.
+    let (staged, others) = std::thread::scope(|scope| {
+        let others = scope.spawn(|| git(source, &["ls-files", "-z", "--others", "--exclude-standard"]));
+        let staged = git(source, &["ls-files", "-z", "--stage"]);
+        (staged, others.join().ok().flatten())
+    });
+    let staged = staged.context("git ls-files failed")?;
+    let others = others.context("git ls-files failed")?;
+    let recs: Vec<&[u8]> = staged.split(|b| *b == 0).filter(|r| !r.is_empty()).collect();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+    let mut out: Vec<Entry> = std::thread::scope(|scope| {
+        let handles: Vec<_> = recs
+            .chunks(recs.len().div_ceil(threads).max(1))
+            .map(|chunk| scope.spawn(move || chunk.iter().filter_map(|rec| staged_entry(source, rec)).collect::<Vec<_>>()))
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    });
     for rec in others.split(|b| *b == 0).filter(|r| !r.is_empty()) {
         let path = String::from_utf8_lossy(rec).to_string();
         if path.ends_with('/') {
@@ -121,6 +125,26 @@ fn from_git(source: &Path) -> anyhow::Result<Vec<Entry>> {
         }
     }
     Ok(out)
+}
+
+/// One `git ls-files --stage` record as an entry, if it ships.
+fn staged_entry(source: &Path, rec: &[u8]) -> Option<Entry> {
+    let rec = String::from_utf8_lossy(rec);
+    let (meta, path) = rec.split_once('\t')?;
+    let mode = meta.split(' ').next().unwrap_or("");
+    // Files deleted in the work tree do not ship: the work tree is the truth.
+    let md = std::fs::symlink_metadata(source.join(path)).ok()?;
+    let kind = match mode {
+        "120000" => Kind::Symlink,
+        "100755" => Kind::File { exec: true },
+        "100644" => Kind::File { exec: false },
+        _ => return None, // 160000: submodules are not snapshotted
+    };
+    // A tracked file replaced by a directory locally: skip rather than ship garbage.
+    if md.is_dir() {
+        return None;
+    }
+    Some(Entry { path: path.to_string(), kind, stat: stat_of(&md) })
 }
 
 fn from_walk(source: &Path, excluded: &Gitignore) -> anyhow::Result<Vec<Entry>> {
@@ -166,7 +190,7 @@ fn entry_from_fs(source: &Path, path: &str) -> anyhow::Result<Option<Entry>> {
     } else {
         return Ok(None);
     };
-    Ok(Some(Entry { path: path.to_string(), kind }))
+    Ok(Some(Entry { path: path.to_string(), kind, stat: stat_of(&md) }))
 }
 
 #[cfg(unix)]
@@ -695,8 +719,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("a"), "a").unwrap();
         let entries = vec![
-            Entry { path: "a".into(), kind: Kind::File { exec: false } },
-            Entry { path: "missing".into(), kind: Kind::File { exec: false } },
+            Entry { path: "a".into(), kind: Kind::File { exec: false }, stat: None },
+            Entry { path: "missing".into(), kind: Kind::File { exec: false }, stat: None },
         ];
         let mut buf = Vec::new();
         assert!(write_tar_gz(d.path(), &entries, &mut buf, 1, &mut |_, _| {}).is_err());
@@ -744,8 +768,8 @@ mod tests {
         std::fs::write(d.path().join("apps/api/src/index.ts"), "x").unwrap();
         std::fs::write(d.path().join(".env"), "../../shared/.env\n").unwrap();
         let entries = [
-            Entry { path: release_path(Path::new(".env")), kind: Kind::Symlink },
-            Entry { path: release_path(Path::new(r"apps\api\src\index.ts")), kind: Kind::File { exec: false } },
+            Entry { path: release_path(Path::new(".env")), kind: Kind::Symlink, stat: None },
+            Entry { path: release_path(Path::new(r"apps\api\src\index.ts")), kind: Kind::File { exec: false }, stat: None },
         ];
         let mut buf = Vec::new();
         write_tar_gz(d.path(), &entries, &mut buf, 1, &mut |_, _| {}).unwrap();

@@ -103,6 +103,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
     let mut hashes = delta::HashCache::open(&target.source);
     let local = delta::local_manifest(&target.source, &entries, &mut hashes);
     hashes.save();
+    drop(hashes);
     let manifest = delta::encode(&local);
     let snapshot_ms = ms(started);
     let git = snapshot::git_info(&target.source);
@@ -119,13 +120,9 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
     let owner = lock::new_owner("deploy");
     let held = Held { token: owner.token.clone() };
     let manifests = delta::ManifestCache::for_target(&format!("{}:{}", target.host_label(), target.base));
-    let known = manifests.load();
-    let session = crate::remote::deploy_session(
-        &target.base,
-        &serde_json::to_string(&owner)?,
-        &owner.token,
-        known.as_ref().map_or("", |k| k.0.as_str()),
-    );
+    let known = manifests.generation();
+    let session =
+        crate::remote::deploy_session(&target.base, &serde_json::to_string(&owner)?, &owner.token, known.as_deref().unwrap_or(""));
     let gated = restart && !target.restart.is_empty();
     // Without a build or a health gate nothing needs the client between the upload and the
     // switch: the upload script also switches (one remote command for the whole deploy).
@@ -153,9 +150,13 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
             let state = release::parse_state(&listing);
             // The server still holds the manifest this client left there: no need to send it.
             let same: Option<usize> = listing.lines().find_map(|l| l.strip_prefix("MSAME ")?.parse().ok());
-            let remote = match (remote_manifest, &known, same) {
+            let cached = match (same, &state.cache_generation) {
+                (Some(_), Some(g)) => manifests.load().filter(|(cg, _)| cg == g),
+                _ => None,
+            };
+            let remote = match (remote_manifest, cached, same) {
                 (Some(gz), _, _) => Remote::Gz(gz),
-                (None, Some((g, recs)), Some(len)) if state.cache_generation.as_ref() == Some(g) => Remote::Known(recs, len),
+                (None, Some((_, recs)), Some(len)) => Remote::Known(recs, len),
                 _ => Remote::None,
             };
             if p.verbose > 0 {
@@ -378,7 +379,7 @@ fn prepare(
             p.warn(format!("cannot read the server's manifest ({e:#}); sending the full snapshot"));
             None
         }),
-        Remote::Known(recs, len) => Some((recs.to_vec(), Some(len))),
+        Remote::Known(recs, len) => Some((recs, Some(len))),
         Remote::None => None,
     };
     let (mut plan, remote_len) = match (&state.cache_generation, decoded) {
@@ -447,7 +448,7 @@ enum Remote<'a> {
     Gz(&'a [u8]),
     /// The one this client left there (the server said its generation is unchanged), and the
     /// size of the server's copy.
-    Known(&'a [delta::Record], usize),
+    Known(Vec<delta::Record>, usize),
     None,
 }
 
@@ -656,19 +657,19 @@ fn decode_manifest(gz: &[u8]) -> anyhow::Result<Option<(Vec<delta::Record>, Opti
 
 /// The upload script for a full snapshot or (with a plan) a delta, the entries to send and
 /// bst's own files that travel with them.
-fn upload_parts(
+fn upload_parts<'a>(
     target: &Target,
     prep: &Prepared,
-    entries: &[snapshot::Entry],
+    entries: &'a [snapshot::Entry],
     manifest: &[u8],
-) -> (String, Vec<snapshot::Entry>, Vec<snapshot::Extra>) {
+) -> (String, std::borrow::Cow<'a, [snapshot::Entry]>, Vec<snapshot::Extra>) {
     let id = &prep.meta.id;
     let file = |name: &str, data: Vec<u8>| (format!("{}/{name}", delta::UPLOAD_DIR), data);
     let complete = (delta::COMPLETE_MARKER.to_string(), Vec::new());
     match &prep.plan {
         None => (
             crate::remote::upload(&target.base, id, &target.shared_files, &target.shared_dirs, &prep.meta_json),
-            entries.to_vec(),
+            std::borrow::Cow::Borrowed(entries),
             vec![file("manifest", manifest.to_vec()), complete],
         ),
         Some((generation, pl)) => {
@@ -687,7 +688,7 @@ fn upload_parts(
                     &target.shared_dirs,
                     &prep.meta_json,
                 ),
-                entries.iter().filter(|e| wanted.contains(e.path.as_str())).cloned().collect(),
+                std::borrow::Cow::Owned(entries.iter().filter(|e| wanted.contains(e.path.as_str())).cloned().collect()),
                 vec![manifest, file("removed", delta::encode_paths(&pl.remove)), complete],
             )
         }
