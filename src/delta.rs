@@ -140,11 +140,15 @@ impl HashCache {
         HashCache { file, map, used: HashMap::new() }
     }
 
+    /// Streamed record by record: at 50,000 files the file is 5 MB, and holding it besides
+    /// the map it fills showed in peak memory.
     fn open_file(file: &Path) -> HashMap<String, (u64, u128, String)> {
+        use std::io::BufRead;
         let mut map = HashMap::new();
-        let Ok(data) = std::fs::read(file) else { return map };
-        for rec in data.split(|b| *b == 0).filter(|r| !r.is_empty()) {
-            let Ok(text) = std::str::from_utf8(rec) else { continue };
+        let Ok(f) = std::fs::File::open(file) else { return map };
+        for rec in std::io::BufReader::new(f).split(0) {
+            let Ok(rec) = rec else { break };
+            let Ok(text) = std::str::from_utf8(&rec) else { continue };
             let mut f = text.splitn(4, '\t');
             if let (Some(size), Some(mtime), Some(hash), Some(path)) = (f.next(), f.next(), f.next(), f.next()) {
                 if let (Ok(size), Ok(mtime)) = (size.parse(), mtime.parse()) {
@@ -174,15 +178,14 @@ impl HashCache {
     pub fn save(&self) {
         let Some(file) = &self.file else { return };
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let mut out = Vec::with_capacity(self.used.len() * 80);
-        for (path, (size, mtime, hash)) in &self.used {
-            if now.saturating_sub(*mtime) < 2_000_000_000 {
-                continue;
+        write_atomic_with(file, &mut |w| {
+            for (path, (size, mtime, hash)) in &self.used {
+                if now.saturating_sub(*mtime) >= 2_000_000_000 {
+                    std::io::Write::write_fmt(w, format_args!("{size}\t{mtime}\t{hash}\t{path}\0"))?;
+                }
             }
-            out.extend_from_slice(format!("{size}\t{mtime}\t{hash}\t{path}").as_bytes());
-            out.push(0);
-        }
-        write_atomic(file, &out);
+            Ok(())
+        });
     }
 }
 
@@ -224,12 +227,23 @@ impl ManifestCache {
 }
 
 fn write_atomic(file: &Path, data: &[u8]) {
+    write_atomic_with(file, &mut |w| w.write_all(data));
+}
+
+/// Writes through a buffer to a temp file renamed into place; failures leave no cache rather
+/// than a broken one (it is only a cache).
+fn write_atomic_with(file: &Path, fill: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>) {
     let Some(dir) = file.parent() else { return };
     if std::fs::create_dir_all(dir).is_err() {
         return;
     }
     let tmp = file.with_extension(format!("tmp{}", std::process::id()));
-    if std::fs::write(&tmp, data).is_ok() && std::fs::rename(&tmp, file).is_err() {
+    let written = std::fs::File::create(&tmp).and_then(|f| {
+        let mut w = std::io::BufWriter::new(f);
+        fill(&mut w)?;
+        std::io::Write::flush(&mut w)
+    });
+    if written.is_err() || std::fs::rename(&tmp, file).is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
 }

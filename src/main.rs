@@ -1,6 +1,14 @@
 use clap::Parser;
 
 fn main() {
+    // glibc gives every thread that allocates its own arena, and freed 1 MiB upload blocks
+    // stay in them: 19 MiB of peak RSS on a 50,000-file upload. Two arenas are plenty for
+    // a short-lived CLI.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator tuning; called before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     bst::interrupt::install();
     let cli = bst::cli::Cli::parse();
     let code = match bst::run(cli) {

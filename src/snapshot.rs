@@ -563,8 +563,9 @@ pub fn stream_tar_gz(
             scope.spawn(move || loop {
                 let next = rx.lock().map_err(|_| ()).and_then(|r| r.recv().map_err(|_| ()));
                 let Ok(block) = next else { break };
-                let mut gz =
-                    flate2::write::GzEncoder::new(Vec::with_capacity(block.data.len() / 2 + 64), flate2::Compression::new(block.level));
+                // Stored output is the input plus 5 bytes per 64 KiB: sized so it never doubles.
+                let cap = if block.level == 0 { block.data.len() + block.data.len() / 8192 + 64 } else { block.data.len() / 2 + 64 };
+                let mut gz = flate2::write::GzEncoder::new(Vec::with_capacity(cap), flate2::Compression::new(block.level));
                 let out = gz.write_all(&block.data).and_then(|()| gz.finish());
                 if tx.send((block.seq, out, block.level, block.adaptive, block.data.len())).is_err() {
                     break;

@@ -104,7 +104,6 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
     let local = delta::local_manifest(&target.source, &entries, &mut hashes);
     hashes.save();
     drop(hashes);
-    let manifest = delta::encode(&local);
     let snapshot_ms = ms(started);
     let git = snapshot::git_info(&target.source);
     p.status(format!(
@@ -174,7 +173,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
                     return Ok(());
                 }
             };
-            let (script, send, extra) = upload_parts(target, &pr, &entries, &manifest);
+            let (script, send, extra) = upload_parts(target, &pr, &entries, &local);
             let mut continuation = format!("{}{script}{}", pr.prologue, pr.tail);
             if !continuation.ends_with('\n') {
                 continuation.push('\n');
@@ -216,24 +215,11 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
         }
     };
     let mut prep = prep;
-    match after_upload(
-        &mut *t,
-        target,
-        p,
-        &held,
-        &mut prep,
-        &entries,
-        &manifest,
-        first,
-        build,
-        combined,
-        started,
-        upload_started,
-        &mut phases,
-    ) {
+    match after_upload(&mut *t, target, p, &held, &mut prep, &entries, &local, first, build, combined, started, upload_started, &mut phases)
+    {
         Ok((pruned, warnings, delta_used)) => {
             // What the server's manifest now says (by content), for the next deploy from here.
-            manifests.save(&prep.generation, &manifest);
+            manifests.save(&prep.generation, &delta::encode(&local));
             let id = prep.meta.id.clone();
             if let Err(e) = crate::interrupt::check() {
                 if gated {
@@ -465,7 +451,7 @@ fn after_upload(
     held: &Held,
     prep: &mut Prepared,
     entries: &[snapshot::Entry],
-    manifest: &[u8],
+    local: &[delta::Record],
     uploaded: Option<Uploaded>,
     build: bool,
     combined: bool,
@@ -479,10 +465,10 @@ fn after_upload(
         Some((out, _)) if prep.plan.is_some() && out.status == crate::remote::DELTA_STALE => {
             p.warn("the server's pristine copy changed under us; sending the full snapshot");
             prep.plan = None;
-            upload_once(t, target, p, prep, entries, manifest, combined)?
+            upload_once(t, target, p, prep, entries, local, combined)?
         }
         Some(u) => u,
-        None => upload_once(t, target, p, prep, entries, manifest, combined)?,
+        None => upload_once(t, target, p, prep, entries, local, combined)?,
     };
     let delta_used = prep.plan.as_ref().map(|(_, pl)| (pl.send.len(), pl.remove.len()));
     let text = out.stdout_str();
@@ -661,8 +647,10 @@ fn upload_parts<'a>(
     target: &Target,
     prep: &Prepared,
     entries: &'a [snapshot::Entry],
-    manifest: &[u8],
+    local: &[delta::Record],
 ) -> (String, std::borrow::Cow<'a, [snapshot::Entry]>, Vec<snapshot::Extra>) {
+    // Encoded here, into the stream's own buffer: at 50,000 files a manifest is 5 MB, and a
+    // second copy of it pushed peak memory over budget.
     let id = &prep.meta.id;
     let file = |name: &str, data: Vec<u8>| (format!("{}/{name}", delta::UPLOAD_DIR), data);
     let complete = (delta::COMPLETE_MARKER.to_string(), Vec::new());
@@ -670,13 +658,13 @@ fn upload_parts<'a>(
         None => (
             crate::remote::upload(&target.base, id, &target.shared_files, &target.shared_dirs, &prep.meta_json),
             std::borrow::Cow::Borrowed(entries),
-            vec![file("manifest", manifest.to_vec()), complete],
+            vec![file("manifest", delta::encode(local)), complete],
         ),
         Some((generation, pl)) => {
             let wanted: std::collections::HashSet<&str> = pl.send.iter().map(String::as_str).collect();
             let manifest = match &prep.patch {
                 Some(patch) => file("manifest-patch", patch.clone()),
-                None => file("manifest", manifest.to_vec()),
+                None => file("manifest", delta::encode(local)),
             };
             (
                 crate::remote::upload_delta(
@@ -727,11 +715,11 @@ fn upload_once(
     p: &Printer,
     prep: &Prepared,
     entries: &[snapshot::Entry],
-    manifest: &[u8],
+    local: &[delta::Record],
     critical: bool,
 ) -> anyhow::Result<Uploaded> {
     let mut stats = snapshot::Stats::default();
-    let (script, send, extra) = upload_parts(target, prep, entries, manifest);
+    let (script, send, extra) = upload_parts(target, prep, entries, local);
     let script = format!("{}{script}{}", prep.prologue, prep.tail);
     let bar = progress_bar(p, target, &send);
     let mut guard = None;
