@@ -253,30 +253,46 @@ fn parent(rel_path: &str) -> Option<&str> {
 /// carries a manifest, the compressed stream is also kept (`tee`, a sequential write) for the
 /// cache job to unpack as the next pristine copy once the operator is no longer waiting.
 pub fn upload(base: &str, id: &str, shared_files: &[String], shared_dirs: &[String], meta_json: &str) -> String {
-    let mut s = base_var(base) + REGISTER;
+    let mut s = upload_prologue(base, id);
     let _ = write!(
         s,
-        r#"set -eu
-I="$B/{INCOMING_DIR}/{id}"
-R="$B/releases/{id}"
-C="$B/{CACHE_DIR}"
-if [ -e "$R" ]; then echo "release {id} already exists" >&2; exit 1; fi
-mkdir -p "$I"
+        r#"mkdir -p "$I"
 # This upload replaces the cache; the old one is deleted by the cache job, not now.
 if [ -e "$C" ]; then rm -rf "$C.old"; mv "$C" "$C.old"; fi
 mkdir -p "$C"
 # A stream cut short (Ctrl-C, dead client, full disk) leaves nothing behind.
 tee "$C/snapshot.tgz" | tar -xzf - -C "$I" --no-same-owner || {{ rc=$?; rm -rf "$I" "$C"; rmdir "$B/{INCOMING_DIR}" 2>/dev/null; exit $rc; }}
-# The stream is gzip members and tar accepts an archive cut at an entry boundary: only the
-# marker the client sends last proves that everything before it arrived.
-if [ ! -f "$I/{COMPLETE}" ]; then rm -rf "$I" "$C"; rmdir "$B/{INCOMING_DIR}" 2>/dev/null; echo "the upload stream ended early" >&2; exit 1; fi
-mv "$I/{UPLOAD}" "$C/upload"
-"#,
-        UPLOAD = crate::delta::UPLOAD_DIR,
-        COMPLETE = crate::delta::COMPLETE_MARKER
+"#
     );
+    s.push_str(&require_complete("$I", "\"$I\" \"$C\""));
+    let _ = writeln!(s, "mv \"$I/{}\" \"$C/upload\"", crate::delta::UPLOAD_DIR);
     s.push_str(&finish_staging(id, shared_files, shared_dirs, meta_json));
     s
+}
+
+/// The start both uploads share: staging dir `$I`, release dir `$R`, cache `$C`, and no
+/// overwriting a release that exists.
+fn upload_prologue(base: &str, id: &str) -> String {
+    base_var(base)
+        + REGISTER
+        + &format!(
+            r#"set -eu
+I="$B/{INCOMING_DIR}/{id}"
+R="$B/releases/{id}"
+C="$B/{CACHE_DIR}"
+if [ -e "$R" ]; then echo "release {id} already exists" >&2; exit 1; fi
+"#
+        )
+}
+
+/// The stream is gzip members and tar accepts an archive cut at an entry boundary: only the
+/// marker the client sends last proves that everything before it arrived. `remove` is what
+/// an incomplete upload leaves to delete.
+fn require_complete(dir: &str, remove: &str) -> String {
+    format!(
+        "if [ ! -f \"{dir}/{}\" ]; then rm -rf {remove}; rmdir \"$B/{INCOMING_DIR}\" 2>/dev/null; echo \"the upload stream ended early\" >&2; exit 1; fi\n",
+        crate::delta::COMPLETE_MARKER
+    )
 }
 
 /// Exit status of a delta upload whose pristine copy is not the one the client diffed
@@ -299,20 +315,14 @@ pub fn upload_delta(
     shared_dirs: &[String],
     meta_json: &str,
 ) -> String {
-    let mut s = base_var(base) + REGISTER;
+    let mut s = upload_prologue(base, id);
     let _ = write!(
         s,
-        r#"set -eu
-I="$B/{INCOMING_DIR}/{id}"
-R="$B/releases/{id}"
-C="$B/{CACHE_DIR}"
-D="$I.delta"
-if [ -e "$R" ]; then echo "release {id} already exists" >&2; exit 1; fi
+        r#"D="$I.delta"
 if [ ! -d "$C/pristine" ] || [ "$(cat "$C/generation" 2>/dev/null)" != {generation} ]; then echo "pristine copy changed" >&2; exit {DELTA_STALE}; fi
 mkdir -p "$D"
 tar -xzf - -C "$D" --no-same-owner || {{ rc=$?; rm -rf "$D"; rmdir "$B/{INCOMING_DIR}" 2>/dev/null; exit $rc; }}
-if [ ! -f "$D/{COMPLETE}" ]; then rm -rf "$D"; rmdir "$B/{INCOMING_DIR}" 2>/dev/null; echo "the upload stream ended early" >&2; exit 1; fi
-mv "$D/{UPLOAD}" "$I.meta"
+{complete}mv "$D/{UPLOAD}" "$I.meta"
 rm -f "$C/generation"
 apply() {{
   cd "$1"
@@ -341,8 +351,8 @@ printf '%s\n' {new_generation} > "$C/generation"
 "#,
         generation = quote(generation),
         new_generation = quote(new_generation),
-        UPLOAD = crate::delta::UPLOAD_DIR,
-        COMPLETE = crate::delta::COMPLETE_MARKER
+        complete = require_complete("$D", "\"$D\""),
+        UPLOAD = crate::delta::UPLOAD_DIR
     );
     s.push_str(&finish_staging(id, shared_files, shared_dirs, meta_json));
     s
