@@ -5,7 +5,6 @@
 //! fresh mtimes for every file, and must still send only what differs. Hashes are cached
 //! locally by path, size and mtime, so a redeploy hashes only the files that were touched.
 
-use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -23,14 +22,20 @@ pub const COMPLETE_MARKER: &str = ".bst-upload/complete";
 /// First record of a manifest; an older format does not decode (one full upload follows).
 const MAGIC: &[u8] = b"bst-manifest-2";
 
+/// The first 128 bits of a SHA-256: collisions need 2^64 files, and half the memory and
+/// manifest bytes of the full digest.
+pub type Hash = [u8; 16];
+
+/// One file of a manifest. Manifests are kept sorted by path (byte order, as `collect`
+/// sorts entries), so comparing two of them, or a workspace with its hash cache, is a merge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     /// `f` file, `x` executable, `l` symlink.
     pub kind: char,
     pub size: u64,
-    pub mtime_ns: u128,
-    /// Hex SHA-256 (first 128 bits) of the content, or of the link target.
-    pub hash: String,
+    pub mtime_ns: u64,
+    /// Of the content, or of the link target.
+    pub hash: Hash,
     pub path: String,
 }
 
@@ -46,7 +51,39 @@ fn hex16(d: &[u8]) -> String {
     d.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
-fn hash_entry(path: &Path, symlink: bool) -> Option<String> {
+fn push_hex(out: &mut Vec<u8>, h: &Hash) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in h {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 15)]);
+    }
+}
+
+fn parse_hex(s: &[u8]) -> Option<Hash> {
+    if s.len() != 32 {
+        return None;
+    }
+    let nib = |c: u8| -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        }
+    };
+    let mut h = [0u8; 16];
+    for (i, pair) in s.chunks(2).enumerate() {
+        h[i] = nib(pair[0])? << 4 | nib(pair[1])?;
+    }
+    Some(h)
+}
+
+fn digest16(h: sha2::Sha256) -> Hash {
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h.finalize()[..16]);
+    out
+}
+
+fn hash_entry(path: &Path, symlink: bool) -> Option<Hash> {
     let mut h = sha2::Sha256::new();
     if symlink {
         h.update(std::fs::read_link(path).ok()?.to_string_lossy().replace('\\', "/").as_bytes());
@@ -62,33 +99,48 @@ fn hash_entry(path: &Path, symlink: bool) -> Option<String> {
             }
         }
     }
-    Some(hex16(&h.finalize()))
+    Some(digest16(h))
 }
 
 /// The workspace's manifest, in entry order. Entries that vanished since listing are skipped
 /// (the upload would fail on them anyway). Files whose size and mtime match `cache` are not
 /// read again; the others are hashed on all cores.
 pub fn local_manifest(source: &Path, entries: &[Entry], cache: &mut HashCache) -> Vec<Record> {
-    let mut recs: Vec<Option<Record>> = entries
+    let cached = std::mem::take(&mut cache.recs);
+    let mut at = 0;
+    let mut hits = 0;
+    // `None`: vanished; `Some((record, false))`: still to hash.
+    let mut recs: Vec<Option<(Record, bool)>> = entries
         .iter()
         .map(|e| {
             let (size, mtime_ns) = match e.stat {
                 Some(st) => st,
                 None => {
                     let md = std::fs::symlink_metadata(source.join(&e.path)).ok()?;
-                    (md.len(), md.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos())
+                    (md.len(), crate::snapshot::mtime_ns(&md)?)
                 }
             };
-            let hash = cache.get(&e.path, size, mtime_ns).unwrap_or_default();
-            Some(Record { kind: kind_char(&e.kind), size, mtime_ns, hash, path: e.path.clone() })
+            let kind = kind_char(&e.kind);
+            // Both sides are sorted by path: a merge, not 50,000 hash lookups.
+            while cached.get(at).is_some_and(|c| c.path < e.path) {
+                at += 1;
+            }
+            let hit = cached
+                .get(at)
+                .filter(|c| c.path == e.path && c.size == size && c.mtime_ns == mtime_ns && (c.kind == 'l') == (kind == 'l'))
+                .map(|c| c.hash);
+            hits += usize::from(hit.is_some());
+            Some((Record { kind, size, mtime_ns, hash: hit.unwrap_or_default(), path: e.path.clone() }, hit.is_some()))
         })
         .collect();
-    let misses: Vec<usize> =
-        recs.iter().enumerate().filter(|(_, r)| r.as_ref().is_some_and(|r| r.hash.is_empty())).map(|(i, _)| i).collect();
+    let misses: Vec<usize> = recs.iter().enumerate().filter(|(_, r)| r.as_ref().is_some_and(|(_, known)| !known)).map(|(i, _)| i).collect();
+    // Nothing to write back when every cached record was used once and nothing was hashed.
+    cache.changed = !misses.is_empty() || hits != cached.len();
+    drop(cached);
     if !misses.is_empty() {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
         let per = misses.len().div_ceil(threads);
-        let hashed: Vec<(usize, Option<String>)> = std::thread::scope(|scope| {
+        let hashed: Vec<(usize, Option<Hash>)> = std::thread::scope(|scope| {
             let recs = &recs;
             let handles: Vec<_> = misses
                 .chunks(per)
@@ -97,7 +149,7 @@ pub fn local_manifest(source: &Path, entries: &[Entry], cache: &mut HashCache) -
                         chunk
                             .iter()
                             .map(|&i| {
-                                let r = recs[i].as_ref().expect("a miss has a record");
+                                let (r, _) = recs[i].as_ref().expect("a miss has a record");
                                 (i, hash_entry(&source.join(&r.path), r.kind == 'l'))
                             })
                             .collect::<Vec<_>>()
@@ -108,25 +160,24 @@ pub fn local_manifest(source: &Path, entries: &[Entry], cache: &mut HashCache) -
         });
         for (i, h) in hashed {
             match h {
-                Some(h) => {
-                    let r = recs[i].as_mut().expect("a miss has a record");
-                    cache.put(&r.path, r.size, r.mtime_ns, &h);
-                    r.hash = h;
-                }
+                Some(h) => recs[i].as_mut().expect("a miss has a record").0.hash = h,
                 None => recs[i] = None,
             }
         }
     }
-    recs.into_iter().flatten().collect()
+    recs.into_iter().flatten().map(|(r, _)| r).collect()
 }
 
 /// Content hashes of workspace files by path, valid while size and mtime (ns) are unchanged;
-/// git's index works the same way. Kept in the user's cache directory, one file per source.
+/// git's index works the same way. Kept in the user's cache directory, one file per source,
+/// in the manifest format.
 #[derive(Debug, Default)]
 pub struct HashCache {
     file: Option<PathBuf>,
-    map: HashMap<String, (u64, u128, String)>,
-    used: HashMap<String, (u64, u128, String)>,
+    /// Sorted by path (see [`decode`]); handed over to [`local_manifest`].
+    recs: Vec<Record>,
+    /// The workspace's manifest differs from what the file holds.
+    changed: bool,
 }
 
 impl HashCache {
@@ -136,56 +187,21 @@ impl HashCache {
             let canon = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
             d.join(format!("hashes-{}", hex16(&sha2::Sha256::digest(canon.to_string_lossy().as_bytes()))))
         });
-        let map = file.as_deref().map(Self::open_file).unwrap_or_default();
-        HashCache { file, map, used: HashMap::new() }
+        let recs = file.as_deref().and_then(|f| decode(&std::fs::read(f).ok()?)).unwrap_or_default();
+        HashCache { file, recs, changed: true }
     }
 
-    /// Streamed record by record: at 50,000 files the file is 5 MB, and holding it besides
-    /// the map it fills showed in peak memory.
-    fn open_file(file: &Path) -> HashMap<String, (u64, u128, String)> {
-        use std::io::BufRead;
-        let mut map = HashMap::new();
-        let Ok(f) = std::fs::File::open(file) else { return map };
-        for rec in std::io::BufReader::new(f).split(0) {
-            let Ok(rec) = rec else { break };
-            let Ok(text) = std::str::from_utf8(&rec) else { continue };
-            let mut f = text.splitn(4, '\t');
-            if let (Some(size), Some(mtime), Some(hash), Some(path)) = (f.next(), f.next(), f.next(), f.next()) {
-                if let (Ok(size), Ok(mtime)) = (size.parse(), mtime.parse()) {
-                    map.insert(path.to_string(), (size, mtime, hash.to_string()));
-                }
-            }
-        }
-        map
-    }
-
-    /// Moves the entry over to this run's set (memory: one copy per path, not two).
-    fn get(&mut self, path: &str, size: u64, mtime_ns: u128) -> Option<String> {
-        let (path, (s, m, h)) = self.map.remove_entry(path)?;
-        (s == size && m == mtime_ns).then(|| {
-            self.used.insert(path, (size, mtime_ns, h.clone()));
-            h
-        })
-    }
-
-    fn put(&mut self, path: &str, size: u64, mtime_ns: u128, hash: &str) {
-        self.used.insert(path.to_string(), (size, mtime_ns, hash.to_string()));
-    }
-
-    /// Writes the entries of this run (so deleted files drop out), atomically. A file modified
-    /// in the last two seconds is left out: another edit within the same mtime tick would
-    /// otherwise keep its old hash ("racily clean", as git calls it).
-    pub fn save(&self) {
+    /// Writes the workspace's manifest, atomically, if it changed. A file modified in the last
+    /// two seconds is left out: another edit within the same mtime tick would otherwise keep
+    /// its old hash ("racily clean", as git calls it).
+    pub fn save(&self, local: &[Record]) {
         let Some(file) = &self.file else { return };
+        if !self.changed {
+            return;
+        }
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        write_atomic_with(file, &mut |w| {
-            for (path, (size, mtime, hash)) in &self.used {
-                if now.saturating_sub(*mtime) >= 2_000_000_000 {
-                    std::io::Write::write_fmt(w, format_args!("{size}\t{mtime}\t{hash}\t{path}\0"))?;
-                }
-            }
-            Ok(())
-        });
+        let settled: Vec<&Record> = local.iter().filter(|r| now.saturating_sub(u128::from(r.mtime_ns)) >= 2_000_000_000).collect();
+        write_atomic(file, &encode_refs(&settled));
     }
 }
 
@@ -261,15 +277,26 @@ fn cache_dir() -> Option<PathBuf> {
 /// NUL-terminated records `kind\tsize\tmtime\thash\tpath` after a magic record: any path
 /// survives.
 pub fn encode(records: &[Record]) -> Vec<u8> {
+    encode_refs(&records.iter().collect::<Vec<_>>())
+}
+
+fn encode_refs(records: &[&Record]) -> Vec<u8> {
     let mut out = Vec::with_capacity(records.len() * 100);
     out.extend_from_slice(MAGIC);
     out.push(0);
     for r in records {
-        out.extend_from_slice(format!("{}\t{}\t{}\t{}\t", r.kind, r.size, r.mtime_ns, r.hash).as_bytes());
-        out.extend_from_slice(r.path.as_bytes());
-        out.push(0);
+        push_record(&mut out, r.kind, r.size, r.mtime_ns, &r.hash, &r.path);
     }
     out
+}
+
+fn push_record(out: &mut Vec<u8>, kind: char, size: u64, mtime_ns: u64, hash: &Hash, path: &str) {
+    use std::io::Write;
+    let _ = write!(out, "{kind}\t{size}\t{mtime_ns}\t");
+    push_hex(out, hash);
+    out.push(b'\t');
+    out.extend_from_slice(path.as_bytes());
+    out.push(0);
 }
 
 /// The records a delta deploy appends to the server's manifest: the changed ones, and a `-`
@@ -277,54 +304,57 @@ pub fn encode(records: &[Record]) -> Vec<u8> {
 pub fn encode_patch(changed: &[&Record], removed: &[String]) -> Vec<u8> {
     let mut out = Vec::with_capacity((changed.len() + removed.len()) * 100);
     for r in changed {
-        out.extend_from_slice(format!("{}\t{}\t{}\t{}\t", r.kind, r.size, r.mtime_ns, r.hash).as_bytes());
-        out.extend_from_slice(r.path.as_bytes());
-        out.push(0);
+        push_record(&mut out, r.kind, r.size, r.mtime_ns, &r.hash, &r.path);
     }
     for p in removed {
-        out.extend_from_slice(format!("-\t0\t0\t{}\t", "0".repeat(32)).as_bytes());
-        out.extend_from_slice(p.as_bytes());
-        out.push(0);
+        push_record(&mut out, '-', 0, 0, &[0; 16], p);
     }
     out
 }
 
-/// A manifest, with any appended patches replayed: a later record for a path replaces the
-/// earlier one, a `-` record removes it.
+fn parse_record(rec: &[u8]) -> Option<Record> {
+    let mut f = rec.splitn(5, |b| *b == b'\t');
+    let kind = match f.next()? {
+        [k @ (b'f' | b'x' | b'l' | b'-')] => char::from(*k),
+        _ => return None,
+    };
+    let num = |s: &[u8]| std::str::from_utf8(s).ok()?.parse::<u64>().ok();
+    let size = num(f.next()?)?;
+    let mtime_ns = num(f.next()?)?;
+    let hash = parse_hex(f.next()?)?;
+    let path = std::str::from_utf8(f.next()?).ok()?;
+    (!path.is_empty()).then(|| Record { kind, size, mtime_ns, hash, path: path.to_string() })
+}
+
+/// A manifest, sorted by path, with any appended patches replayed: a later record for a path
+/// replaces the earlier one, a `-` record removes it.
 pub fn decode(data: &[u8]) -> Option<Vec<Record>> {
     let mut recs = data.split(|b| *b == 0).filter(|r| !r.is_empty());
     if recs.next()? != MAGIC {
         return None;
     }
-    let mut out: Vec<Option<Record>> = Vec::new();
-    let mut at: HashMap<String, usize> = HashMap::new();
+    let mut out: Vec<Record> = Vec::new();
+    // What bst writes is sorted and has no removals; only patches need the replay.
+    let mut replay = false;
     for rec in recs {
-        let text = std::str::from_utf8(rec).ok()?;
-        let mut f = text.splitn(5, '\t');
-        let kind = f.next()?.chars().next()?;
-        let size = f.next()?.parse().ok()?;
-        let mtime_ns = f.next()?.parse().ok()?;
-        let hash = f.next()?.to_string();
-        let path = f.next()?.to_string();
-        if !matches!(kind, 'f' | 'x' | 'l' | '-') || path.is_empty() || hash.len() != 32 {
-            return None;
-        }
-        if kind == '-' {
-            if let Some(i) = at.remove(&path) {
-                out[i] = None;
-            }
-            continue;
-        }
-        let r = Record { kind, size, mtime_ns, hash, path };
-        match at.get(&r.path) {
-            Some(&i) => out[i] = Some(r),
-            None => {
-                at.insert(r.path.clone(), out.len());
-                out.push(Some(r));
-            }
-        }
+        let r = parse_record(rec)?;
+        replay |= r.kind == '-' || out.last().is_some_and(|last| last.path >= r.path);
+        out.push(r);
     }
-    Some(out.into_iter().flatten().collect())
+    if replay {
+        // Stable: records of one path stay in the order they were appended.
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut kept: Vec<Record> = Vec::with_capacity(out.len());
+        for r in out {
+            if kept.last().is_some_and(|last| last.path == r.path) {
+                kept.pop();
+            }
+            kept.push(r);
+        }
+        kept.retain(|r| r.kind != '-');
+        out = kept;
+    }
+    Some(out)
 }
 
 #[derive(Debug, Default, PartialEq)]
@@ -335,16 +365,40 @@ pub struct Plan {
     pub remove: Vec<String>,
 }
 
+/// What to send and remove so that `remote` becomes `local`: a merge of two manifests sorted
+/// by path (sorted here if they are not).
 pub fn plan(local: &[Record], remote: &[Record]) -> Plan {
-    let known: HashMap<&str, &Record> = remote.iter().map(|r| (r.path.as_str(), r)).collect();
-    let here: std::collections::HashSet<&str> = local.iter().map(|r| r.path.as_str()).collect();
-    let send = local
-        .iter()
-        .filter(|l| known.get(l.path.as_str()).is_none_or(|r| r.kind != l.kind || r.size != l.size || r.hash != l.hash))
-        .map(|l| l.path.clone())
-        .collect();
-    let remove = remote.iter().filter(|r| !here.contains(r.path.as_str())).map(|r| r.path.clone()).collect();
-    Plan { send, remove }
+    fn sorted(recs: &[Record]) -> Vec<&Record> {
+        let mut v: Vec<&Record> = recs.iter().collect();
+        if !v.is_sorted_by(|a, b| a.path < b.path) {
+            v.sort_by(|a, b| a.path.cmp(&b.path));
+        }
+        v
+    }
+    let (local, remote) = (sorted(local), sorted(remote));
+    let mut plan = Plan::default();
+    let (mut i, mut j) = (0, 0);
+    while i < local.len() || j < remote.len() {
+        match (local.get(i), remote.get(j)) {
+            (Some(l), Some(r)) if l.path == r.path => {
+                if l.kind != r.kind || l.size != r.size || l.hash != r.hash {
+                    plan.send.push(l.path.clone());
+                }
+                i += 1;
+                j += 1;
+            }
+            (Some(l), r) if r.is_none_or(|r| l.path < r.path) => {
+                plan.send.push(l.path.clone());
+                i += 1;
+            }
+            (_, Some(r)) => {
+                plan.remove.push(r.path.clone());
+                j += 1;
+            }
+            (_, None) => unreachable!("the loop runs while one side has records"),
+        }
+    }
+    plan
 }
 
 /// NUL-separated paths for `xargs -0`.
@@ -362,24 +416,28 @@ mod tests {
     use super::*;
 
     /// `t` stands in for the content: same `t`, same hash.
-    fn r(kind: char, size: u64, t: u128, p: &str) -> Record {
-        Record { kind, size, mtime_ns: t * 7, hash: format!("{t:032x}"), path: p.into() }
+    fn r(kind: char, size: u64, t: u64, p: &str) -> Record {
+        Record { kind, size, mtime_ns: t * 7, hash: u128::from(t).to_be_bytes(), path: p.into() }
     }
 
     #[test]
     fn manifest_round_trips_any_path() {
-        let m = vec![r('f', 1, 2, "a b/it's\ttab"), r('x', 0, 1_700_000_000_123_456_789, "run.sh"), r('l', 5, 3, "link")];
+        let m = vec![r('f', 1, 2, "a b/it's\ttab"), r('l', 5, 3, "link"), r('x', 0, 1_700_000_000_123_456_789, "run.sh")];
         assert_eq!(decode(&encode(&m)), Some(m.clone()));
         assert_eq!(decode(b"bst-manifest-2\0q\t1\t2\t00000000000000000000000000000000\tp\0"), None);
+        assert_eq!(decode(b"bst-manifest-2\0f\t1\t2\t0000000000000000000000000000000g\tp\0"), None);
         assert_eq!(decode(b"bst-manifest-2\0"), Some(vec![]));
         // The mtime-only format of earlier versions: not trusted, a full upload follows.
         assert_eq!(decode(b"f\t1\t2\tp\0"), None);
-        // Patches appended to a manifest replay in order.
+        // Patches appended to a manifest replay in order, and the result is sorted.
         let mut grown = encode(&m);
         let edited = r('f', 9, 9, "run.sh");
         grown.extend(encode_patch(&[&edited, &r('f', 1, 1, "new")], &["link".to_string(), "never-there".to_string()]));
-        grown.extend(encode_patch(&[&r('l', 5, 3, "link")], &["new".to_string()]));
-        assert_eq!(decode(&grown), Some(vec![m[0].clone(), edited, m[2].clone()]));
+        grown.extend(encode_patch(&[&r('l', 5, 3, "link"), &r('f', 2, 2, "0-first")], &["new".to_string()]));
+        assert_eq!(decode(&grown), Some(vec![r('f', 2, 2, "0-first"), m[0].clone(), m[1].clone(), edited]));
+        // Records out of order (another writer) are sorted too.
+        let unsorted = encode(&[m[2].clone(), m[0].clone()]);
+        assert_eq!(decode(&unsorted), Some(vec![m[0].clone(), m[2].clone()]));
     }
 
     #[test]
@@ -388,8 +446,10 @@ mod tests {
             vec![r('f', 1, 10, "same"), r('f', 1, 10, "edited"), r('f', 1, 10, "chmod"), r('f', 1, 10, "gone"), r('f', 1, 10, "d/x")];
         let local = vec![r('f', 1, 10, "same"), r('f', 1, 11, "edited"), r('x', 1, 10, "chmod"), r('f', 2, 5, "new"), r('l', 1, 10, "d")];
         let p = plan(&local, &remote);
-        assert_eq!(p.send, vec!["edited", "chmod", "new", "d"]);
-        assert_eq!(p.remove, vec!["gone", "d/x"]);
+        assert_eq!(p.send, vec!["chmod", "d", "edited", "new"]);
+        assert_eq!(p.remove, vec!["d/x", "gone"]);
+        assert_eq!(plan(&[], &remote[..2]).remove, vec!["edited", "same"]);
+        assert_eq!(plan(&local[..2], &[]).send, vec!["edited", "same"]);
         // A new mtime on the same content (a CI checkout, another laptop) sends nothing.
         let mut touched = remote[0].clone();
         touched.mtime_ns += 1_000_000_000;
@@ -416,23 +476,34 @@ mod tests {
             Entry { path: "l".into(), kind: Kind::Symlink, stat: None },
         ];
         let file = d.path().join("cache");
-        let mut c = HashCache { file: Some(file.clone()), ..HashCache::default() };
+        let open = || HashCache {
+            file: Some(file.clone()),
+            recs: std::fs::read(&file).ok().and_then(|d| decode(&d)).unwrap_or_default(),
+            changed: true,
+        };
+        let mut c = open();
         let m1 = local_manifest(&src, &entries, &mut c);
-        assert_eq!(m1[0].hash, hex16(&sha2::Sha256::digest(b"one")));
-        assert_eq!(m1[2].hash, hex16(&sha2::Sha256::digest(b"a")));
-        c.save();
+        assert_eq!(m1[0].hash, digest16(sha2::Sha256::new_with_prefix(b"one")));
+        assert_eq!(m1[2].hash, digest16(sha2::Sha256::new_with_prefix(b"a")));
+        c.save(&m1);
         let text = String::from_utf8(std::fs::read(&file).unwrap()).unwrap();
         assert!(text.contains("\ta\0") && text.contains("\tb\0"), "{text:?}");
+        // Nothing new: the file is not written again (the link is too new to be cached, and
+        // is hashed again each time until it settles).
+        let mut c = open();
+        assert_eq!(local_manifest(&src, &entries, &mut c), m1);
+        assert!(c.changed, "the unsettled link was not in the cache");
+        let mut c = open();
+        assert_eq!(local_manifest(&src, &entries[..2], &mut c), m1[..2]);
+        assert!(!c.changed, "an unchanged workspace rewrites its hash cache");
         // A cached hash is trusted while size and mtime hold: prove it by lying in the cache.
-        let lie = text.replace(&m1[1].hash, "ffffffffffffffffffffffffffffffff");
+        let lie = text.replace(&hex16(&m1[1].hash), "ffffffffffffffffffffffffffffffff");
         std::fs::write(&file, lie).unwrap();
-        let mut c = HashCache { file: Some(file.clone()), ..HashCache::default() };
-        c.map = HashCache::open_file(&file);
-        assert_eq!(local_manifest(&src, &entries, &mut c)[1].hash, "ffffffffffffffffffffffffffffffff");
+        let mut c = open();
+        assert_eq!(local_manifest(&src, &entries, &mut c)[1].hash, [0xff; 16]);
         // ... and not once the mtime moves.
         std::fs::write(src.join("b"), "two").unwrap();
-        let mut c = HashCache { file: Some(file.clone()), ..HashCache::default() };
-        c.map = HashCache::open_file(&file);
+        let mut c = open();
         assert_eq!(local_manifest(&src, &entries, &mut c)[1].hash, m1[1].hash);
     }
 }

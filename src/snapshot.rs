@@ -27,11 +27,16 @@ pub struct Entry {
     pub kind: Kind,
     /// Size and mtime (ns) from the listing's own `lstat`, so the manifest need not stat
     /// 50,000 files a second time.
-    pub stat: Option<(u64, u128)>,
+    pub stat: Option<(u64, u64)>,
 }
 
-fn stat_of(md: &std::fs::Metadata) -> Option<(u64, u128)> {
-    Some((md.len(), md.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos()))
+fn stat_of(md: &std::fs::Metadata) -> Option<(u64, u64)> {
+    Some((md.len(), mtime_ns(md)?))
+}
+
+/// Nanoseconds since the epoch (u64 lasts until 2554).
+pub fn mtime_ns(md: &std::fs::Metadata) -> Option<u64> {
+    u64::try_from(md.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos()).ok()
 }
 
 #[derive(Debug, Clone, Default)]
@@ -97,24 +102,26 @@ pub fn collect(source: &Path, exclude: &[String], skip: &[String]) -> anyhow::Re
 }
 
 fn from_git(source: &Path) -> anyhow::Result<Vec<Entry>> {
-    // The untracked listing walks the whole tree (0.25 s at 50,000 files): it runs while
-    // the tracked files are stat'ed, and those on all cores.
-    let (staged, others) = std::thread::scope(|scope| {
+    // The untracked listing walks the whole tree (0.25 s at 50,000 files): the tracked files
+    // are stat'ed on the other cores meanwhile.
+    let (tracked, others) = std::thread::scope(|scope| {
         let others = scope.spawn(|| git(source, &["ls-files", "-z", "--others", "--exclude-standard"]));
         let staged = git(source, &["ls-files", "-z", "--stage"]);
-        (staged, others.join().ok().flatten())
+        let tracked = staged.map(|staged| {
+            let recs: Vec<&[u8]> = staged.split(|b| *b == 0).filter(|r| !r.is_empty()).collect();
+            let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+            std::thread::scope(|inner| {
+                let handles: Vec<_> = recs
+                    .chunks(recs.len().div_ceil(threads).max(1))
+                    .map(|chunk| inner.spawn(move || chunk.iter().filter_map(|rec| staged_entry(source, rec)).collect::<Vec<_>>()))
+                    .collect();
+                handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect::<Vec<Entry>>()
+            })
+        });
+        (tracked, others.join().ok().flatten())
     });
-    let staged = staged.context("git ls-files failed")?;
+    let mut out = tracked.context("git ls-files failed")?;
     let others = others.context("git ls-files failed")?;
-    let recs: Vec<&[u8]> = staged.split(|b| *b == 0).filter(|r| !r.is_empty()).collect();
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
-    let mut out: Vec<Entry> = std::thread::scope(|scope| {
-        let handles: Vec<_> = recs
-            .chunks(recs.len().div_ceil(threads).max(1))
-            .map(|chunk| scope.spawn(move || chunk.iter().filter_map(|rec| staged_entry(source, rec)).collect::<Vec<_>>()))
-            .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
-    });
     for rec in others.split(|b| *b == 0).filter(|r| !r.is_empty()) {
         let path = String::from_utf8_lossy(rec).to_string();
         if path.ends_with('/') {

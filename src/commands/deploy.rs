@@ -58,7 +58,12 @@ fn progress_bar(p: &Printer, target: &Target, entries: &[snapshot::Entry]) -> Op
     if !p.tty || p.quiet || p.json {
         return None;
     }
-    let total: u64 = entries.iter().filter_map(|e| std::fs::symlink_metadata(target.source.join(&e.path)).ok()).map(|m| m.len()).sum();
+    let total: u64 = entries
+        .iter()
+        .filter_map(|e| {
+            e.stat.map(|(size, _)| size).or_else(|| std::fs::symlink_metadata(target.source.join(&e.path)).ok().map(|m| m.len()))
+        })
+        .sum();
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} uploading {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
@@ -102,7 +107,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
     let entries = snapshot::collect(&target.source, &target.exclude, &skip)?;
     let mut hashes = delta::HashCache::open(&target.source);
     let local = delta::local_manifest(&target.source, &entries, &mut hashes);
-    hashes.save();
+    hashes.save(&local);
     drop(hashes);
     let snapshot_ms = ms(started);
     let git = snapshot::git_info(&target.source);
@@ -398,8 +403,7 @@ fn prepare(
     // The changed records are appended to the server's manifest, unless replayed patches
     // would make it more than twice the size of a fresh one (or its size is unknown).
     let patch = plan.as_ref().and_then(|(_, pl)| {
-        let by_path: std::collections::HashMap<&str, &delta::Record> = local.iter().map(|r| (r.path.as_str(), r)).collect();
-        let changed: Vec<&delta::Record> = pl.send.iter().filter_map(|p| by_path.get(p.as_str()).copied()).collect();
+        let changed: Vec<&delta::Record> = pl.send.iter().filter_map(|p| find(local, p, |r| &r.path)).collect();
         let patch = delta::encode_patch(&changed, &pl.remove);
         let fresh = local.len() * 100;
         remote_len.filter(|&len| len + patch.len() <= 2 * fresh.max(4096)).map(|_| patch)
@@ -633,6 +637,11 @@ fn health_gate(
     }
 }
 
+/// The item of `sorted` (by path: entries and manifests are) at `path`.
+fn find<'a, T>(sorted: &'a [T], path: &str, key: impl Fn(&T) -> &String) -> Option<&'a T> {
+    sorted.binary_search_by(|x| key(x).as_str().cmp(path)).ok().map(|i| &sorted[i])
+}
+
 /// The records and the manifest's raw size (which grows with every appended patch).
 fn decode_manifest(gz: &[u8]) -> anyhow::Result<Option<(Vec<delta::Record>, Option<usize>)>> {
     use std::io::Read;
@@ -661,7 +670,6 @@ fn upload_parts<'a>(
             vec![file("manifest", delta::encode(local)), complete],
         ),
         Some((generation, pl)) => {
-            let wanted: std::collections::HashSet<&str> = pl.send.iter().map(String::as_str).collect();
             let manifest = match &prep.patch {
                 Some(patch) => file("manifest-patch", patch.clone()),
                 None => file("manifest", delta::encode(local)),
@@ -676,7 +684,7 @@ fn upload_parts<'a>(
                     &target.shared_dirs,
                     &prep.meta_json,
                 ),
-                std::borrow::Cow::Owned(entries.iter().filter(|e| wanted.contains(e.path.as_str())).cloned().collect()),
+                std::borrow::Cow::Owned(pl.send.iter().filter_map(|p| find(entries, p, |e| &e.path)).cloned().collect()),
                 vec![manifest, file("removed", delta::encode_paths(&pl.remove)), complete],
             )
         }
