@@ -207,6 +207,7 @@ impl HashCache {
 
 /// The manifest this client last left on a target, by the generation it wrote there: when the
 /// server still holds that generation, its manifest need not travel (50,000 files: megabytes).
+#[derive(Debug, Clone)]
 pub struct ManifestCache {
     file: Option<PathBuf>,
 }

@@ -64,21 +64,16 @@ fn in_git_work_tree(source: &Path) -> bool {
     git(source, &["rev-parse", "--is-inside-work-tree"]).is_some_and(|o| o.starts_with(b"true"))
 }
 
+/// Outside a work tree (or before the first commit) the git commands fail: all `None`.
 pub fn git_info(source: &Path) -> GitInfo {
-    if !in_git_work_tree(source) {
-        return GitInfo::default();
-    }
-    let line = |args: &[&str]| git(source, args).map(|o| String::from_utf8_lossy(&o).trim().to_string()).filter(|s| !s.is_empty());
-    GitInfo {
-        commit: line(&["rev-parse", "HEAD"]),
-        branch: line(&["rev-parse", "--abbrev-ref", "HEAD"]),
-        dirty: git(source, &["status", "--porcelain", "--untracked-files=no"]).map(|o| !o.is_empty()),
-    }
+    let refs = git(source, &["rev-parse", "HEAD", "--abbrev-ref", "HEAD"]).map(|o| String::from_utf8_lossy(&o).into_owned());
+    let mut lines = refs.as_deref().unwrap_or("").lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string);
+    let (commit, branch) = (lines.next(), lines.next());
+    GitInfo { commit, branch, dirty: git(source, &["status", "--porcelain", "--untracked-files=no"]).map(|o| !o.is_empty()) }
 }
 
-/// Lists what ships. `skip` are release paths that will be shared links (never shipped, so
-/// a local `.env` cannot reach the server); `exclude` are gitignore-style patterns.
-pub fn collect(source: &Path, exclude: &[String], skip: &[String]) -> anyhow::Result<Vec<Entry>> {
+/// The errors of [`collect`] that need no listing: a missing source, a bad exclude pattern.
+pub fn check_source(source: &Path, exclude: &[String]) -> anyhow::Result<Gitignore> {
     if !source.is_dir() {
         bail!("source {} is not a directory", source.display());
     }
@@ -86,7 +81,13 @@ pub fn collect(source: &Path, exclude: &[String], skip: &[String]) -> anyhow::Re
     for pat in exclude {
         b.add_line(None, pat).with_context(|| format!("invalid exclude pattern `{pat}`"))?;
     }
-    let excluded = b.build()?;
+    Ok(b.build()?)
+}
+
+/// Lists what ships. `skip` are release paths that will be shared links (never shipped, so
+/// a local `.env` cannot reach the server); `exclude` are gitignore-style patterns.
+pub fn collect(source: &Path, exclude: &[String], skip: &[String]) -> anyhow::Result<Vec<Entry>> {
+    let excluded = check_source(source, exclude)?;
     let under = |path: &str, dir: &str| path == dir || path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'));
     let keep = |path: &str| -> bool {
         !path.split('/').any(|c| c == ".git")

@@ -104,26 +104,35 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
             }
         }
     }
-    let entries = snapshot::collect(&target.source, &target.exclude, &skip)?;
-    let mut hashes = delta::HashCache::open(&target.source);
-    let local = delta::local_manifest(&target.source, &entries, &mut hashes);
-    hashes.save(&local);
-    drop(hashes);
-    let snapshot_ms = ms(started);
-    let git = snapshot::git_info(&target.source);
-    p.status(format!(
-        "deploying {} ({} files) to {} ({}:{})",
-        target.source.display(),
-        entries.len(),
-        target.name,
-        target.host_label(),
-        target.base
-    ));
-
+    let manifests = delta::ManifestCache::for_target(&format!("{}:{}", target.host_label(), target.base));
+    // Refused here, before anything touches the server; later listing errors still leave it
+    // unchanged (the lock is released), but may have created an empty base on a first deploy.
+    snapshot::check_source(&target.source, &target.exclude)?;
+    // The listing and hashing, git's view of the workspace and the cached manifest run while
+    // the connection is made and the remote command takes the lock and reports the state
+    // (at 50,000 files each is tens to hundreds of milliseconds, as is a round trip): they
+    // are waited for only where first needed.
+    let mut scan = {
+        let (source, exclude) = (target.source.clone(), target.exclude.clone());
+        Background::spawn(move || {
+            let entries = snapshot::collect(&source, &exclude, &skip)?;
+            let mut hashes = delta::HashCache::open(&source);
+            let local = delta::local_manifest(&source, &entries, &mut hashes);
+            hashes.save(&local);
+            anyhow::Ok(Listed { entries, local, ms: ms(started) })
+        })
+    };
+    let mut git = {
+        let source = target.source.clone();
+        Background::spawn(move || snapshot::git_info(&source))
+    };
+    let mut preloaded = {
+        let manifests = manifests.clone();
+        Background::spawn(move || manifests.load())
+    };
     let mut t = transport::connect(target, globals)?;
     let owner = lock::new_owner("deploy");
     let held = Held { token: owner.token.clone() };
-    let manifests = delta::ManifestCache::for_target(&format!("{}:{}", target.host_label(), target.base));
     let known = manifests.generation();
     let session =
         crate::remote::deploy_session(&target.base, &serde_json::to_string(&owner)?, &owner.token, known.as_deref().unwrap_or(""));
@@ -131,8 +140,8 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
     // Without a build or a health gate nothing needs the client between the upload and the
     // switch: the upload script also switches (one remote command for the whole deploy).
     let combined = !build && !gated;
-    let mut phases = Phases { snapshot_ms, ..Phases::default() };
     let mut broke = false;
+    let mut listed: Option<Listed> = None;
     let upload_started = Instant::now();
     let mut attempts = 0;
     let (prep, first) = loop {
@@ -155,7 +164,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
             // The server still holds the manifest this client left there: no need to send it.
             let same: Option<usize> = listing.lines().find_map(|l| l.strip_prefix("MSAME ")?.parse().ok());
             let cached = match (same, &state.cache_generation) {
-                (Some(_), Some(g)) => manifests.load().filter(|(cg, _)| cg == g),
+                (Some(_), Some(g)) => preloaded.take().flatten().or_else(|| manifests.load()).filter(|(cg, _)| cg == g),
                 _ => None,
             };
             let remote = match (remote_manifest, cached, same) {
@@ -170,15 +179,36 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
                     Remote::None => eprintln!("server manifest: none (full upload)"),
                 }
             }
-            let pr = match prepare(target, p, state, remote, &local, &git, &held, build, gated, started) {
+            let l = match &mut listed {
+                Some(l) => l,
+                None => match scan.take().expect("the listing is taken once") {
+                    Ok(l) => {
+                        p.status(format!(
+                            "deploying {} ({} files) to {} ({}:{})",
+                            target.source.display(),
+                            l.entries.len(),
+                            target.name,
+                            target.host_label(),
+                            target.base
+                        ));
+                        listed.insert(l)
+                    }
+                    Err(e) => {
+                        // Closing stdin without BST-GO: the script unlocks and exits.
+                        refusal = Some(e);
+                        return Ok(());
+                    }
+                },
+            };
+            let git = git.get();
+            let pr = match prepare(target, p, state, remote, &l.local, git, &held, build, gated, started) {
                 Ok(pr) => pr,
                 Err(e) => {
-                    // Closing stdin without BST-GO: the script unlocks and exits.
                     refusal = Some(e);
                     return Ok(());
                 }
             };
-            let (script, send, extra) = upload_parts(target, &pr, &entries, &local);
+            let (script, send, extra) = upload_parts(target, &pr, &l.entries, &l.local);
             let mut continuation = format!("{}{script}{}", pr.prologue, pr.tail);
             if !continuation.ends_with('\n') {
                 continuation.push('\n');
@@ -220,6 +250,8 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
         }
     };
     let mut prep = prep;
+    let Listed { entries, local, ms: snapshot_ms } = listed.expect("a prepared deploy has its listing");
+    let mut phases = Phases { snapshot_ms, ..Phases::default() };
     match after_upload(&mut *t, target, p, &held, &mut prep, &entries, &local, first, build, combined, started, upload_started, &mut phases)
     {
         Ok((pruned, warnings, delta_used)) => {
@@ -276,6 +308,52 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
             Ok(())
         }
         Err(e) => fail(&mut *t, target, p, &held, prep, started, e),
+    }
+}
+
+/// The workspace as it ships: entries to stream and their manifest.
+struct Listed {
+    entries: Vec<snapshot::Entry>,
+    local: Vec<delta::Record>,
+    /// How long listing and hashing took (the summary's snapshot phase).
+    ms: u64,
+}
+
+/// Work started on a thread of its own and waited for where its result is first needed, or
+/// when dropped: no thread outlives the deploy (a hash cache is never left half written).
+struct Background<T> {
+    handle: Option<std::thread::JoinHandle<T>>,
+    value: Option<T>,
+}
+
+impl<T: Send + 'static> Background<T> {
+    fn spawn(f: impl FnOnce() -> T + Send + 'static) -> Self {
+        Background { handle: Some(std::thread::spawn(f)), value: None }
+    }
+
+    fn wait(&mut self) {
+        if let Some(h) = self.handle.take() {
+            self.value = Some(h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+        }
+    }
+
+    fn get(&mut self) -> &T {
+        self.wait();
+        self.value.as_ref().expect("a background result is kept until taken")
+    }
+
+    /// The result, once; `None` after that.
+    fn take(&mut self) -> Option<T> {
+        self.wait();
+        self.value.take()
+    }
+}
+
+impl<T> Drop for Background<T> {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
     }
 }
 
