@@ -7,6 +7,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::Digest;
 
@@ -191,17 +192,28 @@ impl HashCache {
         HashCache { file, recs, changed: true }
     }
 
-    /// Writes the workspace's manifest, atomically, if it changed. A file modified in the last
-    /// two seconds is left out: another edit within the same mtime tick would otherwise keep
-    /// its old hash ("racily clean", as git calls it).
-    pub fn save(&self, local: &[Record]) {
-        let Some(file) = &self.file else { return };
+    /// What to write back, if anything changed: the workspace's manifest (`encoded`) without
+    /// the files modified in the last two seconds. Another edit within the same mtime tick
+    /// would otherwise keep its old hash ("racily clean", as git calls it).
+    pub fn pending(&self, local: &[Record], encoded: &Arc<Vec<u8>>) -> Option<(PathBuf, Arc<Vec<u8>>)> {
+        let file = self.file.clone()?;
         if !self.changed {
-            return;
+            return None;
         }
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let settled: Vec<&Record> = local.iter().filter(|r| now.saturating_sub(u128::from(r.mtime_ns)) >= 2_000_000_000).collect();
-        write_atomic(file, &encode_refs(&settled));
+        let settled = |r: &&Record| now.saturating_sub(u128::from(r.mtime_ns)) >= 2_000_000_000;
+        if local.iter().all(|r| settled(&r)) {
+            Some((file, encoded.clone()))
+        } else {
+            Some((file, Arc::new(encode_refs(&local.iter().filter(settled).collect::<Vec<_>>()))))
+        }
+    }
+
+    /// [`pending`](Self::pending), written now.
+    pub fn save(&self, local: &[Record]) {
+        if let Some((file, data)) = self.pending(local, &Arc::new(encode(local))) {
+            write_atomic(&file, &data);
+        }
     }
 }
 
@@ -233,17 +245,20 @@ impl ManifestCache {
         Some((generation, decode(&data[nl + 1..])?))
     }
 
+    /// Safe to write before the deploy has succeeded: a server that never got this generation
+    /// never answers `MSAME` for it.
     pub fn save(&self, generation: &str, manifest: &[u8]) {
         let Some(file) = &self.file else { return };
-        let mut data = Vec::with_capacity(generation.len() + 1 + manifest.len());
-        data.extend_from_slice(generation.as_bytes());
-        data.push(b'\n');
-        data.extend_from_slice(manifest);
-        write_atomic(file, &data);
+        write_atomic_with(file, &mut |w| {
+            w.write_all(generation.as_bytes())?;
+            w.write_all(b"\n")?;
+            w.write_all(manifest)
+        });
     }
 }
 
-fn write_atomic(file: &Path, data: &[u8]) {
+/// Temp file and rename: a reader sees the old file or the new one.
+pub fn write_atomic(file: &Path, data: &[u8]) {
     write_atomic_with(file, &mut |w| w.write_all(data));
 }
 

@@ -16,6 +16,13 @@ pub struct Printer {
     pub tty: bool,
 }
 
+/// [`Printer::timing`] for threads that have no printer.
+pub fn timing(on: bool, started: std::time::Instant, what: impl std::fmt::Display) {
+    if on {
+        eprintln!("[+{:>5} ms] {what}", started.elapsed().as_millis());
+    }
+}
+
 impl Printer {
     pub fn new(g: &Globals) -> Self {
         let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
@@ -47,6 +54,11 @@ impl Printer {
             let _ = serde_json::to_writer_pretty(&mut o, doc);
             let _ = writeln!(o);
         }
+    }
+
+    /// With `-vv`: when each step of a deploy finished, to see where the time goes.
+    pub fn timing(&self, started: std::time::Instant, what: impl std::fmt::Display) {
+        timing(self.verbose > 1, started, what);
     }
 
     /// Raw build output, passed through as it arrives (to stderr: stdout may be JSON).

@@ -113,24 +113,38 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
     // (at 50,000 files each is tens to hundreds of milliseconds, as is a round trip): they
     // are waited for only where first needed.
     let mut scan = {
-        let (source, exclude) = (target.source.clone(), target.exclude.clone());
+        let (source, exclude, trace) = (target.source.clone(), target.exclude.clone(), p.verbose > 1);
         Background::spawn(move || {
+            let mut hashes = {
+                let source = source.clone();
+                Background::spawn(move || delta::HashCache::open(&source))
+            };
             let entries = snapshot::collect(&source, &exclude, &skip)?;
-            let mut hashes = delta::HashCache::open(&source);
+            crate::report::timing(trace, started, format_args!("listed {} files", entries.len()));
+            let mut hashes = hashes.take().expect("taken once");
             let local = delta::local_manifest(&source, &entries, &mut hashes);
-            hashes.save(&local);
-            anyhow::Ok(Listed { entries, local, ms: ms(started) })
+            let encoded = std::sync::Arc::new(delta::encode(&local));
+            let ms = ms(started);
+            crate::report::timing(trace, started, "hashed (cache hits and changed files)");
+            // Written while the deploy goes on; `Listed` holds the writer until the end.
+            let saving = hashes.pending(&local, &encoded).map(|(file, data)| Background::spawn(move || delta::write_atomic(&file, &data)));
+            anyhow::Ok(Listed { entries, local, encoded, ms, saving: saving.into_iter().collect() })
         })
     };
     let mut git = {
-        let source = target.source.clone();
-        Background::spawn(move || snapshot::git_info(&source))
+        let (source, trace) = (target.source.clone(), p.verbose > 1);
+        Background::spawn(move || {
+            let info = snapshot::git_info(&source);
+            crate::report::timing(trace, started, "git commit, branch and status read");
+            info
+        })
     };
     let mut preloaded = {
         let manifests = manifests.clone();
         Background::spawn(move || manifests.load())
     };
     let mut t = transport::connect(target, globals)?;
+    p.timing(started, "connected");
     let owner = lock::new_owner("deploy");
     let held = Held { token: owner.token.clone() };
     let known = manifests.generation();
@@ -159,6 +173,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
                 head_text = String::from_utf8_lossy(&head).into_owned();
                 return Ok(());
             };
+            p.timing(started, "server state received (lock held)");
             let listing = String::from_utf8_lossy(listing);
             let state = release::parse_state(&listing);
             // The server still holds the manifest this client left there: no need to send it.
@@ -214,6 +229,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
                 continuation.push('\n');
             }
             show_continuation(p, &continuation);
+            p.timing(started, "deploy prepared, upload starts");
             prep = Some(pr);
             i.write_all(continuation.as_bytes())?;
             i.write_all(b"BST-GO\n")?;
@@ -250,13 +266,15 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
         }
     };
     let mut prep = prep;
-    let Listed { entries, local, ms: snapshot_ms } = listed.expect("a prepared deploy has its listing");
+    let Listed { entries, local, encoded, ms: snapshot_ms, mut saving } = listed.expect("a prepared deploy has its listing");
+    // What the server's manifest will say (by content), for the next deploy from here.
+    let generation = prep.generation.clone();
+    saving.push(Background::spawn(move || manifests.save(&generation, &encoded)));
     let mut phases = Phases { snapshot_ms, ..Phases::default() };
     match after_upload(&mut *t, target, p, &held, &mut prep, &entries, &local, first, build, combined, started, upload_started, &mut phases)
     {
         Ok((pruned, warnings, delta_used)) => {
             // What the server's manifest now says (by content), for the next deploy from here.
-            manifests.save(&prep.generation, &delta::encode(&local));
             let id = prep.meta.id.clone();
             if let Err(e) = crate::interrupt::check() {
                 if gated {
@@ -288,6 +306,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
                 if pruned.is_empty() { String::new() } else { format!("; pruned {}", pruned.join(", ")) }
             ));
             p.out(format!("{}: current -> releases/{id}", target.name));
+            p.timing(started, "done");
             p.json(&Summary {
                 schema_version: 1,
                 target: &target.name,
@@ -315,8 +334,12 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
 struct Listed {
     entries: Vec<snapshot::Entry>,
     local: Vec<delta::Record>,
+    /// `local`, encoded once for both caches.
+    encoded: std::sync::Arc<Vec<u8>>,
     /// How long listing and hashing took (the summary's snapshot phase).
     ms: u64,
+    /// Cache files being written.
+    saving: Vec<Background<()>>,
 }
 
 /// Work started on a thread of its own and waited for where its result is first needed, or
@@ -577,6 +600,7 @@ fn after_upload(
         p.warn(w);
         warnings.push(w.to_string());
     }
+    p.timing(started, "upload command done");
     phases.switch_ms = match (mark("TU"), mark("TS")) {
         (Some(u), Some(s)) => s.saturating_sub(u),
         _ => 0,

@@ -123,6 +123,10 @@ fn shared_files_and_dirs_are_links_into_shared() {
     ws.write("storage/cache.bin", "local cache");
     let run = env.bst(&["deploy", "t", "-vv"]).ok();
     assert!(!run.stdout.contains("sentinel-SECRET") && !run.stderr.contains("sentinel-SECRET"), "secret leaked");
+    // -vv says when each step finished, in order of the critical path's steps.
+    let at = |step: &str| run.stderr.find(step).unwrap_or_else(|| panic!("no `{step}` timing in {}", run.stderr));
+    assert!(run.stderr.contains("ms] listed ") && run.stderr.contains("ms] connected"), "{}", run.stderr);
+    assert!(at("ms] server state received") < at("ms] deploy prepared") && at("ms] deploy prepared") < at("ms] done"));
     let rel = env.base.join("current");
     assert_eq!(std::fs::read_link(rel.join(".env")).unwrap(), Path::new("../../shared/.env"));
     assert_eq!(std::fs::read_to_string(rel.join(".env")).unwrap(), "TOKEN=sentinel-SECRET-4242\n", "workspace .env must not ship");
