@@ -274,7 +274,6 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
     match after_upload(&mut *t, target, p, &held, &mut prep, &entries, &local, first, build, combined, started, upload_started, &mut phases)
     {
         Ok((pruned, warnings, delta_used)) => {
-            // What the server's manifest now says (by content), for the next deploy from here.
             let id = prep.meta.id.clone();
             if let Err(e) = crate::interrupt::check() {
                 if gated {
