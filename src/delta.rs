@@ -139,25 +139,9 @@ pub fn local_manifest(source: &Path, entries: &[Entry], cache: &mut HashCache) -
     cache.changed = !misses.is_empty() || hits != cached.len();
     drop(cached);
     if !misses.is_empty() {
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
-        let per = misses.len().div_ceil(threads);
-        let hashed: Vec<(usize, Option<Hash>)> = std::thread::scope(|scope| {
-            let recs = &recs;
-            let handles: Vec<_> = misses
-                .chunks(per)
-                .map(|chunk| {
-                    scope.spawn(move || {
-                        chunk
-                            .iter()
-                            .map(|&i| {
-                                let (r, _) = recs[i].as_ref().expect("a miss has a record");
-                                (i, hash_entry(&source.join(&r.path), r.kind == 'l'))
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+        let hashed = crate::snapshot::par_filter_map(&misses, |&i| {
+            let (r, _) = recs[i].as_ref().expect("a miss has a record");
+            Some((i, hash_entry(&source.join(&r.path), r.kind == 'l')))
         });
         for (i, h) in hashed {
             match h {

@@ -110,14 +110,7 @@ fn from_git(source: &Path) -> anyhow::Result<Vec<Entry>> {
         let staged = git(source, &["ls-files", "-z", "--stage"]);
         let tracked = staged.map(|staged| {
             let recs: Vec<&[u8]> = staged.split(|b| *b == 0).filter(|r| !r.is_empty()).collect();
-            let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
-            std::thread::scope(|inner| {
-                let handles: Vec<_> = recs
-                    .chunks(recs.len().div_ceil(threads).max(1))
-                    .map(|chunk| inner.spawn(move || chunk.iter().filter_map(|rec| staged_entry(source, rec)).collect::<Vec<_>>()))
-                    .collect();
-                handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect::<Vec<Entry>>()
-            })
+            par_filter_map(&recs, |rec| staged_entry(source, rec))
         });
         (tracked, others.join().ok().flatten())
     });
@@ -133,6 +126,20 @@ fn from_git(source: &Path) -> anyhow::Result<Vec<Entry>> {
         }
     }
     Ok(out)
+}
+
+/// `items.iter().filter_map(f)` on all cores (up to 8), in order: stat'ing and hashing tens
+/// of thousands of files is syscall- and CPU-bound per file. A panic in `f` is the caller's.
+pub fn par_filter_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> Option<R> + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(items.len().div_ceil(threads).max(1))
+            .map(|chunk| scope.spawn(move || chunk.iter().filter_map(f).collect::<Vec<R>>()))
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    })
 }
 
 /// One `git ls-files --stage` record as an entry, if it ships.
