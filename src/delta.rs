@@ -168,10 +168,8 @@ pub struct HashCache {
 impl HashCache {
     /// The cache for `source`; empty (and not saved) when there is no cache directory.
     pub fn open(source: &Path) -> HashCache {
-        let file = cache_dir().map(|d| {
-            let canon = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
-            d.join(format!("hashes-{}", hex16(&sha2::Sha256::digest(canon.to_string_lossy().as_bytes()))))
-        });
+        let canon = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
+        let file = cache_file("hashes", &canon.to_string_lossy());
         let recs = file.as_deref().and_then(|f| decode(&std::fs::read(f).ok()?)).unwrap_or_default();
         HashCache { file, recs, changed: true }
     }
@@ -210,7 +208,7 @@ pub struct ManifestCache {
 
 impl ManifestCache {
     pub fn for_target(identity: &str) -> ManifestCache {
-        ManifestCache { file: cache_dir().map(|d| d.join(format!("manifest-{}", hex16(&sha2::Sha256::digest(identity.as_bytes()))))) }
+        ManifestCache { file: cache_file("manifest", identity) }
     }
 
     /// The generation of the cached manifest, without reading the manifest itself.
@@ -262,6 +260,11 @@ fn write_atomic_with(file: &Path, fill: &mut dyn FnMut(&mut dyn std::io::Write) 
     if written.is_err() || std::fs::rename(&tmp, file).is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
+}
+
+/// The cache file of one `kind` for `identity` (a path, a host), named by its hash.
+pub fn cache_file(kind: &str, identity: &str) -> Option<PathBuf> {
+    cache_dir().map(|d| d.join(format!("{kind}-{}", hex16(&sha2::Sha256::digest(identity.as_bytes())))))
 }
 
 /// `$BST_CACHE_DIR`, else the platform's cache directory, plus `bst`.

@@ -10,6 +10,7 @@
 use std::fmt::Write as _;
 
 use crate::shell::quote;
+use crate::snapshot::Framing;
 
 pub const LOCK_DIR: &str = ".bst-lock";
 pub const INCOMING_DIR: &str = ".bst-incoming";
@@ -186,13 +187,14 @@ cd "$C" 2>/dev/null || exit 0
 echo $$ > job.pid.tmp && mv -f job.pid.tmp job.pid
 trap 'rm -rf "$C/pristine.tmp" "$C/spare.tmp"' EXIT
 rm -rf "$C.old" pristine.tmp spare.tmp
-if [ -f snapshot.tgz ]; then
-  if mkdir pristine.tmp && tar -xzf snapshot.tgz -C pristine.tmp --no-same-owner && rm -rf pristine.tmp/{UPLOAD} && rm -rf pristine && mv pristine.tmp pristine && mv upload/manifest manifest; then
+A=; if [ -f snapshot.tgz ]; then A=snapshot.tgz; z=z; elif [ -f snapshot.tar ]; then A=snapshot.tar; z=; fi
+if [ -n "$A" ]; then
+  if mkdir pristine.tmp && tar -x${{z}}f "$A" -C pristine.tmp --no-same-owner && rm -rf pristine.tmp/{UPLOAD} && rm -rf pristine && mv pristine.tmp pristine && mv upload/manifest manifest; then
     printf '%s\n' {generation} > generation
   else
     echo "$(date -u +%FT%TZ) could not unpack the pristine copy; the next deploy sends everything"
   fi
-  rm -rf snapshot.tgz upload
+  rm -rf "$A" upload
 fi
 [ -f generation ] && [ -d pristine ] || exit 0
 g=$(cat generation)
@@ -248,12 +250,22 @@ fn parent(rel_path: &str) -> Option<&str> {
     rel_path.rfind('/').map(|i| &rel_path[..i])
 }
 
-/// Receives the tar.gz on stdin into the staging dir, links shared paths, writes the
+/// `tar`'s extract flags and the name the tee'd archive is kept under, for a stream framed
+/// as `framing`.
+fn untar(framing: Framing) -> (&'static str, &'static str) {
+    match framing {
+        Framing::Gzip(_) => ("-xzf", "snapshot.tgz"),
+        Framing::Tar => ("-xf", "snapshot.tar"),
+    }
+}
+
+/// Receives the snapshot on stdin into the staging dir, links shared paths, writes the
 /// pending meta, and only then renames the staging dir to `releases/<id>`. When the stream
-/// carries a manifest, the compressed stream is also kept (`tee`, a sequential write) for the
-/// cache job to unpack as the next pristine copy once the operator is no longer waiting.
-pub fn upload(base: &str, id: &str, shared_files: &[String], shared_dirs: &[String], meta_json: &str) -> String {
+/// carries a manifest, the stream is also kept (`tee`, a sequential write) for the cache job
+/// to unpack as the next pristine copy once the operator is no longer waiting.
+pub fn upload(base: &str, id: &str, shared_files: &[String], shared_dirs: &[String], meta_json: &str, framing: Framing) -> String {
     let mut s = upload_prologue(base, id);
+    let (x, archive) = untar(framing);
     let _ = write!(
         s,
         r#"mkdir -p "$I"
@@ -261,7 +273,7 @@ pub fn upload(base: &str, id: &str, shared_files: &[String], shared_dirs: &[Stri
 if [ -e "$C" ]; then rm -rf "$C.old"; mv "$C" "$C.old"; fi
 mkdir -p "$C"
 # A stream cut short (Ctrl-C, dead client, full disk) leaves nothing behind.
-tee "$C/snapshot.tgz" | tar -xzf - -C "$I" --no-same-owner || {{ rc=$?; rm -rf "$I" "$C"; rmdir "$B/{INCOMING_DIR}" 2>/dev/null; exit $rc; }}
+tee "$C/{archive}" | tar {x} - -C "$I" --no-same-owner || {{ rc=$?; rm -rf "$I" "$C"; rmdir "$B/{INCOMING_DIR}" 2>/dev/null; exit $rc; }}
 "#
     );
     s.push_str(&require_complete("$I", "\"$I\" \"$C\""));
@@ -285,9 +297,9 @@ if [ -e "$R" ]; then echo "release {id} already exists" >&2; exit 1; fi
         )
 }
 
-/// The stream is gzip members and tar accepts an archive cut at an entry boundary: only the
-/// marker the client sends last proves that everything before it arrived. `remove` is what
-/// an incomplete upload leaves to delete.
+/// tar accepts an archive cut at an entry boundary, and gzip one cut between members: only
+/// the marker the client sends last proves that everything before it arrived. `remove` is
+/// what an incomplete upload leaves to delete.
 fn require_complete(dir: &str, remove: &str) -> String {
     format!(
         "if [ ! -f \"{dir}/{}\" ]; then rm -rf {remove}; rmdir \"$B/{INCOMING_DIR}\" 2>/dev/null; echo \"the upload stream ended early\" >&2; exit 1; fi\n",
@@ -314,14 +326,16 @@ pub fn upload_delta(
     shared_files: &[String],
     shared_dirs: &[String],
     meta_json: &str,
+    framing: Framing,
 ) -> String {
     let mut s = upload_prologue(base, id);
+    let (x, _) = untar(framing);
     let _ = write!(
         s,
         r#"D="$I.delta"
 if [ ! -d "$C/pristine" ] || [ "$(cat "$C/generation" 2>/dev/null)" != {generation} ]; then echo "pristine copy changed" >&2; exit {DELTA_STALE}; fi
 mkdir -p "$D"
-tar -xzf - -C "$D" --no-same-owner || {{ rc=$?; rm -rf "$D"; rmdir "$B/{INCOMING_DIR}" 2>/dev/null; exit $rc; }}
+tar {x} - -C "$D" --no-same-owner || {{ rc=$?; rm -rf "$D"; rmdir "$B/{INCOMING_DIR}" 2>/dev/null; exit $rc; }}
 {complete}mv "$D/{UPLOAD}" "$I.meta"
 rm -f "$C/generation"
 apply() {{
@@ -670,7 +684,7 @@ mod tests {
     fn shared_links_are_relative_to_the_base() {
         assert_eq!(up_to_base(".env"), "../../");
         assert_eq!(up_to_base("apps/api/.env"), "../../../../");
-        let s = upload("/b", "20260220T051228Z", &["apps/api/.env".into()], &["storage".into()], "{}");
+        let s = upload("/b", "20260220T051228Z", &["apps/api/.env".into()], &["storage".into()], "{}", Framing::Gzip(1));
         assert!(s.contains("ln -s ../../../../shared/apps/api/.env apps/api/.env"), "{s}");
         assert!(s.contains("mkdir -p \"$B/shared/\"storage"), "{s}");
     }
@@ -742,11 +756,12 @@ mod tests {
         assert_eq!(std::fs::read_to_string(base.join("rest")).unwrap(), "payload\nBST-GO\n", "stdin after BST-GO is the payload");
     }
 
-    /// GNU tar exits 0 on an archive cut at an entry boundary, and the stream is gzip
-    /// members: an upload without its final marker must never become a release.
+    /// GNU tar exits 0 on an archive cut at an entry boundary (and gzip between members):
+    /// an upload without its final marker must never become a release, in either framing.
     #[cfg(unix)]
     #[test]
     fn an_upload_without_its_final_marker_is_refused() {
+        use crate::snapshot::Framing;
         use std::io::Write;
         use std::process::{Command, Stdio};
         let d = tempfile::tempdir().unwrap();
@@ -754,26 +769,29 @@ mod tests {
         std::fs::create_dir(&src).unwrap();
         std::fs::write(src.join("a.txt"), "a").unwrap();
         let entries = vec![crate::snapshot::Entry { path: "a.txt".into(), kind: crate::snapshot::Kind::File { exec: false }, stat: None }];
-        let base = d.path().join("base");
-        std::fs::create_dir_all(base.join("releases")).unwrap();
-        let run = |extra: &[crate::snapshot::Extra]| {
-            let mut tgz = Vec::new();
-            crate::snapshot::stream_tar_gz(&src, &entries, extra, &mut tgz, 1, &|_, _| {}).unwrap();
-            let script = upload(base.to_str().unwrap(), "20260220T051228Z", &[], &[], "{}");
-            let mut c = Command::new("sh").arg("-c").arg(&script).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-            c.stdin.take().unwrap().write_all(&tgz).unwrap();
-            let out = c.wait_with_output().unwrap();
-            (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
-        };
-        let manifest = (format!("{}/manifest", crate::delta::UPLOAD_DIR), b"m".to_vec());
-        let (ok, err) = run(std::slice::from_ref(&manifest));
-        assert!(!ok && err.contains("ended early"), "{err}");
-        assert!(!base.join("releases/20260220T051228Z").exists());
-        assert!(!base.join(INCOMING_DIR).exists());
-        let (ok, err) = run(&[manifest, (crate::delta::COMPLETE_MARKER.into(), Vec::new())]);
-        assert!(ok, "{err}");
-        assert_eq!(std::fs::read_to_string(base.join("releases/20260220T051228Z/a.txt")).unwrap(), "a");
-        assert!(!base.join("releases/20260220T051228Z/.bst-upload").exists());
+        for (framing, archive) in [(Framing::Gzip(1), "snapshot.tgz"), (Framing::Tar, "snapshot.tar")] {
+            let base = d.path().join(archive);
+            std::fs::create_dir_all(base.join("releases")).unwrap();
+            let run = |extra: &[crate::snapshot::Extra]| {
+                let mut stream = Vec::new();
+                crate::snapshot::stream_tar(&src, &entries, extra, &mut stream, framing, &|_, _| {}).unwrap();
+                let script = upload(base.to_str().unwrap(), "20260220T051228Z", &[], &[], "{}", framing);
+                let mut c = Command::new("sh").arg("-c").arg(&script).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+                c.stdin.take().unwrap().write_all(&stream).unwrap();
+                let out = c.wait_with_output().unwrap();
+                (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+            };
+            let manifest = (format!("{}/manifest", crate::delta::UPLOAD_DIR), b"m".to_vec());
+            let (ok, err) = run(std::slice::from_ref(&manifest));
+            assert!(!ok && err.contains("ended early"), "{framing:?}: {err}");
+            assert!(!base.join("releases/20260220T051228Z").exists());
+            assert!(!base.join(INCOMING_DIR).exists());
+            let (ok, err) = run(&[manifest, (crate::delta::COMPLETE_MARKER.into(), Vec::new())]);
+            assert!(ok, "{framing:?}: {err}");
+            assert_eq!(std::fs::read_to_string(base.join("releases/20260220T051228Z/a.txt")).unwrap(), "a");
+            assert!(!base.join("releases/20260220T051228Z/.bst-upload").exists());
+            assert!(base.join(CACHE_DIR).join(archive).is_file(), "{framing:?}: the stream is kept for the cache job as {archive}");
+        }
     }
 
     #[test]

@@ -53,6 +53,86 @@ pub struct Stats {
     pub bytes: u64,
     /// The gzip level the upload settled on (0: stored), when it was measured.
     pub level: Option<u32>,
+    /// Snapshot bytes per second through the whole pipeline, when measured.
+    pub rates: Rates,
+}
+
+/// Uncompressed snapshot bytes per second through compressors, link and server, as one
+/// upload measured them: `plain` with nothing deflated (stored members or bare tar), `gzip`
+/// compressed.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Rates {
+    pub plain: Option<f64>,
+    pub gzip: Option<f64>,
+}
+
+/// What the last measured upload to a host said about its link, kept in the user's cache
+/// directory. Where storing beat compression, the next uploads send bare tar. The verdict is
+/// measured again once it is a day old, or as soon as a bare upload moves fewer bytes per
+/// second than compression did (say the laptop left the LAN for a slower link).
+#[derive(Debug)]
+pub struct LinkMemo {
+    file: Option<PathBuf>,
+    /// The framing of this deploy's uploads.
+    pub framing: Framing,
+    /// What compression reached when storing won (bytes per second).
+    gzip_rate: f64,
+}
+
+const LINK_MAGIC: &str = "bst-link-1";
+const LINK_MAX_AGE_S: u64 = 24 * 3600;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl LinkMemo {
+    /// The memo for `host` (a target's host label); without one, gzip at `level`, probed.
+    pub fn for_host(host: &str, level: u32) -> LinkMemo {
+        LinkMemo::at(crate::delta::cache_file("link", host), level)
+    }
+
+    fn at(file: Option<PathBuf>, level: u32) -> LinkMemo {
+        let saved = file.as_deref().and_then(|f| std::fs::read_to_string(f).ok());
+        let now = unix_now();
+        // `store <plain B/s> <gzip B/s> <unix time>`; a time ahead of the clock is stale.
+        let fresh_store = saved.as_deref().and_then(|t| {
+            let f: Vec<&str> = t.strip_prefix(LINK_MAGIC)?.split_whitespace().collect();
+            let (gzip, at) = (f.get(2)?.parse::<f64>().ok()?, f.get(3)?.parse::<u64>().ok()?);
+            (f.first() == Some(&"store") && at <= now + 60 && now.saturating_sub(at) < LINK_MAX_AGE_S).then_some(gzip)
+        });
+        match fresh_store {
+            Some(gzip_rate) => LinkMemo { file, framing: Framing::Tar, gzip_rate },
+            None => LinkMemo { file, framing: Framing::Gzip(level), gzip_rate: 0.0 },
+        }
+    }
+
+    /// Learns from a finished upload: the probe's verdict, or a bare upload slower than
+    /// compression was (forget the verdict: the next upload probes again).
+    pub fn record(&self, stats: &Stats) {
+        let Some(file) = &self.file else { return };
+        match (self.framing, stats.rates) {
+            (Framing::Gzip(_), Rates { plain: Some(plain), gzip: Some(gzip) }) => {
+                let verdict = if stats.level == Some(0) { "store" } else { "gzip" };
+                let line = format!("{LINK_MAGIC} {verdict} {plain:.0} {gzip:.0} {}\n", unix_now());
+                crate::delta::write_atomic(file, line.as_bytes());
+            }
+            (Framing::Tar, Rates { plain: Some(plain), .. }) if plain < self.gzip_rate => {
+                let _ = std::fs::remove_file(file);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// How the tar stream travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Gzip members, deflated at this level or stored as [`Probe`] measures mid-stream.
+    Gzip(u32),
+    /// Bare tar, for a link already measured to be faster than deflate: even stored gzip
+    /// members cost the server a `gzip -d` (a CRC pass and one more pipe), 0.2 s per 60 MB.
+    Tar,
 }
 
 fn git(source: &Path, args: &[&str]) -> Option<Vec<u8>> {
@@ -434,25 +514,36 @@ const PROBE_BLOCKS: u32 = 6;
 const PROBE_SKIP: u32 = 2;
 
 impl Probe {
-    fn observe(&mut self, block_level: u32, raw: usize, secs: f64) {
-        use std::sync::atomic::Ordering;
-        if self.decided || self.max == 0 {
-            return;
-        }
-        let i = usize::from(block_level != 0);
+    /// Counts a block delivered; `i`: 0 plain, 1 deflated.
+    fn measure(&mut self, i: usize, raw: usize, secs: f64) -> u32 {
         let s = &mut self.seen[i];
         s.2 += 1;
         if s.2 > PROBE_SKIP {
             s.0 += raw as u64;
             s.1 += secs;
         }
-        if i == 1 && s.2 >= PROBE_BLOCKS {
+        s.2
+    }
+
+    fn rate(&self, i: usize) -> Option<f64> {
+        let (b, t, n) = self.seen[i];
+        (n >= PROBE_BLOCKS && t > 0.0).then(|| b as f64 / t)
+    }
+
+    fn observe(&mut self, block_level: u32, raw: usize, secs: f64) {
+        use std::sync::atomic::Ordering;
+        if self.decided || self.max == 0 {
+            return;
+        }
+        let i = usize::from(block_level != 0);
+        let n = self.measure(i, raw, secs);
+        if i == 1 && n >= PROBE_BLOCKS {
             self.level.store(0, Ordering::Relaxed);
         }
-        if i == 0 && s.2 >= PROBE_BLOCKS {
-            let rate = |(b, t, _): (u64, f64, u32)| b as f64 / t.max(1e-9);
+        if i == 0 && n >= PROBE_BLOCKS {
+            let rate = |i| self.rate(i).unwrap_or(0.0);
             // Ties go to compression: fewer bytes is kinder to a shared link.
-            let store = rate(self.seen[0]) > rate(self.seen[1]) * 1.1;
+            let store = rate(0) > rate(1) * 1.1;
             self.level.store(if store { 0 } else { self.max }, Ordering::Relaxed);
             self.decided = true;
         }
@@ -516,16 +607,17 @@ impl Write for BlockWriter {
     }
 }
 
-/// The tar of `entries` (then `extra`) as concatenated gzip members, compressed on all
-/// cores while the caller's thread writes finished members, in order, to `w` (the SSH
-/// channel): reading, compressing and the network overlap instead of taking turns. Blocks of
-/// already-compressed files are stored, not deflated again.
-pub fn stream_tar_gz(
+/// The tar of `entries` (then `extra`), framed as `framing` says. Gzip members are
+/// compressed on all cores while the caller's thread writes finished members, in order, to
+/// `w` (the SSH channel): reading, compressing and the network overlap instead of taking
+/// turns. Blocks of already-compressed files are stored, not deflated again. Bare tar goes
+/// through the same pipeline, so reading files still overlaps the writes.
+pub fn stream_tar(
     source: &Path,
     entries: &[Entry],
     extra: &[Extra],
     w: &mut dyn Write,
-    level: u32,
+    framing: Framing,
     progress: &(dyn Fn(&Entry, u64) + Sync),
 ) -> anyhow::Result<Stats> {
     use std::sync::mpsc::{sync_channel, Receiver};
@@ -533,6 +625,10 @@ pub fn stream_tar_gz(
     // Four cores compress ~500 MB/s, more than a LAN carries; more workers only cost memory.
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
     let in_flight = workers + 2;
+    let level = match framing {
+        Framing::Gzip(level) => level,
+        Framing::Tar => 0,
+    };
     let shared_level = Arc::new(std::sync::atomic::AtomicU32::new(level));
     let mut probe = Probe { level: Arc::clone(&shared_level), max: level, seen: [(0, 0.0, 0); 2], decided: false };
     let (block_tx, block_rx) = sync_channel::<Block>(workers);
@@ -578,11 +674,16 @@ pub fn stream_tar_gz(
             scope.spawn(move || loop {
                 let next = rx.lock().map_err(|_| ()).and_then(|r| r.recv().map_err(|_| ()));
                 let Ok(block) = next else { break };
-                // Stored output is the input plus 5 bytes per 64 KiB: sized so it never doubles.
-                let cap = if block.level == 0 { block.data.len() + block.data.len() / 8192 + 64 } else { block.data.len() / 2 + 64 };
-                let mut gz = flate2::write::GzEncoder::new(Vec::with_capacity(cap), flate2::Compression::new(block.level));
-                let out = gz.write_all(&block.data).and_then(|()| gz.finish());
-                if tx.send((block.seq, out, block.level, block.adaptive, block.data.len())).is_err() {
+                let raw = block.data.len();
+                let out = if framing == Framing::Tar {
+                    Ok(block.data)
+                } else {
+                    // Stored output is the input plus 5 bytes per 64 KiB: sized so it never doubles.
+                    let cap = if block.level == 0 { raw + raw / 8192 + 64 } else { raw / 2 + 64 };
+                    let mut gz = flate2::write::GzEncoder::new(Vec::with_capacity(cap), flate2::Compression::new(block.level));
+                    gz.write_all(&block.data).and_then(|()| gz.finish())
+                };
+                if tx.send((block.seq, out, block.level, block.adaptive, raw)).is_err() {
                     break;
                 }
             });
@@ -601,8 +702,11 @@ pub fn stream_tar_gz(
                     break;
                 }
                 let now = std::time::Instant::now();
-                if adaptive {
-                    probe.observe(lvl, raw, (now - last).as_secs_f64());
+                let secs = (now - last).as_secs_f64();
+                if framing == Framing::Tar {
+                    probe.measure(0, raw, secs);
+                } else if adaptive {
+                    probe.observe(lvl, raw, secs);
                 }
                 last = now;
                 next += 1;
@@ -623,7 +727,12 @@ pub fn stream_tar_gz(
             (None, Ok(stats)) => {
                 w.flush()?;
                 let level = probe.decided.then(|| probe.level.load(std::sync::atomic::Ordering::Relaxed));
-                Ok(Stats { level, ..stats })
+                let rates = match framing {
+                    Framing::Tar => Rates { plain: probe.rate(0), gzip: None },
+                    Framing::Gzip(_) if probe.decided => Rates { plain: probe.rate(0), gzip: probe.rate(1) },
+                    Framing::Gzip(_) => Rates::default(),
+                };
+                Ok(Stats { level, rates, ..stats })
             }
         }
     })
@@ -693,7 +802,7 @@ mod tests {
         std::fs::write(src.join("mod.ts"), &text).unwrap();
         let entries = collect(&src, &[], &[]).unwrap();
         let mut tgz = Vec::new();
-        let stats = stream_tar_gz(&src, &entries, &[], &mut tgz, 1, &|_, _| {}).unwrap();
+        let stats = stream_tar(&src, &entries, &[], &mut tgz, Framing::Gzip(1), &|_, _| {}).unwrap();
         assert_eq!(stats.bytes, (noise.len() + text.len()) as u64);
         // Stored blocks cost ~5 bytes per 64 KiB; the text still shrinks to well under half.
         assert!(tgz.len() > noise.len() && tgz.len() < noise.len() + text.len() / 2 + 4096, "{} bytes", tgz.len());
@@ -728,6 +837,60 @@ mod tests {
         assert_eq!(run(0.016), 1);
         // Within 10%: compression (fewer bytes on a shared link).
         assert_eq!(run(0.0095), 1);
+    }
+
+    #[test]
+    fn the_link_memo_sends_bare_tar_only_while_storing_won_recently() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("link");
+        let memo = || LinkMemo::at(Some(file.clone()), 1);
+        let measured = |level, plain, gzip| Stats { level: Some(level), rates: Rates { plain, gzip }, ..Stats::default() };
+        assert_eq!(memo().framing, Framing::Gzip(1), "nothing measured yet: probe");
+        // The probe stored: bare tar from now on.
+        memo().record(&measured(0, Some(90e6), Some(40e6)));
+        assert_eq!(memo().framing, Framing::Tar);
+        // A bare upload about as fast as storing was keeps the verdict; an unmeasured one too.
+        memo().record(&measured(0, Some(80e6), None));
+        memo().record(&Stats::default());
+        assert_eq!(memo().framing, Framing::Tar);
+        // Slower than compression was: forget it, probe again.
+        memo().record(&measured(0, Some(30e6), None));
+        assert_eq!(memo().framing, Framing::Gzip(1));
+        assert!(!file.exists());
+        // The probe kept compressing: keep probing.
+        memo().record(&measured(1, Some(10e6), Some(40e6)));
+        assert_eq!(memo().framing, Framing::Gzip(1));
+        // A verdict a day old, or from the future (the clock was set back), is measured again.
+        let now = unix_now();
+        for at in [now - LINK_MAX_AGE_S, now + 3600] {
+            std::fs::write(&file, format!("{LINK_MAGIC} store 90000000 40000000 {at}\n")).unwrap();
+            assert_eq!(memo().framing, Framing::Gzip(1), "at {at}, now {now}");
+        }
+        std::fs::write(&file, format!("{LINK_MAGIC} store 90000000 40000000 {}\n", now - 60)).unwrap();
+        assert_eq!(memo().framing, Framing::Tar);
+        std::fs::write(&file, "bst-link-0 store 1 1 1\n").unwrap();
+        assert_eq!(memo().framing, Framing::Gzip(1), "an unknown format is ignored");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn bare_tar_round_trips_and_is_measured() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        let text: String = (0..400_000).map(|i| format!("export const v{i} = {i};\n")).collect();
+        std::fs::write(src.join("mod.ts"), &text).unwrap();
+        let entries = collect(&src, &[], &[]).unwrap();
+        let mut raw = Vec::new();
+        let stats = stream_tar(&src, &entries, &[], &mut raw, Framing::Tar, &|_, _| {}).unwrap();
+        assert!(raw.len() > text.len() && raw.len() < text.len() + 4096, "bare tar is the content plus headers: {} bytes", raw.len());
+        assert!(stats.rates.plain.is_some_and(|r| r > 0.0) && stats.rates.gzip.is_none(), "{:?}", stats.rates);
+        std::fs::create_dir(d.path().join("out")).unwrap();
+        let mut child =
+            Command::new("tar").args(["-xf", "-", "-C"]).arg(d.path().join("out")).stdin(std::process::Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(&raw).unwrap();
+        assert!(child.wait().unwrap().success());
+        assert_eq!(std::fs::read_to_string(d.path().join("out/mod.ts")).unwrap(), text);
     }
 
     #[test]

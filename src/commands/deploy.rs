@@ -38,6 +38,8 @@ struct Summary<'a> {
     /// Only changed files were sent (the server kept a pristine copy of the last snapshot).
     delta: bool,
     files_sent: u64,
+    /// How the snapshot travelled: `tar.gz` or `tar`.
+    stream: &'static str,
 }
 
 /// Wall time per phase, for the summary and `--json` (benchmarks read it).
@@ -105,6 +107,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
         }
     }
     let manifests = delta::ManifestCache::for_target(&format!("{}:{}", target.host_label(), target.base));
+    let link = snapshot::LinkMemo::for_host(&target.host_label(), GZIP_LEVEL);
     // Refused here, before anything touches the server; later listing errors still leave it
     // unchanged (the lock is released), but may have created an empty base on a first deploy.
     snapshot::check_source(&target.source, &target.exclude)?;
@@ -223,7 +226,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
                     return Ok(());
                 }
             };
-            let (script, send, extra) = upload_parts(target, &pr, &l.entries, &l.local);
+            let (script, send, extra) = upload_parts(target, &pr, &l.entries, &l.local, link.framing);
             let mut continuation = format!("{}{script}{}", pr.prologue, pr.tail);
             if !continuation.ends_with('\n') {
                 continuation.push('\n');
@@ -234,7 +237,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
             i.write_all(continuation.as_bytes())?;
             i.write_all(b"BST-GO\n")?;
             bar = progress_bar(p, target, &send);
-            stats = send_snapshot(target, &send, &extra, i.as_write(), bar.as_ref(), combined.then_some(&mut guard))?;
+            stats = send_snapshot(target, &link, &send, &extra, i.as_write(), bar.as_ref(), combined.then_some(&mut guard))?;
             Ok(())
         });
         drop(guard);
@@ -271,8 +274,22 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
     let generation = prep.generation.clone();
     saving.push(Background::spawn(move || manifests.save(&generation, &encoded)));
     let mut phases = Phases { snapshot_ms, ..Phases::default() };
-    match after_upload(&mut *t, target, p, &held, &mut prep, &entries, &local, first, build, combined, started, upload_started, &mut phases)
-    {
+    match after_upload(
+        &mut *t,
+        target,
+        p,
+        &link,
+        &held,
+        &mut prep,
+        &entries,
+        &local,
+        first,
+        build,
+        combined,
+        started,
+        upload_started,
+        &mut phases,
+    ) {
         Ok((pruned, warnings, delta_used)) => {
             let id = prep.meta.id.clone();
             if let Err(e) = crate::interrupt::check() {
@@ -322,6 +339,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
                 phases_ms: phases,
                 delta: delta_used.is_some(),
                 files_sent: delta_used.map_or(meta.files, |(sent, _)| sent as u64),
+                stream: if link.framing == snapshot::Framing::Tar { "tar" } else { "tar.gz" },
             });
             Ok(())
         }
@@ -552,6 +570,7 @@ fn after_upload(
     t: &mut dyn Transport,
     target: &Target,
     p: &Printer,
+    link: &snapshot::LinkMemo,
     held: &Held,
     prep: &mut Prepared,
     entries: &[snapshot::Entry],
@@ -569,10 +588,10 @@ fn after_upload(
         Some((out, _)) if prep.plan.is_some() && out.status == crate::remote::DELTA_STALE => {
             p.warn("the server's pristine copy changed under us; sending the full snapshot");
             prep.plan = None;
-            upload_once(t, target, p, prep, entries, local, combined)?
+            upload_once(t, target, p, link, prep, entries, local, combined)?
         }
         Some(u) => u,
-        None => upload_once(t, target, p, prep, entries, local, combined)?,
+        None => upload_once(t, target, p, link, prep, entries, local, combined)?,
     };
     let delta_used = prep.plan.as_ref().map(|(_, pl)| (pl.send.len(), pl.remove.len()));
     let text = out.stdout_str();
@@ -605,8 +624,13 @@ fn after_upload(
         _ => 0,
     };
     phases.upload_ms = ms(upload_started).saturating_sub(phases.switch_ms);
-    if let (Some(level), true) = (stats.level, p.verbose > 0) {
-        eprintln!("compression: {} (measured against the other)", if level == 0 { "stored" } else { "gzip level 1" });
+    if p.verbose > 0 {
+        match (link.framing, stats.level) {
+            (snapshot::Framing::Tar, _) => eprintln!("compression: none, bare tar (storing beat gzip on this link when last measured)"),
+            (_, Some(0)) => eprintln!("compression: stored (measured against gzip level {GZIP_LEVEL}; later uploads send bare tar)"),
+            (_, Some(level)) => eprintln!("compression: gzip level {level} (measured against storing)"),
+            (_, None) => {}
+        }
     }
     let local_files = prep.meta.files;
     p.status(match delta_used {
@@ -758,6 +782,7 @@ fn upload_parts<'a>(
     prep: &Prepared,
     entries: &'a [snapshot::Entry],
     local: &[delta::Record],
+    framing: snapshot::Framing,
 ) -> (String, std::borrow::Cow<'a, [snapshot::Entry]>, Vec<snapshot::Extra>) {
     // Encoded here, into the stream's own buffer: at 50,000 files a manifest is 5 MB, and a
     // second copy of it pushed peak memory over budget.
@@ -766,7 +791,7 @@ fn upload_parts<'a>(
     let complete = (delta::COMPLETE_MARKER.to_string(), Vec::new());
     match &prep.plan {
         None => (
-            crate::remote::upload(&target.base, id, &target.shared_files, &target.shared_dirs, &prep.meta_json),
+            crate::remote::upload(&target.base, id, &target.shared_files, &target.shared_dirs, &prep.meta_json, framing),
             std::borrow::Cow::Borrowed(entries),
             vec![file("manifest", delta::encode(local)), complete],
         ),
@@ -784,6 +809,7 @@ fn upload_parts<'a>(
                     &target.shared_files,
                     &target.shared_dirs,
                     &prep.meta_json,
+                    framing,
                 ),
                 std::borrow::Cow::Owned(pl.send.iter().filter_map(|p| find(entries, p, |e| &e.path)).cloned().collect()),
                 vec![manifest, file("removed", delta::encode_paths(&pl.remove)), complete],
@@ -792,11 +818,12 @@ fn upload_parts<'a>(
     }
 }
 
-/// Streams the upload with the bar ticking. With `critical`, Ctrl-C is held back from the
-/// moment the last byte is out: the script is then completing the deploy, and must not be
-/// reported failed.
+/// Streams the upload with the bar ticking, and keeps what it measured of the link. With
+/// `critical`, Ctrl-C is held back from the moment the last byte is out: the script is then
+/// completing the deploy, and must not be reported failed.
 fn send_snapshot(
     target: &Target,
+    link: &snapshot::LinkMemo,
     send: &[snapshot::Entry],
     extra: &[snapshot::Extra],
     w: &mut dyn std::io::Write,
@@ -808,8 +835,9 @@ fn send_snapshot(
             b.inc(n);
         }
     };
-    let stats = snapshot::stream_tar_gz(&target.source, send, extra, w, GZIP_LEVEL, &tick)?;
+    let stats = snapshot::stream_tar(&target.source, send, extra, w, link.framing, &tick)?;
     w.flush()?;
+    link.record(&stats);
     if let Some(guard) = critical {
         *guard = Some(crate::interrupt::Critical::enter());
     }
@@ -818,22 +846,24 @@ fn send_snapshot(
 
 /// An upload in a remote command of its own (the retry after a stale pristine copy), followed
 /// by `tail` in the same script (`critical` when `tail` switches).
+#[allow(clippy::too_many_arguments)]
 fn upload_once(
     t: &mut dyn Transport,
     target: &Target,
     p: &Printer,
+    link: &snapshot::LinkMemo,
     prep: &Prepared,
     entries: &[snapshot::Entry],
     local: &[delta::Record],
     critical: bool,
 ) -> anyhow::Result<Uploaded> {
     let mut stats = snapshot::Stats::default();
-    let (script, send, extra) = upload_parts(target, prep, entries, local);
+    let (script, send, extra) = upload_parts(target, prep, entries, local, link.framing);
     let script = format!("{}{script}{}", prep.prologue, prep.tail);
     let bar = progress_bar(p, target, &send);
     let mut guard = None;
     let out = t.run_with_input(&script, &mut |w| {
-        stats = send_snapshot(target, &send, &extra, w, bar.as_ref(), critical.then_some(&mut guard))?;
+        stats = send_snapshot(target, link, &send, &extra, w, bar.as_ref(), critical.then_some(&mut guard))?;
         Ok(())
     })?;
     drop(guard);

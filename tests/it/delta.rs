@@ -138,7 +138,7 @@ fn the_spare_copy_becomes_the_next_release_and_is_replaced() {
     let generation_of = |f: &str| std::fs::read_to_string(cache.join(f)).unwrap().split(' ').next().unwrap().to_string();
     assert_eq!(generation_of("spare.generation"), first);
     assert_eq!(tree(&cache.join("spare"), false), tree(&cache.join("pristine"), false));
-    assert!(!cache.join("snapshot.tgz").exists(), "the tee'd archive outlived the cache job");
+    assert!(!cache.join("snapshot.tgz").exists() && !cache.join("snapshot.tar").exists(), "the tee'd archive outlived the cache job");
     // Mark the spare so we can see it become the release.
     let spare_ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(cache.join("spare")).unwrap());
     ws.write("lib/f03.ts", "export const f = 'changed';\n");
@@ -224,9 +224,11 @@ fn new_mtimes_and_another_clone_send_only_real_changes() {
 }
 
 /// The level is picked by measurement: over a slow link compression moves the snapshot
-/// faster than storing, so the upload keeps compressing (and says so at -v).
+/// faster than storing, so the upload keeps compressing (and says so at -v). Where storing
+/// won, the client remembers it per host and sends bare tar (no `gzip -d` on the server);
+/// a bare upload slower than compression was makes it measure again.
 #[test]
-fn a_slow_link_keeps_compression() {
+fn the_link_picks_compression_bare_tar_or_a_new_measurement() {
     let sshd = Sshd::start();
     let ws = Workspace::new();
     // 24 MiB of source-like text (compresses ~4x): enough blocks for both probe phases.
@@ -248,11 +250,86 @@ fn a_slow_link_keeps_compression() {
         std::fs::read_to_string(&env.config).unwrap().replace(&format!("port = {}", sshd.port), &format!("port = {}", proxy.port)),
     )
     .unwrap();
+    let memos = || -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(env.dir.path().join("bst-cache"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("link-"))
+            .collect();
+        v.sort();
+        v
+    };
+    let full_upload_next = || {
+        env.wait_cache_job();
+        std::fs::remove_file(env.base.join(".bst-cache/generation")).unwrap();
+    };
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+
+    // The fast link: the first upload measures (whatever it finds), then a remembered "store"
+    // verdict makes full and delta uploads bare tar, and a fast bare upload keeps it.
+    let j = deploy_json(&env);
+    assert_eq!(j["stream"], "tar.gz");
+    let fast = memos();
+    assert_eq!(fast.len(), 1, "the probe's verdict is kept per host");
+    let verdict = std::fs::read_to_string(&fast[0]).unwrap();
+    assert!(verdict.starts_with("bst-link-1 store ") || verdict.starts_with("bst-link-1 gzip "), "{verdict}");
+    std::fs::write(&fast[0], format!("bst-link-1 store 1000000000 1 {}\n", now())).unwrap();
+    full_upload_next();
+    let run = env.bst(&["deploy", "t", "--json", "-v"]).ok();
+    assert!(run.stderr.contains("compression: none, bare tar"), "{}", run.stderr);
+    let j = run.json();
+    assert_eq!((j["stream"].as_str(), j["delta"].as_bool()), (Some("tar"), Some(false)));
+    assert!(j["bytes_sent"].as_u64().unwrap() > j["bytes"].as_u64().unwrap(), "bare tar is not compressed: {j}");
+    assert_eq!(tree(&env.base.join("current"), false), shipped(&ws));
+    assert!(std::fs::read_to_string(&fast[0]).unwrap().starts_with("bst-link-1 store "), "a fast bare upload keeps the verdict");
+    // The cache job unpacked the bare archive as the pristine copy: the next deploy is a delta.
+    env.wait_cache_job();
+    assert!(!env.base.join(".bst-cache/snapshot.tar").exists(), "the tee'd archive outlived the cache job");
+    ws.write("gen/chunk03.ts", "export const changed = true;\n");
+    let j = deploy_json(&env);
+    assert_eq!((j["stream"].as_str(), j["delta"].as_bool(), j["files_sent"].as_u64()), (Some("tar"), Some(true), Some(1)));
+    assert_eq!(tree(&env.base.join("current"), false), shipped(&ws));
+
+    // The slow link (another host as far as the client knows): compression wins the probe.
+    full_upload_next();
     let run = bst_with(&slow, &["deploy", "t", "--json", "-v"], &[]).ok();
     assert!(run.stderr.contains("compression: gzip level 1"), "{}", run.stderr);
     let j = run.json();
     let (sent, raw) = (j["bytes_sent"].as_u64().unwrap(), j["bytes"].as_u64().unwrap());
     assert!(sent < raw / 2, "sent {sent} of {raw} bytes");
+    assert_eq!(tree(&env.base.join("current"), false), shipped(&ws));
+    let slow_memo: Vec<_> = memos().into_iter().filter(|m| !fast.contains(m)).collect();
+    assert_eq!(slow_memo.len(), 1);
+    let verdict = std::fs::read_to_string(&slow_memo[0]).unwrap();
+    let f: Vec<&str> = verdict.split_whitespace().collect();
+    assert_eq!(f[1], "gzip", "{verdict}");
+    // Pretend storing had won here (the laptop was on the LAN then): the bare upload is
+    // slower than compression was, so the verdict is dropped and the next upload probes.
+    std::fs::write(&slow_memo[0], format!("bst-link-1 store 1000000000 {} {}\n", f[3], now())).unwrap();
+    full_upload_next();
+    let j = bst_with(&slow, &["deploy", "t", "--json"], &[]).ok().json();
+    assert_eq!(j["stream"], "tar");
+    assert_eq!(tree(&env.base.join("current"), false), shipped(&ws));
+    assert!(!slow_memo[0].exists(), "a bare upload slower than compression must forget the verdict");
+    full_upload_next();
+    let j = bst_with(&slow, &["deploy", "t", "--json"], &[]).ok().json();
+    assert_eq!(j["stream"], "tar.gz");
+}
+
+/// The local transport (`host = "local"`, the demo) takes bare tar the same way, and its
+/// cache job unpacks the bare archive for the next delta.
+#[test]
+fn the_local_transport_sends_bare_tar_too() {
+    let ws = Workspace::new();
+    let env = Env::new(None, &ws, "");
+    env.remember_bare_tar_for("local", true);
+    let j = deploy_json(&env);
+    assert_eq!((j["stream"].as_str(), j["delta"].as_bool()), (Some("tar"), Some(false)));
+    assert_eq!(tree(&env.base.join("current"), false), shipped(&ws));
+    env.wait_cache_job();
+    ws.write("package.json", "{\"name\":\"ws\",\"v\":3}\n");
+    let j = deploy_json(&env);
+    assert_eq!((j["stream"].as_str(), j["delta"].as_bool(), j["files_sent"].as_u64()), (Some("tar"), Some(true), Some(1)));
     assert_eq!(tree(&env.base.join("current"), false), shipped(&ws));
 }
 

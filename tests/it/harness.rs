@@ -252,6 +252,27 @@ impl Env {
         }
     }
 
+    /// Makes this client remember that storing beat compression on the link to the sshd on
+    /// `port` (`bare`), or forget it: uploads there then travel as bare tar or as gzip. The
+    /// file is what `snapshot::LinkMemo` keeps (`tests/it/delta.rs` checks it black-box).
+    pub fn remember_bare_tar(&self, port: u16, bare: bool) {
+        self.remember_bare_tar_for(&format!("{}@127.0.0.1:{port}", whoami()), bare);
+    }
+
+    /// [`remember_bare_tar`](Self::remember_bare_tar) for a host label (`local`).
+    pub fn remember_bare_tar_for(&self, label: &str, bare: bool) {
+        use sha2::Digest;
+        let hash: String = sha2::Sha256::digest(label.as_bytes()).iter().take(16).map(|b| format!("{b:02x}")).collect();
+        let file = self.dir.path().join("bst-cache").join(format!("link-{hash}"));
+        if bare {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(&file, format!("bst-link-1 store 1000000000 1 {now}\n")).unwrap();
+        } else {
+            let _ = std::fs::remove_file(&file);
+        }
+    }
+
     /// Waits until the server-side cache job of the last deploy has ended (it runs after bst
     /// returns), for tests that inspect or tamper with `.bst-cache`.
     pub fn wait_cache_job(&self) {
