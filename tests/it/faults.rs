@@ -82,6 +82,9 @@ fn kill_9_at_random_moments_never_breaks_current() {
     };
     for trial in 0..20 {
         let build = trial % 2 == 0;
+        // Both framings of the upload stream, with and without a build.
+        let bare = (trial / 2) % 2 == 1;
+        env.remember_bare_tar(sshd.port, bare);
         let delay = rnd() % span;
         let mut args = vec!["deploy", "t", "-q"];
         if build {
@@ -91,7 +94,7 @@ fn kill_9_at_random_moments_never_breaks_current() {
         std::thread::sleep(Duration::from_millis(delay));
         let _ = child.kill();
         let _ = child.wait();
-        let context = format!("trial {trial} (kill -9 after {delay} ms of ~{span}, build={build})");
+        let context = format!("trial {trial} (kill -9 after {delay} ms of ~{span}, build={build}, bare tar={bare})");
         assert_invariant(&env, &ws, &context);
         // The next deploy works: a stale lock of the dead process is broken, leftovers cleaned.
         env.bst(&["deploy", "t", "-q"]).ok();
@@ -102,8 +105,25 @@ fn kill_9_at_random_moments_never_breaks_current() {
     assert!(j["releases"].as_array().unwrap().len() <= 3 + 1, "prune keeps working after the trials");
 }
 
+/// What the upload script extracts with, as `-vv` shows it: the stream's framing.
+fn assert_framing(stderr: &str, bare: bool) {
+    // Into the staging dir of a full upload ($I) or of a delta ($D).
+    let extracts = |flags: &str| ["$I", "$D"].iter().any(|d| stderr.contains(&format!("tar {flags} - -C \"{d}\"")));
+    let (want, not) = if bare { ("-xf", "-xzf") } else { ("-xzf", "-xf") };
+    assert!(extracts(want) && !extracts(not), "expected `tar {want} -` in the upload script: {stderr}");
+}
+
 #[test]
 fn connection_cut_mid_upload_is_a_clear_error_and_cleaned_next_time() {
+    connection_cut_mid_upload(false);
+}
+
+#[test]
+fn connection_cut_mid_bare_tar_upload_is_a_clear_error_and_cleaned_next_time() {
+    connection_cut_mid_upload(true);
+}
+
+fn connection_cut_mid_upload(bare: bool) {
     let sshd = Sshd::start();
     let ws = Workspace::new();
     let env = Env::new(Some(&sshd), &ws, "");
@@ -120,14 +140,18 @@ fn connection_cut_mid_upload_is_a_clear_error_and_cleaned_next_time() {
         std::fs::read_to_string(&env.config).unwrap().replace(&format!("port = {}", sshd.port), &format!("port = {}", proxy.port));
     let cut_cfg = env.dir.path().join("cut.toml");
     std::fs::write(&cut_cfg, via_proxy).unwrap();
-    let run = bst_with(&cut_cfg, &["deploy", "t"], &[]);
+    env.remember_bare_tar(proxy.port, bare);
+    env.remember_bare_tar(sshd.port, bare);
+    let run = bst_with(&cut_cfg, &["deploy", "t", "-vv"], &[]);
     assert_ne!(run.code, 0);
+    assert_framing(&run.stderr, bare);
     assert!(run.stderr.contains("connection") || run.stderr.contains("upload failed"), "unclear error: {}", run.stderr);
     assert!(run.stderr.contains(&format!("current still points at releases/{good}")), "{}", run.stderr);
     assert_eq!(env.current_id(), good);
     std::thread::sleep(Duration::from_millis(300));
     // The next deploy breaks the dead run's lock, removes the partial upload and works.
-    env.bst(&["deploy", "t"]).ok();
+    let j = env.bst(&["deploy", "t", "--json"]).ok().json();
+    assert_eq!(j["stream"], if bare { "tar" } else { "tar.gz" });
     assert!(!env.base.join(".bst-incoming").exists());
     assert_invariant(&env, &ws, "after the cut");
     assert_eq!(env.release_ids().len(), 2, "the cut upload never became a release");
@@ -135,6 +159,15 @@ fn connection_cut_mid_upload_is_a_clear_error_and_cleaned_next_time() {
 
 #[test]
 fn ctrl_c_mid_upload_removes_the_partial_release_and_the_lock() {
+    ctrl_c_mid_upload(false);
+}
+
+#[test]
+fn ctrl_c_mid_bare_tar_upload_removes_the_partial_release_and_the_lock() {
+    ctrl_c_mid_upload(true);
+}
+
+fn ctrl_c_mid_upload(bare: bool) {
     let sshd = Sshd::start();
     let ws = Workspace::new();
     let env = Env::new(Some(&sshd), &ws, "");
@@ -153,7 +186,8 @@ fn ctrl_c_mid_upload_removes_the_partial_release_and_the_lock() {
         std::fs::read_to_string(&env.config).unwrap().replace(&format!("port = {}", sshd.port), &format!("port = {}", proxy.port)),
     )
     .unwrap();
-    let mut child = bst_cmd(&slow_cfg, &["deploy", "t", "-v"]).stderr(Stdio::piped()).spawn().unwrap();
+    env.remember_bare_tar(proxy.port, bare);
+    let mut child = bst_cmd(&slow_cfg, &["deploy", "t", "-vv"]).stderr(Stdio::piped()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !env.base.join(".bst-incoming").exists() {
         if Instant::now() > deadline {
@@ -176,6 +210,7 @@ fn ctrl_c_mid_upload_removes_the_partial_release_and_the_lock() {
     let t = Instant::now();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_framing(&String::from_utf8_lossy(&out.stderr), bare);
     assert!(t.elapsed() < Duration::from_secs(8), "Ctrl-C took {:?}", t.elapsed());
     assert_eq!(env.current_id(), good);
     assert!(!env.base.join(".bst-lock").exists(), "lock not released");
@@ -189,6 +224,15 @@ fn ctrl_c_mid_upload_removes_the_partial_release_and_the_lock() {
 
 #[test]
 fn full_disk_is_a_clear_error_and_the_next_deploy_works() {
+    full_disk(false);
+}
+
+#[test]
+fn full_disk_during_a_bare_tar_upload_is_a_clear_error_and_the_next_deploy_works() {
+    full_disk(true);
+}
+
+fn full_disk(bare: bool) {
     assert!(unsafe { libc::geteuid() } == 0, "mounting a small tmpfs needs root (CI runs as root)");
     let sshd = Sshd::start();
     let ws = Workspace::new();
@@ -205,7 +249,13 @@ fn full_disk_is_a_clear_error_and_the_next_deploy_works() {
     env.bst(&["deploy", "t", "-q"]).ok();
     let good = env.current_id();
     std::fs::write(ws.path().join("huge.bin"), noise(5 << 20, 3)).unwrap();
-    env.bst(&["deploy", "t"]).code(1).stderr_has("No space left on device").stderr_has(&format!("current still points at releases/{good}"));
+    env.remember_bare_tar(sshd.port, bare);
+    let run = env
+        .bst(&["deploy", "t", "-vv"])
+        .code(1)
+        .stderr_has("No space left on device")
+        .stderr_has(&format!("current still points at releases/{good}"));
+    assert_framing(&run.stderr, bare);
     assert_eq!(env.current_id(), good);
     assert!(!env.base.join(".bst-incoming").exists(), "the partial release must be removed");
     assert!(!env.base.join(".bst-lock").exists());
