@@ -107,6 +107,11 @@ impl LinkMemo {
         }
     }
 
+    /// Whether verdicts are kept at all (there is a cache directory).
+    pub fn kept(&self) -> bool {
+        self.file.is_some()
+    }
+
     /// Learns from a finished upload: the probe's verdict, or a bare upload slower than
     /// compression was (forget the verdict: the next upload probes again).
     pub fn record(&self, stats: &Stats) {

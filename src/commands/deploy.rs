@@ -627,7 +627,10 @@ fn after_upload(
     if p.verbose > 0 {
         match (link.framing, stats.level) {
             (snapshot::Framing::Tar, _) => eprintln!("compression: none, bare tar (storing beat gzip on this link when last measured)"),
-            (_, Some(0)) => eprintln!("compression: stored (measured against gzip level {GZIP_LEVEL}; later uploads send bare tar)"),
+            (_, Some(0)) => eprintln!(
+                "compression: stored (measured against gzip level {GZIP_LEVEL}){}",
+                if link.kept() { "; later uploads to this host send bare tar" } else { "" }
+            ),
             (_, Some(level)) => eprintln!("compression: gzip level {level} (measured against storing)"),
             (_, None) => {}
         }

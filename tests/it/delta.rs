@@ -267,12 +267,18 @@ fn the_link_picks_compression_bare_tar_or_a_new_measurement() {
 
     // The fast link: the first upload measures (whatever it finds), then a remembered "store"
     // verdict makes full and delta uploads bare tar, and a fast bare upload keeps it.
-    let j = deploy_json(&env);
-    assert_eq!(j["stream"], "tar.gz");
+    let run = env.bst(&["deploy", "t", "--json", "-v"]).ok();
+    assert_eq!(run.json()["stream"], "tar.gz");
     let fast = memos();
     assert_eq!(fast.len(), 1, "the probe's verdict is kept per host");
     let verdict = std::fs::read_to_string(&fast[0]).unwrap();
-    assert!(verdict.starts_with("bst-link-1 store ") || verdict.starts_with("bst-link-1 gzip "), "{verdict}");
+    let said = if verdict.starts_with("bst-link-1 store ") {
+        "compression: stored (measured against gzip level 1); later uploads to this host send bare tar"
+    } else {
+        assert!(verdict.starts_with("bst-link-1 gzip "), "{verdict}");
+        "compression: gzip level 1 (measured against storing)"
+    };
+    assert!(run.stderr.contains(said), "-v should say `{said}` for {verdict}: {}", run.stderr);
     std::fs::write(&fast[0], format!("bst-link-1 store 1000000000 1 {}\n", now())).unwrap();
     full_upload_next();
     let run = env.bst(&["deploy", "t", "--json", "-v"]).ok();
