@@ -781,12 +781,12 @@ mod tests {
                 let out = c.wait_with_output().unwrap();
                 (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
             };
-            let manifest = (format!("{}/manifest", crate::delta::UPLOAD_DIR), b"m".to_vec());
+            let manifest = (format!("{}/manifest", crate::delta::UPLOAD_DIR), std::sync::Arc::new(b"m".to_vec()));
             let (ok, err) = run(std::slice::from_ref(&manifest));
             assert!(!ok && err.contains("ended early"), "{framing:?}: {err}");
             assert!(!base.join("releases/20260220T051228Z").exists());
             assert!(!base.join(INCOMING_DIR).exists());
-            let (ok, err) = run(&[manifest, (crate::delta::COMPLETE_MARKER.into(), Vec::new())]);
+            let (ok, err) = run(&[manifest, (crate::delta::COMPLETE_MARKER.into(), Default::default())]);
             assert!(ok, "{framing:?}: {err}");
             assert_eq!(std::fs::read_to_string(base.join("releases/20260220T051228Z/a.txt")).unwrap(), "a");
             assert!(!base.join("releases/20260220T051228Z/.bst-upload").exists());

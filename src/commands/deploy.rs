@@ -2,6 +2,7 @@
 //! Any failure leaves `current` where it was, marks the new release failed, removes the
 //! staging dir and releases the lock.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -126,7 +127,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
             crate::report::timing(trace, started, format_args!("listed {} files", entries.len()));
             let mut hashes = hashes.take().expect("taken once");
             let local = delta::local_manifest(&source, &entries, &mut hashes);
-            let encoded = std::sync::Arc::new(delta::encode(&local));
+            let encoded = Arc::new(delta::encode(&local));
             let ms = ms(started);
             crate::report::timing(trace, started, "hashed (cache hits and changed files)");
             // Written while the deploy goes on; `Listed` holds the writer until the end.
@@ -226,7 +227,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
                     return Ok(());
                 }
             };
-            let (script, send, extra) = upload_parts(target, &pr, &l.entries, &l.local, link.framing);
+            let (script, send, extra) = upload_parts(target, &pr, &l.entries, &l.encoded, link.framing);
             let mut continuation = format!("{}{script}{}", pr.prologue, pr.tail);
             if !continuation.ends_with('\n') {
                 continuation.push('\n');
@@ -269,10 +270,13 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
         }
     };
     let mut prep = prep;
-    let Listed { entries, local, encoded, ms: snapshot_ms, mut saving } = listed.expect("a prepared deploy has its listing");
+    let Listed { entries, encoded, ms: snapshot_ms, mut saving, .. } = listed.expect("a prepared deploy has its listing");
     // What the server's manifest will say (by content), for the next deploy from here.
     let generation = prep.generation.clone();
-    saving.push(Background::spawn(move || manifests.save(&generation, &encoded)));
+    saving.push({
+        let encoded = Arc::clone(&encoded);
+        Background::spawn(move || manifests.save(&generation, &encoded))
+    });
     let mut phases = Phases { snapshot_ms, ..Phases::default() };
     match after_upload(
         &mut *t,
@@ -282,7 +286,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
         &held,
         &mut prep,
         &entries,
-        &local,
+        &encoded,
         first,
         build,
         combined,
@@ -351,8 +355,8 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
 struct Listed {
     entries: Vec<snapshot::Entry>,
     local: Vec<delta::Record>,
-    /// `local`, encoded once for both caches.
-    encoded: std::sync::Arc<Vec<u8>>,
+    /// `local`, encoded once: both caches and the upload's manifest share it.
+    encoded: Arc<Vec<u8>>,
     /// How long listing and hashing took (the summary's snapshot phase).
     ms: u64,
     /// Cache files being written.
@@ -574,7 +578,7 @@ fn after_upload(
     held: &Held,
     prep: &mut Prepared,
     entries: &[snapshot::Entry],
-    local: &[delta::Record],
+    manifest: &Arc<Vec<u8>>,
     uploaded: Option<Uploaded>,
     build: bool,
     combined: bool,
@@ -588,10 +592,10 @@ fn after_upload(
         Some((out, _)) if prep.plan.is_some() && out.status == crate::remote::DELTA_STALE => {
             p.warn("the server's pristine copy changed under us; sending the full snapshot");
             prep.plan = None;
-            upload_once(t, target, p, link, prep, entries, local, combined)?
+            upload_once(t, target, p, link, prep, entries, manifest, combined)?
         }
         Some(u) => u,
-        None => upload_once(t, target, p, link, prep, entries, local, combined)?,
+        None => upload_once(t, target, p, link, prep, entries, manifest, combined)?,
     };
     let delta_used = prep.plan.as_ref().map(|(_, pl)| (pl.send.len(), pl.remove.len()));
     let text = out.stdout_str();
@@ -784,24 +788,22 @@ fn upload_parts<'a>(
     target: &Target,
     prep: &Prepared,
     entries: &'a [snapshot::Entry],
-    local: &[delta::Record],
+    manifest: &Arc<Vec<u8>>,
     framing: snapshot::Framing,
 ) -> (String, std::borrow::Cow<'a, [snapshot::Entry]>, Vec<snapshot::Extra>) {
-    // Encoded here, into the stream's own buffer: at 50,000 files a manifest is 5 MB, and a
-    // second copy of it pushed peak memory over budget.
     let id = &prep.meta.id;
-    let file = |name: &str, data: Vec<u8>| (format!("{}/{name}", delta::UPLOAD_DIR), data);
-    let complete = (delta::COMPLETE_MARKER.to_string(), Vec::new());
+    let file = |name: &str, data: Arc<Vec<u8>>| (format!("{}/{name}", delta::UPLOAD_DIR), data);
+    let complete = (delta::COMPLETE_MARKER.to_string(), Arc::default());
     match &prep.plan {
         None => (
             crate::remote::upload(&target.base, id, &target.shared_files, &target.shared_dirs, &prep.meta_json, framing),
             std::borrow::Cow::Borrowed(entries),
-            vec![file("manifest", delta::encode(local)), complete],
+            vec![file("manifest", Arc::clone(manifest)), complete],
         ),
         Some((generation, pl)) => {
             let manifest = match &prep.patch {
-                Some(patch) => file("manifest-patch", patch.clone()),
-                None => file("manifest", delta::encode(local)),
+                Some(patch) => file("manifest-patch", Arc::new(patch.clone())),
+                None => file("manifest", Arc::clone(manifest)),
             };
             (
                 crate::remote::upload_delta(
@@ -815,7 +817,7 @@ fn upload_parts<'a>(
                     framing,
                 ),
                 std::borrow::Cow::Owned(pl.send.iter().filter_map(|p| find(entries, p, |e| &e.path)).cloned().collect()),
-                vec![manifest, file("removed", delta::encode_paths(&pl.remove)), complete],
+                vec![manifest, file("removed", Arc::new(delta::encode_paths(&pl.remove))), complete],
             )
         }
     }
@@ -857,11 +859,11 @@ fn upload_once(
     link: &snapshot::LinkMemo,
     prep: &Prepared,
     entries: &[snapshot::Entry],
-    local: &[delta::Record],
+    manifest: &Arc<Vec<u8>>,
     critical: bool,
 ) -> anyhow::Result<Uploaded> {
     let mut stats = snapshot::Stats::default();
-    let (script, send, extra) = upload_parts(target, prep, entries, local, link.framing);
+    let (script, send, extra) = upload_parts(target, prep, entries, manifest, link.framing);
     let script = format!("{}{script}{}", prep.prologue, prep.tail);
     let bar = progress_bar(p, target, &send);
     let mut guard = None;
