@@ -187,7 +187,7 @@ cd "$C" 2>/dev/null || exit 0
 echo $$ > job.pid.tmp && mv -f job.pid.tmp job.pid
 trap 'rm -rf "$C/pristine.tmp" "$C/spare.tmp"' EXIT
 rm -rf "$C.old" pristine.tmp spare.tmp
-A=; if [ -f snapshot.tgz ]; then A=snapshot.tgz; z=z; elif [ -f snapshot.tar ]; then A=snapshot.tar; z=; fi
+A=; if [ -f {tgz} ]; then A={tgz}; z=z; elif [ -f {tar} ]; then A={tar}; z=; fi
 if [ -n "$A" ]; then
   if mkdir pristine.tmp && tar -x${{z}}f "$A" -C pristine.tmp --no-same-owner && rm -rf pristine.tmp/{UPLOAD} && rm -rf pristine && mv pristine.tmp pristine && mv upload/manifest manifest; then
     printf '%s\n' {generation} > generation
@@ -206,7 +206,9 @@ else
 fi
 "#,
         generation = quote(generation),
-        UPLOAD = crate::delta::UPLOAD_DIR
+        UPLOAD = crate::delta::UPLOAD_DIR,
+        tgz = untar(Framing::Gzip(1)).1,
+        tar = untar(Framing::Tar).1,
     );
     let q = quote(&job);
     format!(
