@@ -34,7 +34,11 @@ pub struct Record {
     /// `f` file, `x` executable, `l` symlink.
     pub kind: char,
     pub size: u64,
-    pub mtime_ns: u64,
+    /// [`crate::snapshot::Stat::stamp`]: the hash cache's proof that the file is untouched.
+    /// The server keeps it opaque.
+    pub stamp: u64,
+    /// When the file last changed (ns), for the racy-clean rule; not encoded (0 once decoded).
+    pub changed_ns: u64,
     /// Of the content, or of the link target.
     pub hash: Hash,
     pub path: String,
@@ -114,13 +118,11 @@ pub fn local_manifest(source: &Path, entries: &[Entry], cache: &mut HashCache) -
     let mut recs: Vec<Option<(Record, bool)>> = entries
         .iter()
         .map(|e| {
-            let (size, mtime_ns) = match e.stat {
+            let st = match e.stat {
                 Some(st) => st,
-                None => {
-                    let md = std::fs::symlink_metadata(source.join(&e.path)).ok()?;
-                    (md.len(), crate::snapshot::mtime_ns(&md)?)
-                }
+                None => crate::snapshot::stat_of(&std::fs::symlink_metadata(source.join(&e.path)).ok()?)?,
             };
+            let (size, stamp) = (st.size, st.stamp);
             let kind = kind_char(&e.kind);
             // Both sides are sorted by path: a merge, not 50,000 hash lookups.
             while cached.get(at).is_some_and(|c| c.path < e.path) {
@@ -128,10 +130,11 @@ pub fn local_manifest(source: &Path, entries: &[Entry], cache: &mut HashCache) -
             }
             let hit = cached
                 .get(at)
-                .filter(|c| c.path == e.path && c.size == size && c.mtime_ns == mtime_ns && (c.kind == 'l') == (kind == 'l'))
+                .filter(|c| c.path == e.path && c.size == size && c.stamp == stamp && (c.kind == 'l') == (kind == 'l'))
                 .map(|c| c.hash);
             hits += usize::from(hit.is_some());
-            Some((Record { kind, size, mtime_ns, hash: hit.unwrap_or_default(), path: e.path.clone() }, hit.is_some()))
+            let changed_ns = st.changed_ns;
+            Some((Record { kind, size, stamp, changed_ns, hash: hit.unwrap_or_default(), path: e.path.clone() }, hit.is_some()))
         })
         .collect();
     let misses: Vec<usize> = recs.iter().enumerate().filter(|(_, r)| r.as_ref().is_some_and(|(_, known)| !known)).map(|(i, _)| i).collect();
@@ -183,7 +186,7 @@ impl HashCache {
             return None;
         }
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let settled = |r: &&Record| now.saturating_sub(u128::from(r.mtime_ns)) >= 2_000_000_000;
+        let settled = |r: &&Record| now.saturating_sub(u128::from(r.changed_ns)) >= 2_000_000_000;
         if local.iter().all(|r| settled(&r)) {
             Some((file, encoded.clone()))
         } else {
@@ -288,14 +291,14 @@ fn encode_refs(records: &[&Record]) -> Vec<u8> {
     out.extend_from_slice(MAGIC);
     out.push(0);
     for r in records {
-        push_record(&mut out, r.kind, r.size, r.mtime_ns, &r.hash, &r.path);
+        push_record(&mut out, r.kind, r.size, r.stamp, &r.hash, &r.path);
     }
     out
 }
 
-fn push_record(out: &mut Vec<u8>, kind: char, size: u64, mtime_ns: u64, hash: &Hash, path: &str) {
+fn push_record(out: &mut Vec<u8>, kind: char, size: u64, stamp: u64, hash: &Hash, path: &str) {
     use std::io::Write;
-    let _ = write!(out, "{kind}\t{size}\t{mtime_ns}\t");
+    let _ = write!(out, "{kind}\t{size}\t{stamp}\t");
     push_hex(out, hash);
     out.push(b'\t');
     out.extend_from_slice(path.as_bytes());
@@ -307,7 +310,7 @@ fn push_record(out: &mut Vec<u8>, kind: char, size: u64, mtime_ns: u64, hash: &H
 pub fn encode_patch(changed: &[&Record], removed: &[String]) -> Vec<u8> {
     let mut out = Vec::with_capacity((changed.len() + removed.len()) * 100);
     for r in changed {
-        push_record(&mut out, r.kind, r.size, r.mtime_ns, &r.hash, &r.path);
+        push_record(&mut out, r.kind, r.size, r.stamp, &r.hash, &r.path);
     }
     for p in removed {
         push_record(&mut out, '-', 0, 0, &[0; 16], p);
@@ -323,10 +326,10 @@ fn parse_record(rec: &[u8]) -> Option<Record> {
     };
     let num = |s: &[u8]| std::str::from_utf8(s).ok()?.parse::<u64>().ok();
     let size = num(f.next()?)?;
-    let mtime_ns = num(f.next()?)?;
+    let stamp = num(f.next()?)?;
     let hash = parse_hex(f.next()?)?;
     let path = std::str::from_utf8(f.next()?).ok()?;
-    (!path.is_empty()).then(|| Record { kind, size, mtime_ns, hash, path: path.to_string() })
+    (!path.is_empty()).then(|| Record { kind, size, stamp, changed_ns: 0, hash, path: path.to_string() })
 }
 
 /// A manifest, sorted by path, with any appended patches replayed: a later record for a path
@@ -420,7 +423,7 @@ mod tests {
 
     /// `t` stands in for the content: same `t`, same hash.
     fn r(kind: char, size: u64, t: u64, p: &str) -> Record {
-        Record { kind, size, mtime_ns: t * 7, hash: u128::from(t).to_be_bytes(), path: p.into() }
+        Record { kind, size, stamp: t * 7, changed_ns: 0, hash: u128::from(t).to_be_bytes(), path: p.into() }
     }
 
     #[test]
@@ -455,7 +458,7 @@ mod tests {
         assert_eq!(plan(&local[..2], &[]).send, vec!["edited", "same"]);
         // A new mtime on the same content (a CI checkout, another laptop) sends nothing.
         let mut touched = remote[0].clone();
-        touched.mtime_ns += 1_000_000_000;
+        touched.stamp += 1;
         assert!(plan(&[touched], &remote[..1]).send.is_empty());
     }
 
@@ -467,12 +470,14 @@ mod tests {
         std::fs::create_dir(&src).unwrap();
         std::fs::write(src.join("a"), "one").unwrap();
         std::fs::write(src.join("b"), "two").unwrap();
-        std::os::unix::fs::symlink("a", src.join("l")).unwrap();
-        // Old enough to be cached (see `save`).
+        // Old enough to be cached (see `pending`): neither mtime nor ctime within 2 s of the
+        // cache write. Only the clock can age a ctime.
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
         for f in ["a", "b"] {
-            let t = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
-            std::fs::File::options().write(true).open(src.join(f)).unwrap().set_modified(t).unwrap();
+            std::fs::File::options().write(true).open(src.join(f)).unwrap().set_modified(old).unwrap();
         }
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        std::os::unix::fs::symlink("a", src.join("l")).unwrap();
         let entries = vec![
             Entry { path: "a".into(), kind: Kind::File { exec: false }, stat: None },
             Entry { path: "b".into(), kind: Kind::File { exec: false }, stat: None },
@@ -508,5 +513,50 @@ mod tests {
         std::fs::write(src.join("b"), "two").unwrap();
         let mut c = open();
         assert_eq!(local_manifest(&src, &entries, &mut c)[1].hash, m1[1].hash);
+    }
+
+    /// `touch -d`, `cp -p`, `rsync -a` and `tar -x` put the old mtime back on new content of
+    /// the same size: the ctime still moves, and a file renamed over it has another inode.
+    #[cfg(unix)]
+    #[test]
+    fn new_content_under_a_restored_mtime_is_hashed_again() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        let set_old = |f: &str| std::fs::File::options().write(true).open(src.join(f)).unwrap().set_modified(old).unwrap();
+        std::fs::write(src.join("a"), "one").unwrap();
+        std::fs::write(src.join("b"), "bee").unwrap();
+        set_old("a");
+        set_old("b");
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        let entries = vec![
+            Entry { path: "a".into(), kind: Kind::File { exec: false }, stat: None },
+            Entry { path: "b".into(), kind: Kind::File { exec: false }, stat: None },
+        ];
+        let file = d.path().join("cache");
+        let open = || HashCache {
+            file: Some(file.clone()),
+            recs: decode(&std::fs::read(&file).unwrap_or_default()).unwrap_or_default(),
+            changed: true,
+        };
+        let mut c = open();
+        let m1 = local_manifest(&src, &entries, &mut c);
+        c.save(&m1);
+        assert_eq!(open().recs.len(), 2, "both files were settled and cached");
+        // In place, same size, mtime restored.
+        std::fs::write(src.join("a"), "two").unwrap();
+        set_old("a");
+        // Renamed over, same size, mtime restored (what `cp -p` + `mv` or rsync do).
+        std::fs::write(src.join("b.new"), "BEE").unwrap();
+        std::fs::rename(src.join("b.new"), src.join("b")).unwrap();
+        set_old("b");
+        let mut c = open();
+        let m2 = local_manifest(&src, &entries, &mut c);
+        assert_eq!(m2[0].hash, digest16(sha2::Sha256::new_with_prefix(b"two")));
+        assert_eq!(m2[1].hash, digest16(sha2::Sha256::new_with_prefix(b"BEE")));
+        // Changed just now: racily clean, so not cached until it settles.
+        c.save(&m2);
+        assert!(open().recs.is_empty(), "files changed within the clock's granularity were cached");
     }
 }

@@ -115,6 +115,11 @@ impl Status {
     }
 }
 
+/// Inside every release: bst's record of it.
+pub const META_FILE: &str = ".release-meta";
+/// Where a new meta is written before it is renamed over [`META_FILE`].
+pub const META_TMP: &str = ".release-meta.tmp";
+
 /// `.release-meta`: JSON, one line, written by bst into every release.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Meta {
@@ -189,14 +194,17 @@ impl State {
     }
 
     /// Ids to delete so that at most `keep` releases remain. Failed and unfinished releases go
-    /// first, then the oldest; `current` and its rollback target are never chosen, even when
-    /// that leaves more than `keep` (Capistrano #1907 pruned the live release).
-    pub fn prune_plan(&self, keep: usize) -> Vec<String> {
+    /// first, then the oldest; `current`, its rollback target and `also_keep` are never
+    /// chosen, even when that leaves more than `keep` (Capistrano #1907 pruned the live
+    /// release). A deploy passes the release that was live before it: after a rollback that
+    /// is not the new release's rollback target, and the health gate switches back to it.
+    pub fn prune_plan(&self, keep: usize, also_keep: Option<&str>) -> Vec<String> {
         let excess = self.releases.len().saturating_sub(keep);
         if excess == 0 {
             return Vec::new();
         }
-        let protected: Vec<&str> = self.current.iter().map(String::as_str).chain(self.rollback_target().map(|r| r.id.as_str())).collect();
+        let protected: Vec<&str> =
+            self.current.iter().map(String::as_str).chain(self.rollback_target().map(|r| r.id.as_str())).chain(also_keep).collect();
         let mut candidates: Vec<&Release> = self.releases.iter().filter(|r| !protected.contains(&r.id.as_str())).collect();
         // Stable sort: broken ones first, each group oldest first.
         candidates.sort_by_key(|r| matches!(r.status(), Status::Ok | Status::Unknown));
@@ -347,12 +355,25 @@ mod tests {
         };
         // 8 releases, keep 3 => remove 5: failed 6 and pending 8 first, then oldest ok,
         // skipping current (2) and its rollback target (1).
-        assert_eq!(state.prune_plan(3), vec![id(6), id(8), id(3), id(4), id(5)]);
-        assert!(state.prune_plan(8).is_empty());
+        assert_eq!(state.prune_plan(3, None), vec![id(6), id(8), id(3), id(4), id(5)]);
+        assert!(state.prune_plan(8, None).is_empty());
         // keep=0 still protects current and rollback target.
-        let all = state.prune_plan(0);
+        let all = state.prune_plan(0, None);
         assert!(!all.contains(&id(2)) && !all.contains(&id(1)));
         assert_eq!(all.len(), 6);
+    }
+
+    /// keep 2, deploy 1 and 2, roll back to 1, deploy 3: 3's rollback target is 2, but the
+    /// release live before the deploy (1) is where an unhealthy 3 switches back to.
+    #[test]
+    fn a_deploy_after_a_rollback_keeps_the_release_that_was_live() {
+        let mut state =
+            State { releases: vec![rel(&id(1), Status::Ok), rel(&id(2), Status::Ok)], current: Some(id(1)), ..State::default() };
+        let before = state.current.clone();
+        state.releases.push(rel(&id(3), Status::Ok));
+        state.current = Some(id(3));
+        assert_eq!(state.prune_plan(2, None), vec![id(1)], "the old rule");
+        assert!(state.prune_plan(2, before.as_deref()).is_empty());
     }
 
     #[test]
@@ -361,7 +382,7 @@ mod tests {
         for n in 1..=7 {
             state.releases.push(rel(&id(n), Status::Ok));
             state.current = Some(id(n));
-            for gone in state.prune_plan(5) {
+            for gone in state.prune_plan(5, None) {
                 state.releases.retain(|r| r.id != gone);
             }
         }

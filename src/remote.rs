@@ -130,6 +130,7 @@ fi
     );
     if deploy.is_some() {
         s.push_str(&wait_cache_job());
+        s.push_str(&check_cache());
     }
     s.push_str(state_body());
     if let Some(known) = deploy {
@@ -174,10 +175,36 @@ fi
     )
 }
 
-/// Starts the cache job in its own session, detached from the SSH channel: it unpacks the
-/// pristine copy from the upload's tee'd archive (full uploads) and prepares `spare`, a
-/// private copy of the pristine tree that the next delta deploy renames into place instead
-/// of copying the whole tree while the operator waits. The next deploy's lock waits for it.
+/// A listing of everything under the named paths that changes when any file is written,
+/// truncated, replaced, renamed or removed (size, mode, mtime, ctime, inode, device). The cache
+/// job records it once the pristine copy is proven; a deploy that finds it changed does not
+/// patch from that copy. GNU find: without `-printf` nothing is ever recorded, so nothing is
+/// ever trusted and every deploy is a full upload.
+const STAT_LISTING: &str = "find pristine manifest -printf '%y %m %s %T@ %C@ %i %D %p\\0'";
+const SPARE_LISTING: &str = "find spare -printf '%y %m %s %T@ %C@ %i %D %p\\0'";
+
+/// Before a deploy reads the cache's state: a pristine copy (or manifest) touched since the
+/// cache job proved it loses its generation, so the client sends everything; a touched spare
+/// is dropped, so the release is copied from the pristine tree instead.
+fn check_cache() -> String {
+    format!(
+        r#"if [ -f "$B/{CACHE_DIR}/generation" ] && ! (cd "$B/{CACHE_DIR}" && {STAT_LISTING} 2>/dev/null | cmp -s - pristine.stat); then
+  rm -f "$B/{CACHE_DIR}/generation"; echo 'V the pristine copy changed since it was verified; this deploy sends everything'
+fi
+if [ -f "$B/{CACHE_DIR}/spare.generation" ] && ! (cd "$B/{CACHE_DIR}" && {SPARE_LISTING} 2>/dev/null | cmp -s - spare.stat); then
+  rm -rf "$B/{CACHE_DIR}/spare" "$B/{CACHE_DIR}/spare.generation"; echo 'V the spare copy changed since it was made; the release is copied from the pristine tree'
+fi
+"#
+    )
+}
+
+/// Starts the cache job in its own session, detached from the SSH channel, while the lock is
+/// still held (the next deploy's lock must find it registered, to wait for it). It unpacks
+/// the pristine copy from the upload's tee'd archive (full uploads), proves the pristine copy
+/// equals its manifest (the upload's completion marker inside it, every path, kind, size and
+/// SHA-256) and only then writes its generation, the mark that lets the next deploy patch
+/// from it. Then it prepares `spare`, a private copy of the pristine tree that the next delta
+/// deploy renames into place instead of copying the whole tree while the operator waits.
 pub fn start_cache_job(generation: &str) -> String {
     let job = format!(
         r#"B=$1; C="$B/{CACHE_DIR}"
@@ -185,28 +212,42 @@ cd "$C" 2>/dev/null || exit 0
 # Registered by the job itself: until this process runs this script, its command line is
 # its parent's, without the name the waiting side checks for.
 echo $$ > job.pid.tmp && mv -f job.pid.tmp job.pid
-trap 'rm -rf "$C/pristine.tmp" "$C/spare.tmp"' EXIT
+trap 'rm -rf "$C/pristine.tmp" "$C/spare.tmp" "$C/pristine.tmp.verify-list" "$C/pristine.verify-list"' EXIT
 rm -rf "$C.old" pristine.tmp spare.tmp
+rm -f generation pristine.stat
 A=; if [ -f {tgz} ]; then A={tgz}; z=z; elif [ -f {tar} ]; then A={tar}; z=; fi
 if [ -n "$A" ]; then
-  if mkdir pristine.tmp && tar -x${{z}}f "$A" -C pristine.tmp --no-same-owner && rm -rf pristine.tmp/{UPLOAD} && rm -rf pristine && mv pristine.tmp pristine && mv upload/manifest manifest; then
-    printf '%s\n' {generation} > generation
+  # tee may have hit a full disk while tar did not: only the marker, the last entry of the
+  # stream, proves the kept archive is whole.
+  if mkdir pristine.tmp && tar -x${{z}}f "$A" -C pristine.tmp --no-same-owner && [ -f pristine.tmp/{COMPLETE} ] && rm -rf pristine.tmp/{UPLOAD} && rm -rf pristine && mv pristine.tmp pristine && mv upload/manifest manifest; then
+    :
   else
     echo "$(date -u +%FT%TZ) could not unpack the pristine copy; the next deploy sends everything"
+    rm -rf pristine manifest
   fi
   rm -rf "$A" upload
 fi
-[ -f generation ] && [ -d pristine ] || exit 0
+[ -d pristine ] && [ -f manifest ] || exit 0
+if ! command -v perl >/dev/null 2>&1; then echo "$(date -u +%FT%TZ) no perl on this server: the pristine copy cannot be verified, so every deploy sends everything"; exit 0; fi
+if ! perl -e {verify} manifest pristine; then
+  echo "$(date -u +%FT%TZ) the next deploy sends everything"
+  rm -rf pristine manifest spare spare.generation
+  exit 0
+fi
+{STAT_LISTING} > pristine.stat.tmp && mv pristine.stat.tmp pristine.stat && printf '%s\n' {generation} > generation || exit 0
 g=$(cat generation)
-rm -rf spare spare.generation
-if cp -a --reflink=auto pristine spare.tmp && mv spare.tmp spare; then
+rm -rf spare spare.generation spare.stat
+if cp -a --reflink=auto pristine spare.tmp && mv spare.tmp spare && {SPARE_LISTING} > spare.stat; then
   printf '%s\n' "$g" > spare.generation
 else
+  rm -rf spare
   echo "$(date -u +%FT%TZ) could not prepare the spare copy; the next deploy copies the tree itself"
 fi
 "#,
         generation = quote(generation),
+        verify = quote(VERIFY_PRISTINE),
         UPLOAD = crate::delta::UPLOAD_DIR,
+        COMPLETE = crate::delta::COMPLETE_MARKER,
         tgz = untar(Framing::Gzip(1)).1,
         tar = untar(Framing::Tar).1,
     );
@@ -221,6 +262,9 @@ fi
 "#
     )
 }
+
+/// The pristine copy's proof, in perl: see the script's header.
+const VERIFY_PRISTINE: &str = include_str!("scripts/verify-pristine.pl");
 
 /// Removes the lock only if it is still ours: a lock broken and retaken by someone else
 /// must survive our cleanup.
@@ -241,6 +285,22 @@ pub fn force_unlock(base: &str) -> String {
         + &format!(
             "if [ -d \"$B/{LOCK_DIR}\" ]; then printf 'HELD '; tr -d '\\n' < \"$B/{LOCK_DIR}/owner\" 2>/dev/null; echo; rm -rf \"$B/{LOCK_DIR}\"; else echo FREE; fi\n"
         )
+}
+
+/// Writes a release's `.release-meta` without following a link at either name (a build could
+/// leave one): the temp name is removed and created with noclobber (`O_EXCL`), then renamed
+/// over the meta; `mv -T` replaces a link rather than writing through it or moving into the
+/// directory behind it. `dir` and `printf` are shell text: the release directory and the
+/// `printf` command that prints the JSON.
+fn write_meta(dir: &str, printf: &str) -> String {
+    use crate::release::{META_FILE, META_TMP};
+    format!(
+        "rm -f {dir}/{META_TMP} && (set -C; {printf} > {dir}/{META_TMP}) && {{ mv -fT {dir}/{META_TMP} {dir}/{META_FILE} 2>/dev/null || {{ [ ! -d {dir}/{META_FILE} ] && mv -f {dir}/{META_TMP} {dir}/{META_FILE}; }}; }}"
+    )
+}
+
+fn printf_json(json: &str) -> String {
+    format!("printf '%s\\n' {}", quote(json))
 }
 
 /// `../` enough times to get from a path inside `releases/<id>/` back to `<base>`.
@@ -319,12 +379,10 @@ pub const DELTA_STALE: i32 = 75;
 /// `cp -a --reflink=auto` of the pristine tree. Never hardlinks, so a build that edits a file
 /// in place cannot corrupt the next deploy. The generation marker is removed before the
 /// pristine copy changes, so an update cut short forces a full upload.
-#[allow(clippy::too_many_arguments)]
 pub fn upload_delta(
     base: &str,
     id: &str,
     generation: &str,
-    new_generation: &str,
     shared_files: &[String],
     shared_dirs: &[String],
     meta_json: &str,
@@ -363,10 +421,9 @@ if [ -f "$I.meta/manifest" ]; then mv "$I.meta/manifest" "$C/manifest"; else cat
 cd "$B"
 rm -rf "$D" "$I.meta"
 [ -n "$spare" ] || cp -a --reflink=auto "$C/pristine" "$I"
-printf '%s\n' {new_generation} > "$C/generation"
+# No generation yet: the cache job writes it once it has proven the patched copy.
 "#,
         generation = quote(generation),
-        new_generation = quote(new_generation),
         complete = require_complete("$D", "\"$D\""),
         UPLOAD = crate::delta::UPLOAD_DIR
     );
@@ -374,14 +431,36 @@ printf '%s\n' {new_generation} > "$C/generation"
     s
 }
 
+/// Makes every parent of a shared link a real directory inside the release, one level at a
+/// time (`mkdir -p`, `rm -rf` and `ln` all follow a symlinked parent): a committed
+/// `apps/web -> ../../../shared` would otherwise put the link, or delete the file, in the
+/// server's own `shared/`. A parent that is a link or a file fails the deploy before the switch.
+const REAL_PARENTS: &str = r#"bst_real_parents() {
+  bst_rest=$1; bst_p=.
+  while :; do
+    case $bst_rest in */*) ;; *) return 0;; esac
+    bst_p="$bst_p/${bst_rest%%/*}"; bst_rest=${bst_rest#*/}
+    if [ -L "$bst_p" ] || { [ -e "$bst_p" ] && [ ! -d "$bst_p" ]; }; then
+      printf 'shared path %s: %s in the release is a symlink or a file, not a directory; refusing to link through it (is it a symlink in the workspace?)\n' "$1" "${bst_p#./}" >&2
+      exit 1
+    fi
+    [ -d "$bst_p" ] || mkdir "$bst_p"
+  done
+}
+"#;
+
 /// The common tail of both uploads: shared links, pending meta, rename into `releases/`.
 fn finish_staging(id: &str, shared_files: &[String], shared_dirs: &[String], meta_json: &str) -> String {
     let mut s = String::from("cd \"$I\"\n");
     let shared = shared_files.iter().map(|p| (p, false)).chain(shared_dirs.iter().map(|p| (p, true)));
+    if !shared_files.is_empty() || !shared_dirs.is_empty() {
+        s.push_str(REAL_PARENTS);
+    }
     for (p, is_dir) in shared {
         let q = quote(p);
+        let _ = writeln!(s, "bst_real_parents {q}");
         if let Some(dir) = parent(p) {
-            let _ = writeln!(s, "mkdir -p {} \"$B/shared/\"{}", quote(dir), quote(dir));
+            let _ = writeln!(s, "mkdir -p \"$B/shared/\"{}", quote(dir));
         }
         if is_dir {
             let _ = writeln!(s, "mkdir -p \"$B/shared/\"{q}");
@@ -390,16 +469,16 @@ fn finish_staging(id: &str, shared_files: &[String], shared_dirs: &[String], met
         }
         let _ = writeln!(s, "rm -rf {q}\nln -s {} {q}", quote(&format!("{}shared/{p}", up_to_base(p))));
     }
+    s.push_str(&write_meta(".", &printf_json(meta_json)));
+    s.push_str(" || exit 1\n");
     let _ = write!(
         s,
-        r#"printf '%s\n' {meta} > .release-meta
-cd "$B"
+        r#"cd "$B"
 if [ -e "$R" ]; then echo "release {id} appeared during the upload" >&2; exit 1; fi
 # -T: never move *into* an existing directory.
 mv -T "$I" "$R" 2>/dev/null || mv "$I" "$R"
 rmdir "$B/{INCOMING_DIR}" 2>/dev/null || true
-"#,
-        meta = quote(meta_json)
+"#
     );
     s
 }
@@ -451,6 +530,9 @@ exit $rc
 fn switch_fragment(id: &str) -> String {
     format!(
         r#"if [ -e current ] && [ ! -L current ]; then echo "$B/current exists and is not a symlink; refusing to replace it" >&2; exit 1; fi
+if [ -L releases/{id} ] || [ ! -d releases/{id} ] || ! grep -q '"status":"ok"' releases/{id}/{META} 2>/dev/null; then
+  echo "releases/{id} is missing or is not an ok release; current stays where it is" >&2; exit 1
+fi
 ln -sfn releases/{id} .bst-current.tmp
 if ! mv -T .bst-current.tmp current 2>/dev/null; then
   rm -f .bst-current.tmp releases/current
@@ -459,7 +541,8 @@ if ! mv -T .bst-current.tmp current 2>/dev/null; then
 fi
 if [ "$(readlink current)" != releases/{id} ]; then echo "current does not point at releases/{id} after the switch" >&2; exit 1; fi
 echo SWITCHED || true
-"#
+"#,
+        META = crate::release::META_FILE
     )
 }
 
@@ -506,18 +589,17 @@ pub fn finish_deploy(base: &str, id: &str, meta_json: &str, prune: &[String], au
     match meta_json.split_once(&placeholder) {
         // Run inside one script with the upload: the duration is only known here.
         Some((pre, post)) => {
-            let _ = writeln!(
-                s,
-                "printf '%s%s%s\\n' {} \"$((T_BEFORE + $(bst_ms) - T0))\" {} > releases/{id}/.release-meta.tmp",
+            let printf = format!(
+                "printf '%s%s%s\\n' {} \"$((T_BEFORE + $(bst_ms) - T0))\" {}",
                 quote(&format!("{pre}\"duration_ms\":")),
                 quote(post)
             );
+            s.push_str(&write_meta(&format!("releases/{id}"), &printf));
         }
-        None => {
-            let _ = writeln!(s, "printf '%s\\n' {} > releases/{id}/.release-meta.tmp", quote(meta_json));
-        }
+        None => s.push_str(&write_meta(&format!("releases/{id}"), &printf_json(meta_json))),
     }
-    s.push_str(&format!("mv -f releases/{id}/.release-meta.tmp releases/{id}/.release-meta\n"));
+    // No exit here: the switch below refuses a release whose meta does not say ok.
+    s.push('\n');
     s.push_str(&switch_fragment(id));
     s.push_str("set +e\n");
     s.push_str(&prune_fragment(prune, true));
@@ -550,22 +632,15 @@ pub fn revert(base: &str, bad_id: &str, failed_meta_json: &str, good_id: &str, a
     let mut s = base_var(base) + DETACHED;
     s.push_str("set -eu\ncd \"$B\"\n");
     s.push_str(&switch_fragment(good_id));
-    let _ = writeln!(
-        s,
-        r#"printf '%s\n' {meta} > releases/{bad_id}/.release-meta.tmp && mv -f releases/{bad_id}/.release-meta.tmp releases/{bad_id}/.release-meta"#,
-        meta = quote(failed_meta_json)
-    );
+    s.push_str(&write_meta(&format!("releases/{bad_id}"), &printf_json(failed_meta_json)));
+    s.push('\n');
     s.push_str(&audit_fragment(audit_json));
     s
 }
 
 /// Marks a release failed in place (no rollback possible: it stays current).
 pub fn mark(base: &str, id: &str, meta_json: &str) -> String {
-    base_var(base)
-        + &format!(
-            "printf '%s\\n' {meta} > \"$B/releases/{id}/.release-meta.tmp\" && mv -f \"$B/releases/{id}/.release-meta.tmp\" \"$B/releases/{id}/.release-meta\"\n",
-            meta = quote(meta_json)
-        )
+    base_var(base) + &write_meta(&format!("\"$B/releases/{id}\""), &printf_json(meta_json)) + "\n"
 }
 
 /// After a failed deploy: drop the staging dir, mark the release failed unless it is live,
@@ -579,10 +654,10 @@ if [ -f "$P" ]; then kill -TERM "-$(cat "$P")" 2>/dev/null || kill -TERM "$(cat 
 rm -rf "$B/{INCOMING_DIR}/{id}"
 rmdir "$B/{INCOMING_DIR}" 2>/dev/null
 if [ -d "$B/releases/{id}" ] && [ "$(readlink "$B/current" 2>/dev/null)" != releases/{id} ]; then
-  printf '%s\n' {meta} > "$B/releases/{id}/.release-meta.tmp" && mv -f "$B/releases/{id}/.release-meta.tmp" "$B/releases/{id}/.release-meta"
+  {meta}
 fi
 "#,
-        meta = quote(failed_meta_json)
+        meta = write_meta(&format!("\"$B/releases/{id}\""), &printf_json(failed_meta_json))
     );
     s.push_str(&audit_fragment(audit_json));
     s.push_str(&unlock_fragment(token));
@@ -633,10 +708,12 @@ if [ -d "$B/.bst-lock" ]; then printf 'LOCK '; tr -d '
     s
 }
 
-pub fn prune(base: &str, ids: &[String], token: &str) -> String {
+/// `background`: the deletion goes on after the command returns (a deploy's operator is
+/// not kept waiting for `rm -rf`; `bst prune`'s may want the space back first).
+pub fn prune(base: &str, ids: &[String], token: &str, background: bool) -> String {
     let mut s = base_var(base) + DETACHED;
     s.push_str("cd \"$B\" || exit 1\n");
-    s.push_str(&prune_fragment(ids, false));
+    s.push_str(&prune_fragment(ids, background));
     s.push_str(&unlock_fragment(token));
     s
 }
@@ -694,7 +771,7 @@ mod tests {
     #[test]
     fn every_value_is_quoted() {
         let evil = "/srv/it's $(reboot)";
-        for script in [read_state(evil), lock(evil, "{\"u\":\"$(x)\"}", true), unlock(evil, "t'ok"), prune(evil, &[], "t")] {
+        for script in [read_state(evil), lock(evil, "{\"u\":\"$(x)\"}", true), unlock(evil, "t'ok"), prune(evil, &[], "t", false)] {
             assert!(script.starts_with("B='/srv/it'\\''s $(reboot)'\n"), "{script}");
             assert!(!script.contains("{\"u\":\"$(x)\"}'") || script.contains("'{\"u\":\"$(x)\"}'"));
         }

@@ -25,13 +25,48 @@ pub struct Entry {
     /// Relative, `/`-separated, as it will appear in the release.
     pub path: String,
     pub kind: Kind,
-    /// Size and mtime (ns) from the listing's own `lstat`, so the manifest need not stat
-    /// 50,000 files a second time.
-    pub stat: Option<(u64, u64)>,
+    /// From the listing's own `lstat`, so the manifest need not stat 50,000 files a second
+    /// time.
+    pub stat: Option<Stat>,
 }
 
-fn stat_of(md: &std::fs::Metadata) -> Option<(u64, u64)> {
-    Some((md.len(), mtime_ns(md)?))
+/// What the hash cache trusts instead of reading a file again. Like git's index it covers
+/// more than size and mtime: `touch -d`, `cp -p`, `rsync -a` and `tar -x` all put an old
+/// mtime back on new content, but none of them can set the ctime, and a file renamed over
+/// another has a new inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    pub size: u64,
+    /// mtime, ctime, inode and device folded into one number: equal only if all are.
+    pub stamp: u64,
+    /// The newest of mtime and ctime (ns): an entry changed within the clock's granularity
+    /// of the cache write is "racily clean" and is not cached.
+    pub changed_ns: u64,
+}
+
+pub fn stat_of(md: &std::fs::Metadata) -> Option<Stat> {
+    let mtime = mtime_ns(md)?;
+    #[cfg(unix)]
+    let (changed_ns, parts) = {
+        use std::os::unix::fs::MetadataExt;
+        let ctime = u64::try_from(md.ctime()).ok()?.saturating_mul(1_000_000_000).saturating_add(u64::try_from(md.ctime_nsec()).ok()?);
+        (mtime.max(ctime), [mtime, ctime, md.ino(), md.dev()])
+    };
+    // Windows has no ctime in std; the creation time at least catches a file replaced by
+    // another one with an older mtime.
+    #[cfg(not(unix))]
+    let (changed_ns, parts) = {
+        let created = md.created().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos() as u64);
+        (mtime.max(created), [mtime, created, 0, 0])
+    };
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for p in parts {
+        h.update(p.to_le_bytes());
+    }
+    let d = h.finalize();
+    let stamp = u64::from_le_bytes(d[..8].try_into().expect("a sha256 has 8 bytes"));
+    Some(Stat { size: md.len(), stamp, changed_ns })
 }
 
 /// Nanoseconds since the epoch (u64 lasts until 2554).
@@ -169,19 +204,28 @@ pub fn check_source(source: &Path, exclude: &[String]) -> anyhow::Result<Gitigno
     Ok(b.build()?)
 }
 
+/// Names bst itself writes at the root of a release. A workspace entry of the same name would
+/// be written through (a committed `.release-meta -> ../../shared/.env` once replaced the
+/// shared `.env` with the meta JSON), so one is refused, never shipped.
+pub const BST_OWNED: &[&str] = &[crate::release::META_FILE, crate::release::META_TMP, crate::delta::UPLOAD_DIR];
+
 /// Lists what ships. `skip` are release paths that will be shared links (never shipped, so
 /// a local `.env` cannot reach the server); `exclude` are gitignore-style patterns.
 pub fn collect(source: &Path, exclude: &[String], skip: &[String]) -> anyhow::Result<Vec<Entry>> {
     let excluded = check_source(source, exclude)?;
-    let under = |path: &str, dir: &str| path == dir || path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'));
     let keep = |path: &str| -> bool {
         !path.split('/').any(|c| c == ".git")
-            && !under(path, crate::delta::UPLOAD_DIR)
             && !skip.iter().any(|s| under(path, s))
             && (exclude.is_empty() || !excluded.matched_path_or_any_parents(path, false).is_ignore())
     };
     let mut entries = if in_git_work_tree(source) { from_git(source)? } else { from_walk(source, &excluded)? };
     entries.retain(|e| keep(&e.path));
+    if let Some(e) = entries.iter().find(|e| BST_OWNED.iter().any(|owned| under(&e.path, owned))) {
+        bail!(crate::error::Error::Usage(format!(
+            "cannot ship `{}`: bst writes that name into every release; rename it, or exclude it",
+            e.path
+        )));
+    }
     entries.sort_by(|a, b| a.path.cmp(&b.path));
     entries.dedup_by(|a, b| a.path == b.path);
     Ok(entries)
@@ -192,25 +236,110 @@ fn from_git(source: &Path) -> anyhow::Result<Vec<Entry>> {
     // are stat'ed on the other cores meanwhile.
     let (tracked, others) = std::thread::scope(|scope| {
         let others = scope.spawn(|| git(source, &["ls-files", "-z", "--others", "--exclude-standard"]));
+        let checkout = scope.spawn(|| Checkout::of(source));
         let staged = git(source, &["ls-files", "-z", "--stage"]);
-        let tracked = staged.map(|staged| {
-            let recs: Vec<&[u8]> = staged.split(|b| *b == 0).filter(|r| !r.is_empty()).collect();
-            par_filter_map(&recs, |rec| staged_entry(source, rec))
+        let checkout = checkout.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let tracked = staged.map(|staged| -> anyhow::Result<Vec<Entry>> {
+            let mut recs = Vec::new();
+            for rec in staged.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+                if let Some((mode, path)) = split_stage_record(rec)? {
+                    recs.push((mode, path));
+                }
+            }
+            // git does not look beyond a symbolic link: a tracked `apps/web/x` whose `apps/web`
+            // is now a link (or a file) is deleted in git's eyes, and reading it would read
+            // through the link, outside the workspace.
+            let beyond = links_among_parents(source, recs.iter().map(|(_, p)| p.as_str()));
+            recs.retain(|(_, p)| !beyond.iter().any(|d| under(p, d)));
+            Ok(par_filter_map(&recs, |(mode, path)| staged_entry(source, mode, path, &checkout)))
         });
         (tracked, others.join().ok().flatten())
     });
-    let mut out = tracked.context("git ls-files failed")?;
+    let mut out = tracked.context("git ls-files failed")??;
     let others = others.context("git ls-files failed")?;
     for rec in others.split(|b| *b == 0).filter(|r| !r.is_empty()) {
-        let path = String::from_utf8_lossy(rec).to_string();
+        let path = utf8_name(rec)?;
         if path.ends_with('/') {
             continue; // a nested repository
         }
-        if let Some(e) = entry_from_fs(source, &path)? {
+        if let Some(e) = entry_from_fs(source, path)? {
             out.push(e);
         }
     }
     Ok(out)
+}
+
+fn under(path: &str, dir: &str) -> bool {
+    path == dir || path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// A path bst must ship byte for byte or not at all: a name that is not UTF-8 is refused,
+/// never dropped or mangled without a word.
+fn utf8_name(raw: &[u8]) -> anyhow::Result<&str> {
+    std::str::from_utf8(raw).map_err(|_| {
+        crate::error::Error::Usage(format!(
+            "cannot ship `{}`: its name is not valid UTF-8; rename it, or ignore it in .gitignore",
+            String::from_utf8_lossy(raw).escape_debug()
+        ))
+        .into()
+    })
+}
+
+/// `<mode> <object> <stage>\t<path>` from `git ls-files --stage -z`.
+fn split_stage_record(rec: &[u8]) -> anyhow::Result<Option<(String, String)>> {
+    let Some(tab) = rec.iter().position(|&b| b == b'\t') else { return Ok(None) };
+    let mode = String::from_utf8_lossy(&rec[..tab]).split(' ').next().unwrap_or("").to_string();
+    Ok(Some((mode, utf8_name(&rec[tab + 1..])?.to_string())))
+}
+
+/// The parent directories of `paths` that are not real directories on disk now (symlinks,
+/// files), outermost only.
+fn links_among_parents<'a>(source: &Path, paths: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut dirs = std::collections::BTreeSet::new();
+    for p in paths {
+        let mut at = 0;
+        while let Some(i) = p[at..].find('/') {
+            dirs.insert(&p[..at + i]);
+            at += i + 1;
+        }
+    }
+    let dirs: Vec<&str> = dirs.into_iter().collect();
+    // Sorted, so a parent comes before everything under it.
+    let bad = par_filter_map(&dirs, |d| {
+        let real = std::fs::symlink_metadata(source.join(d)).is_ok_and(|m| m.is_dir());
+        (!real).then(|| d.to_string())
+    });
+    let mut outer: Vec<String> = Vec::new();
+    for d in bad {
+        if !outer.iter().any(|o| under(&d, o)) {
+            outer.push(d);
+        }
+    }
+    outer
+}
+
+/// How git maps the index onto this checkout: where `core.symlinks` is false (Git for
+/// Windows' default) a link is checked out as a file holding its target; where
+/// `core.fileMode` is false the disk's exec bits mean nothing and the index's count.
+struct Checkout {
+    symlinks: bool,
+    file_mode: bool,
+}
+
+impl Checkout {
+    fn of(source: &Path) -> Checkout {
+        let mut c = Checkout { symlinks: cfg!(unix), file_mode: cfg!(unix) };
+        // Exit 1 (None) when neither is set: the defaults hold.
+        let out = git(source, &["config", "--bool", "--get-regexp", r"^core\.(symlinks|filemode)$"]).unwrap_or_default();
+        for line in String::from_utf8_lossy(&out).lines() {
+            match line.split_once(' ') {
+                Some((k, v)) if k.eq_ignore_ascii_case("core.symlinks") => c.symlinks = v == "true",
+                Some((k, v)) if k.eq_ignore_ascii_case("core.filemode") => c.file_mode = v == "true",
+                _ => {}
+            }
+        }
+        c
+    }
 }
 
 /// `items.iter().filter_map(f)` on all cores (up to 8), in order: stat'ing and hashing tens
@@ -227,23 +356,30 @@ pub fn par_filter_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> Option<R>
     })
 }
 
-/// One `git ls-files --stage` record as an entry, if it ships.
-fn staged_entry(source: &Path, rec: &[u8]) -> Option<Entry> {
-    let rec = String::from_utf8_lossy(rec);
-    let (meta, path) = rec.split_once('\t')?;
-    let mode = meta.split(' ').next().unwrap_or("");
+/// One `git ls-files --stage` record as an entry, if it ships. The kind is what is on disk
+/// now (`lstat`), as `git add` would see it: a tracked file replaced by a link ships the
+/// link, never the bytes behind it. The index only speaks for what the checkout cannot show
+/// (links checked out as files, exec bits where `core.fileMode` is off).
+fn staged_entry(source: &Path, mode: &str, path: &str, checkout: &Checkout) -> Option<Entry> {
+    if !matches!(mode, "120000" | "100755" | "100644") {
+        return None; // 160000: submodules are not snapshotted
+    }
     // Files deleted in the work tree do not ship: the work tree is the truth.
     let md = std::fs::symlink_metadata(source.join(path)).ok()?;
-    let kind = match mode {
-        "120000" => Kind::Symlink,
-        "100755" => Kind::File { exec: true },
-        "100644" => Kind::File { exec: false },
-        _ => return None, // 160000: submodules are not snapshotted
-    };
-    // A tracked file replaced by a directory locally: skip rather than ship garbage.
-    if md.is_dir() {
+    let kind = if md.file_type().is_symlink() {
+        Kind::Symlink
+    } else if md.is_file() {
+        if mode == "120000" && !checkout.symlinks {
+            Kind::Symlink
+        } else if checkout.file_mode {
+            Kind::File { exec: is_exec(&md) }
+        } else {
+            Kind::File { exec: mode == "100755" }
+        }
+    } else {
+        // A directory now: what is in it is listed as untracked. Anything else never ships.
         return None;
-    }
+    };
     Some(Entry { path: path.to_string(), kind, stat: stat_of(&md) })
 }
 
@@ -260,7 +396,15 @@ fn from_walk(source: &Path, excluded: &Gitignore) -> anyhow::Result<Vec<Entry>> 
         if dent.depth() == 0 || dent.file_type().is_some_and(|t| t.is_dir()) {
             continue;
         }
-        let path = release_path(dent.path().strip_prefix(source).unwrap_or(dent.path()));
+        let rel = dent.path().strip_prefix(source).unwrap_or(dent.path());
+        if rel.to_str().is_none() {
+            return Err(crate::error::Error::Usage(format!(
+                "cannot ship `{}`: its name is not valid UTF-8; rename it, or ignore it",
+                rel.to_string_lossy().escape_debug()
+            ))
+            .into());
+        }
+        let path = release_path(rel);
         if excluded.matched_path_or_any_parents(&path, false).is_ignore() {
             continue;
         }
@@ -425,6 +569,11 @@ fn append_all<W: Write>(
         hint(tar.get_mut(), matches!(e.kind, Kind::File { .. }) && already_compressed(&e.path));
         let full = source.join(&e.path);
         let md = std::fs::symlink_metadata(&full).with_context(|| format!("cannot read {}", full.display()))?;
+        // The kind was listed from `lstat`; a file that became a link since must not be
+        // read through it.
+        if matches!(e.kind, Kind::File { .. }) && !md.is_file() {
+            bail!("{} changed from a file to something else while being deployed; deploy again", e.path);
+        }
         let mut h = tar::Header::new_gnu();
         h.set_mtime(mtime(&md));
         h.set_uid(0);

@@ -63,9 +63,7 @@ fn progress_bar(p: &Printer, target: &Target, entries: &[snapshot::Entry]) -> Op
     }
     let total: u64 = entries
         .iter()
-        .filter_map(|e| {
-            e.stat.map(|(size, _)| size).or_else(|| std::fs::symlink_metadata(target.source.join(&e.path)).ok().map(|m| m.len()))
-        })
+        .filter_map(|e| e.stat.map(|st| st.size).or_else(|| std::fs::symlink_metadata(target.source.join(&e.path)).ok().map(|m| m.len())))
         .sum();
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
@@ -179,6 +177,11 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
             };
             p.timing(started, "server state received (lock held)");
             let listing = String::from_utf8_lossy(listing);
+            if p.verbose > 0 {
+                for v in listing.lines().filter_map(|l| l.strip_prefix("V ")) {
+                    eprintln!("server cache: {v}");
+                }
+            }
             let state = release::parse_state(&listing);
             // The server still holds the manifest this client left there: no need to send it.
             let same: Option<usize> = listing.lines().find_map(|l| l.strip_prefix("MSAME ")?.parse().ok());
@@ -294,7 +297,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
         upload_started,
         &mut phases,
     ) {
-        Ok((pruned, warnings, delta_used)) => {
+        Ok((mut pruned, warnings, delta_used)) => {
             let id = prep.meta.id.clone();
             if let Err(e) = crate::interrupt::check() {
                 if gated {
@@ -306,8 +309,20 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
             }
             if gated {
                 let gate = health_gate(&mut *t, target, globals, p, &mut prep.meta, prep.state.current.as_deref());
-                lock::release(&mut *t, target, &held, p);
-                gate?;
+                match gate {
+                    // Only now is it known which releases are no longer needed to switch back to.
+                    Ok(()) => match t.run(&crate::remote::prune(&target.base, &prep.prune, &held.token, true)) {
+                        Ok(out) => pruned = out.stdout_str().lines().filter_map(|l| l.strip_prefix("P ")).map(str::to_string).collect(),
+                        Err(e) => {
+                            p.warn(format!("pruning after the health gate did not run: {e:#}"));
+                            lock::release(&mut *t, target, &held, p);
+                        }
+                    },
+                    Err(e) => {
+                        lock::release(&mut *t, target, &held, p);
+                        return Err(e);
+                    }
+                }
             }
             let meta = &prep.meta;
             let sent = t.bytes_sent();
@@ -513,7 +528,8 @@ fn prepare(
     let mut after = state.clone();
     after.releases.push(Release { id: id.clone(), meta: Some(ok_meta.clone()) });
     after.current = Some(id.clone());
-    let prune = after.prune_plan(target.keep_releases);
+    // A gated deploy prunes only once the gate has passed: a failed gate switches back.
+    let prune = after.prune_plan(target.keep_releases, state.current.as_deref());
     let mut audit = Audit::new("deploy", &target.name, "ok");
     audit.release = Some(&id);
     audit.previous = state.current.as_deref();
@@ -534,8 +550,14 @@ fn prepare(
     let tail = if combined {
         ok_meta.duration_ms = Some(crate::remote::DURATION_PLACEHOLDER);
         let finish =
-            crate::remote::finish_deploy(&target.base, &id, &serde_json::to_string(&ok_meta)?, &prune, &audit_json, &held.token, false);
-        format!("{}{finish}{}{cache_job}", crate::remote::clock_mark("TU"), crate::remote::clock_mark("TS"))
+            crate::remote::finish_deploy(&target.base, &id, &serde_json::to_string(&ok_meta)?, &prune, &audit_json, &held.token, true);
+        // The job registers while the lock is still held: the next deploy's lock waits for it.
+        format!(
+            "{}{finish}{}{cache_job}{}",
+            crate::remote::clock_mark("TU"),
+            crate::remote::clock_mark("TS"),
+            crate::remote::unlock_fragment(&held.token)
+        )
     } else {
         cache_job
     };
@@ -681,7 +703,7 @@ fn after_upload(
         &target.base,
         &id,
         &serde_json::to_string(&meta)?,
-        &prep.prune,
+        if prep.gated { &[] } else { &prep.prune },
         &prep.audit_json,
         &held.token,
         prep.gated,
@@ -810,7 +832,6 @@ fn upload_parts<'a>(
                     &target.base,
                     id,
                     generation,
-                    &prep.generation,
                     &target.shared_files,
                     &target.shared_dirs,
                     &prep.meta_json,

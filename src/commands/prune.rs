@@ -27,8 +27,8 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, keep: Option<usize>)
         Acquired::Held(h, s) => (h, s),
         Acquired::NoBase => return Err(Error::Failed(format!("nothing deployed to `{}` yet", target.name)).into()),
     };
-    let plan = state.prune_plan(keep);
-    let out = t.run(&remote::prune(&target.base, &plan, &held.token))?;
+    let plan = state.prune_plan(keep, None);
+    let out = t.run(&remote::prune(&target.base, &plan, &held.token, false))?;
     let text = out.stdout_str();
     for w in text.lines().filter_map(|l| l.strip_prefix("W ")) {
         p.warn(w);
