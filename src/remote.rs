@@ -873,6 +873,86 @@ mod tests {
         }
     }
 
+    /// `tee` can fail (a full disk) while `tar -x` does not: the kept archive then ends early.
+    /// The cache job must prove the archive whole (its marker) and the tree equal to the
+    /// manifest before it writes the generation a delta patches from.
+    #[cfg(unix)]
+    #[test]
+    fn the_cache_job_trusts_only_a_whole_archive_that_matches_its_manifest() {
+        use crate::snapshot::{Entry, Framing, Kind};
+        use std::sync::Arc;
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir_all(src.join("dir")).unwrap();
+        std::fs::write(src.join("a.txt"), "alpha").unwrap();
+        std::fs::write(src.join("dir/b.sh"), "#!/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink("a.txt", src.join("l")).unwrap();
+        let entries = vec![
+            Entry { path: "a.txt".into(), kind: Kind::File { exec: false }, stat: None },
+            Entry { path: "dir/b.sh".into(), kind: Kind::File { exec: true }, stat: None },
+            Entry { path: "l".into(), kind: Kind::Symlink, stat: None },
+        ];
+        let manifest = crate::delta::encode(&crate::delta::local_manifest(&src, &entries, &mut Default::default()));
+        let run = |case: &str, manifest: &[u8], marker: bool, cut: usize| -> bool {
+            let base = d.path().join(case);
+            let c = base.join(CACHE_DIR);
+            std::fs::create_dir_all(c.join("upload")).unwrap();
+            let mut extra = vec![(format!("{}/manifest", crate::delta::UPLOAD_DIR), Arc::new(manifest.to_vec()))];
+            if marker {
+                extra.push((crate::delta::COMPLETE_MARKER.into(), Arc::default()));
+            }
+            let mut tar = Vec::new();
+            crate::snapshot::stream_tar(&src, &entries, &extra, &mut tar, Framing::Tar, &|_, _| {}).unwrap();
+            tar.truncate(tar.len() - cut);
+            std::fs::write(c.join(untar(Framing::Tar).1), &tar).unwrap();
+            std::fs::write(c.join("upload/manifest"), manifest).unwrap();
+            let script = format!("{}{}", base_var(base.to_str().unwrap()), start_cache_job("20260220T051228Z abc"));
+            assert!(std::process::Command::new("sh").arg("-c").arg(&script).status().unwrap().success());
+            let pid = std::fs::read_to_string(c.join("job.pid")).unwrap();
+            while std::path::Path::new(&format!("/proc/{}", pid.trim())).exists() {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let log = std::fs::read_to_string(c.join("job.log")).unwrap_or_default();
+            let usable = c.join("generation").exists();
+            assert_eq!(usable, c.join("pristine.stat").exists(), "{case}: {log}");
+            usable
+        };
+        assert!(run("whole", &manifest, true, 0), "a whole upload becomes the pristine copy");
+        // Cut at an entry boundary before the marker: a well-formed archive, tar -x is happy.
+        assert!(!run("cut", &manifest, false, 0), "an archive without its marker was trusted");
+        // Cut inside an entry.
+        assert!(!run("mid-entry", &manifest, true, 2048), "a cut archive was trusted");
+        // A manifest that does not describe the tree (one record's size changed).
+        let lying = String::from_utf8(manifest.clone()).unwrap().replacen("\t5\t", "\t6\t", 1).into_bytes();
+        assert_ne!(lying, manifest);
+        assert!(!run("lying", &lying, true, 0), "a tree that differs from its manifest was trusted");
+    }
+
+    /// Every switch checks its target: a pruned, missing or not-ok release is never made live.
+    #[cfg(unix)]
+    #[test]
+    fn a_switch_refuses_a_missing_or_not_ok_release() {
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path();
+        let (good, bad, gone) = ("20260220T051228Z", "20260221T051228Z", "20260222T051228Z");
+        for (id, status) in [(good, "ok"), (bad, "failed")] {
+            std::fs::create_dir_all(base.join("releases").join(id)).unwrap();
+            std::fs::write(base.join("releases").join(id).join(".release-meta"), format!("{{\"id\":\"{id}\",\"status\":\"{status}\"}}\n"))
+                .unwrap();
+        }
+        std::os::unix::fs::symlink(format!("releases/{good}"), base.join("current")).unwrap();
+        let b = base.to_str().unwrap();
+        for id in [bad, gone] {
+            let out = std::process::Command::new("sh").arg("-c").arg(switch(b, id, "{}")).output().unwrap();
+            assert!(!out.status.success(), "switched to {id}");
+            assert!(String::from_utf8_lossy(&out.stderr).contains("is missing or is not an ok release"));
+            assert_eq!(std::fs::read_link(base.join("current")).unwrap(), std::path::Path::new(&format!("releases/{good}")));
+        }
+        std::fs::create_dir_all(base.join("logs")).unwrap();
+        let out = std::process::Command::new("sh").arg("-c").arg(switch(b, good, "{}")).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
     #[test]
     fn deploy_finish_marks_ok_before_switching() {
         let s = finish_deploy("/b", "20260220T051228Z", "{}", &["20260101T000000Z".into()], "{}", "tok", false);

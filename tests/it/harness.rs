@@ -359,7 +359,9 @@ impl Run {
 }
 
 pub fn bst_cmd(config: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_bst"));
+    // BST_TEST_BIN runs the suite against another build, e.g. the commit before a fix, to show
+    // that a new test fails without it.
+    let mut c = Command::new(std::env::var_os("BST_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_bst").into()));
     c.arg("--config")
         .arg(config)
         .args(args)
