@@ -218,7 +218,12 @@ impl State {
 pub fn parse_state(listing: &str) -> State {
     let mut state = State::default();
     for line in listing.lines() {
-        let (tag, rest) = line.split_at(line.len().min(2));
+        // By bytes: a release directory named with a non-ASCII character at byte 1 made
+        // `split_at(2)` panic, and list, deploy, rollback and prune with it.
+        let (tag, rest) = match (line.get(..2), line.get(2..)) {
+            (Some(tag), Some(rest)) => (tag, rest),
+            _ => (line, ""),
+        };
         match tag {
             "B" => state.base_exists = true,
             "P " => state.real_base = Some(rest.to_string()),
@@ -388,6 +393,21 @@ mod tests {
         }
         let ids: Vec<_> = state.releases.iter().map(|r| r.id.clone()).collect();
         assert_eq!(ids, (3..=7).map(id).collect::<Vec<_>>());
+    }
+
+    proptest::proptest! {
+        /// The server's listing is data: never a panic, whatever its names and bytes.
+        #[test]
+        fn parsing_any_listing_never_panics(lines in proptest::collection::vec("(B|P |R |M |C |G |V )?[^\n]{0,40}", 0..12)) {
+            let _ = parse_state(&lines.join("\n"));
+        }
+    }
+
+    #[test]
+    fn odd_release_names_and_metas_from_the_server_are_ignored() {
+        let s = parse_state("B\nRé\nR 2026é\nR a\nb\nM {\"id\":\"é\"}\nC é\n");
+        assert!(s.releases.is_empty());
+        assert_eq!(s.current_raw.as_deref(), Some("é"));
     }
 
     #[test]

@@ -696,7 +696,7 @@ printf 'REAL %s
 printf 'EXISTING %s
 ' "$p"
 if [ -w "$p" ]; then echo "WRITABLE yes"; else echo "WRITABLE no"; fi
-df -Pk "$p" 2>/dev/null | awk 'NR==2 {print "FREE_KB " $4}'
+df -Pk "$p" 2>/dev/null | awk 'NR > 1 { for (i = NF; i >= 5; i--) if ($i ~ /^[0-9]+%$/ && $(i-1) ~ /^[0-9]+$/) { print "FREE_KB " $(i-1); exit } }'
 for c in tar gzip sh; do if command -v "$c" >/dev/null 2>&1; then echo "TOOL $c yes"; else echo "TOOL $c no"; fi; done
 if [ -d "$B/.bst-lock" ]; then printf 'LOCK '; tr -d '
 ' < "$B/.bst-lock/owner" 2>/dev/null; echo; else echo "LOCK free"; fi
@@ -951,6 +951,22 @@ mod tests {
         std::fs::create_dir_all(base.join("logs")).unwrap();
         let out = std::process::Command::new("sh").arg("-c").arg(switch(b, good, "{}")).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// A device name with a space (`map auto`, some FUSE mounts) shifted `df`'s columns and
+    /// gave a false free-space PASS: the available column is found from the end.
+    #[cfg(unix)]
+    #[test]
+    fn free_space_is_read_from_the_capacity_column() {
+        let line = preflight("/b", &[]).lines().find(|l| l.starts_with("df -Pk")).unwrap().to_string();
+        let awk = line.split_once("| ").unwrap().1;
+        for (df, want) in [
+            ("Filesystem 1024-blocks Used Available Capacity Mounted on\n/dev/sda1 100 60 40 60% /\n", "FREE_KB 40"),
+            ("Filesystem 1024-blocks Used Available Capacity Mounted on\nmap auto.home 999 0 999999 0% /home/x y\n", "FREE_KB 999999"),
+        ] {
+            let out = std::process::Command::new("sh").arg("-c").arg(format!("printf '%s' '{df}' | {awk}")).output().unwrap();
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want, "{df}");
+        }
     }
 
     #[test]

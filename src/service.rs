@@ -172,29 +172,46 @@ fn http_request(host: &str, port: u16, path: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Status code and (de-chunked) body of an HTTP/1.x response.
+/// Status code and (de-chunked) body of an HTTP/1.x response. Parsed on bytes: chunk sizes
+/// and `Content-Length` count bytes, and a chunk boundary may fall inside a UTF-8 character
+/// (slicing the decoded text there panicked, mid-deploy, after the switch). Never panics on
+/// what a server sends; the body is decoded only at the end.
 pub fn parse_http(reply: &[u8]) -> Option<(u16, String)> {
-    let text = String::from_utf8_lossy(reply);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let split = reply.windows(4).position(|w| w == b"\r\n\r\n");
+    let (head, body) = match split {
+        Some(i) => (&reply[..i], &reply[i + 4..]),
+        None => (reply, &[][..]),
+    };
+    let head = String::from_utf8_lossy(head);
     let status = head.lines().next()?.split_whitespace().nth(1)?.parse().ok()?;
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    let body = if chunked { dechunk(body) } else { body.to_string() };
-    Some((status, body))
+    let header = |name: &str| {
+        head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_ascii_lowercase())
+        })
+    };
+    let body = if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        dechunk(body)
+    } else if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        body[..len.min(body.len())].to_vec()
+    } else {
+        body.to_vec()
+    };
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(nl) = body.windows(2).position(|w| w == b"\r\n") {
+        let size = String::from_utf8_lossy(&body[..nl]);
         let Ok(n) = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16) else { break };
+        let rest = &body[nl + 2..];
         if n == 0 || rest.len() < n {
-            out.push_str(rest.get(..n.min(rest.len())).unwrap_or(""));
+            out.extend_from_slice(&rest[..n.min(rest.len())]);
             break;
         }
-        out.push_str(&rest[..n]);
-        body = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
+        out.extend_from_slice(&rest[..n]);
+        body = rest[n..].strip_prefix(b"\r\n").unwrap_or(&rest[n..]);
     }
     out
 }
@@ -275,6 +292,27 @@ mod tests {
         let chunked = b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"st\r\n5\r\natus\"\r\n0\r\n\r\n";
         assert_eq!(parse_http(chunked), Some((503, "{\"status\"".into())));
         assert_eq!(parse_http(b"garbage"), None);
+        // A chunk boundary inside "é" (0xc3 0xa9): reassembled from bytes.
+        let split = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nca\xc3\r\n3\r\n\xa9 !\r\n0\r\n\r\n";
+        assert_eq!(parse_http(split), Some((200, "ca\u{e9} !".into())));
+        // Content-Length is honoured: what follows is not body.
+        assert_eq!(parse_http(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokTRAILING"), Some((200, "ok".into())));
+    }
+
+    proptest::proptest! {
+        /// Whatever a server (or a broken proxy) sends, the probe answers and never panics.
+        #[test]
+        fn http_parsing_never_panics(head in proptest::collection::vec(proptest::num::u8::ANY, 0..64), body in proptest::collection::vec(proptest::num::u8::ANY, 0..256), chunked: bool) {
+            let mut reply = b"HTTP/1.1 200 OK\r\n".to_vec();
+            if chunked {
+                reply.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+            }
+            reply.extend_from_slice(&head);
+            reply.extend_from_slice(b"\r\n\r\n");
+            reply.extend_from_slice(&body);
+            let _ = parse_http(&reply);
+            let _ = parse_http(&body);
+        }
     }
 
     #[test]

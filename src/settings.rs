@@ -205,7 +205,8 @@ pub fn resolve_target(config: &Config, name: &str) -> anyhow::Result<Target> {
         }
     }
     let health_timeout = match &raw.health_timeout {
-        Some(t) => parse_duration(t).ok_or_else(|| bad("health_timeout", format!("invalid duration `{t}`: use e.g. 30s, 2m, 500ms")))?,
+        Some(t) => parse_duration(t)
+            .ok_or_else(|| bad("health_timeout", format!("invalid duration `{t}`: use e.g. 30s, 2m, 500ms, at most 24h")))?,
         None => Duration::from_secs(30),
     };
     let mut forbidden_paths = Vec::new();
@@ -311,18 +312,24 @@ fn split_host_port(s: &str, default_port: u16) -> Option<(String, u16)> {
     Some((host.to_string(), port.unwrap_or(default_port)))
 }
 
+/// The longest duration any setting takes: a day. Longer is a typo, and an unbounded one
+/// overflowed (`18446744073709551615s` panicked, `307445734561825861m` wrapped to 44 s).
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// `30s`, `2m`, `500ms`, `1h`; `None` when malformed or longer than [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num.parse().ok()?;
-    match unit.trim() {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" | "" => Some(Duration::from_secs(n)),
-        "m" | "min" => Some(Duration::from_secs(n * 60)),
-        "h" => Some(Duration::from_secs(n * 3600)),
-        _ => None,
-    }
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "s" | "" => Duration::from_secs(n),
+        "m" | "min" => Duration::from_secs(n.checked_mul(60)?),
+        "h" => Duration::from_secs(n.checked_mul(3600)?),
+        _ => return None,
+    };
+    (d <= MAX_DURATION).then_some(d)
 }
 
 /// An absolute path with no `.`/`..`, no empty components and not `/` itself: `rm -rf` and
@@ -427,6 +434,10 @@ mod tests {
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("soon"), None);
+        assert_eq!(parse_duration("24h"), Some(MAX_DURATION));
+        for huge in ["18446744073709551615s", "307445734561825861m", "25h", "86401s", "99999999999999999999ms"] {
+            assert_eq!(parse_duration(huge), None, "{huge}");
+        }
         assert_eq!(parse_http_url("http://127.0.0.1:4100/health"), Some(("127.0.0.1".into(), 4100, "/health".into())));
         assert_eq!(parse_http_url("http://localhost"), Some(("localhost".into(), 80, "/".into())));
         assert_eq!(parse_http_url("http://[::1]:8080/h?x=1"), Some(("::1".into(), 8080, "/h?x=1".into())));

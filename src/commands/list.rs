@@ -83,7 +83,9 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer) -> anyhow::Result<()
         state.current.as_deref().or(state.current_raw.as_deref()).unwrap_or("none")
     ));
     for r in rows {
-        let commit = r.commit.map(|c| &c[..c.len().min(8)]).unwrap_or("-");
+        // By characters: a `commit` from the server is data, not necessarily hex.
+        let short: Option<String> = r.commit.map(|c| c.chars().take(8).collect());
+        let commit = short.as_deref().unwrap_or("-");
         p.out(format!(
             "{} {}  {:<7}  {:<20}  {}{}  {:<14}  {}",
             if r.current { "*" } else { " " },
