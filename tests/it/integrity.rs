@@ -78,7 +78,7 @@ fn a_workspace_entry_named_like_bsts_own_files_is_refused_and_shared_survives() 
 fn a_release_meta_link_made_by_the_build_is_replaced_not_written_through() {
     let sshd = Sshd::start();
     let ws = Workspace::new();
-    let env = Env::new(Some(&sshd), &ws, "shared_files = [\".env\"]\nbuild = \"ln -sfn ../../shared/.env .release-meta\"");
+    let env = Env::new(Some(&sshd), &ws, "shared_files = [\".env\"]\nbuild = \"ln -sfn ../../shared .release-meta\"");
     env.bst(&["deploy", "t", "-q"]).ok();
     let before = with_shared_env(&env);
     env.bst(&["deploy", "t", "-q", "--build"]).ok();
