@@ -177,11 +177,6 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
             };
             p.timing(started, "server state received (lock held)");
             let listing = String::from_utf8_lossy(listing);
-            if p.verbose > 0 {
-                for v in listing.lines().filter_map(|l| l.strip_prefix("V ")) {
-                    eprintln!("server cache: {v}");
-                }
-            }
             let state = release::parse_state(&listing);
             // The server still holds the manifest this client left there: no need to send it.
             let same: Option<usize> = listing.lines().find_map(|l| l.strip_prefix("MSAME ")?.parse().ok());
@@ -610,6 +605,13 @@ fn after_upload(
 ) -> anyhow::Result<(Vec<String>, Vec<String>, Option<(usize, usize)>)> {
     let id = prep.meta.id.clone();
     let mut warnings = Vec::new();
+    if p.verbose > 0 {
+        if let Some((out, _)) = &uploaded {
+            for v in out.stderr_str().lines().filter_map(|l| l.strip_prefix("V ")) {
+                eprintln!("server cache: {v}");
+            }
+        }
+    }
     let (mut out, stats) = match uploaded {
         Some((out, _)) if prep.plan.is_some() && out.status == crate::remote::DELTA_STALE => {
             p.warn("the server's pristine copy changed under us; sending the full snapshot");

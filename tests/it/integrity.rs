@@ -151,7 +151,7 @@ fn a_deploy_after_a_rollback_keeps_the_release_that_was_live() {
 }
 
 /// Cases 4 and 5: a pristine copy, spare or manifest damaged on the server is never patched
-/// from; the deploy sends everything, says so with -v, and ships the workspace.
+/// from; the deploy ships the workspace, says with -v what it did instead, and still succeeds.
 #[test]
 fn a_damaged_pristine_copy_spare_or_manifest_is_never_patched_from() {
     let sshd = Sshd::start();
@@ -164,9 +164,12 @@ fn a_damaged_pristine_copy_spare_or_manifest_is_never_patched_from() {
     env.bst(&["deploy", "t", "-q"]).ok();
     let cache = env.base.join(".bst-cache");
     type Damage = fn(&Path);
-    let damages: [(&str, Damage, &str); 5] = [
-        ("truncate a pristine file", |c| std::fs::write(c.join("pristine/src/f03.ts"), "").unwrap(), "pristine copy changed"),
-        ("delete a pristine file", |c| std::fs::remove_file(c.join("pristine/src/f04.ts")).unwrap(), "pristine copy changed"),
+    // (what, damage, what -v says, whether this deploy may still be a delta)
+    let damages: [(&str, Damage, &[&str], bool); 5] = [
+        // The release comes from the intact spare; the cache job then finds the patched
+        // pristine copy wrong, and the next deploy sends everything.
+        ("truncate a pristine file", |c| std::fs::write(c.join("pristine/src/f03.ts"), "").unwrap(), &[], true),
+        ("delete a pristine file", |c| std::fs::remove_file(c.join("pristine/src/f04.ts")).unwrap(), &[], true),
         (
             "drop a manifest record",
             |c| {
@@ -174,23 +177,27 @@ fn a_damaged_pristine_copy_spare_or_manifest_is_never_patched_from() {
                 let kept: Vec<&[u8]> = m.split(|b| *b == 0).filter(|r| !r.ends_with(b"src/f05.ts")).collect();
                 std::fs::write(c.join("manifest"), kept.join(&0u8)).unwrap();
             },
-            "pristine copy changed",
+            &["spare copy changed", "pristine copy changed since it was verified; this deploy sends everything"],
+            false,
         ),
         (
             "same-size rewrite in the spare",
             |c| std::fs::write(c.join("spare/src/f06.ts"), "export const v = 9;\n").unwrap(),
-            "spare copy changed",
+            &["spare copy changed since it was made; the release is copied from the pristine tree"],
+            true,
         ),
-        ("delete a spare file", |c| std::fs::remove_file(c.join("spare/src/f07.ts")).unwrap(), "spare copy changed"),
+        ("delete a spare file", |c| std::fs::remove_file(c.join("spare/src/f07.ts")).unwrap(), &["spare copy changed"], true),
     ];
-    for (i, (what, damage, said)) in damages.iter().enumerate() {
+    for (i, (what, damage, said, may_delta)) in damages.iter().enumerate() {
         env.wait_cache_job();
         damage(&cache);
         ws.write("package.json", &format!("{{\"round\":{i}}}\n"));
         let run = env.bst(&["deploy", "t", "-v", "--json"]).ok();
-        assert!(run.stderr.contains(said), "{what}: -v does not say `{said}`:\n{}", run.stderr);
+        for s in *said {
+            assert!(run.stderr.contains(s), "{what}: -v does not say `{s}`:\n{}", run.stderr);
+        }
         let j = run.json();
-        if said.contains("pristine") {
+        if !may_delta {
             assert_eq!(j["delta"], false, "{what}: a delta from a damaged base");
         }
         let rel = env.base.join("current");
@@ -199,6 +206,14 @@ fn a_damaged_pristine_copy_spare_or_manifest_is_never_patched_from() {
             assert_eq!(std::fs::read(rel.join(&p)).unwrap(), std::fs::read(ws.path().join(&p)).unwrap(), "{what}: {p} differs");
         }
         assert_eq!(std::fs::read_to_string(rel.join("package.json")).unwrap(), format!("{{\"round\":{i}}}\n"));
+        if *may_delta && said.is_empty() {
+            env.wait_cache_job();
+            let log = std::fs::read_to_string(cache.join("job.log")).unwrap_or_default();
+            assert!(log.contains("pristine copy does not match its manifest"), "{what}: the cache job did not notice:\n{log}");
+            ws.write("package.json", &format!("{{\"round\":\"{i}b\"}}\n"));
+            let j = env.bst(&["deploy", "t", "--json"]).ok().json();
+            assert_eq!(j["delta"], false, "{what}: the next deploy patched from the damaged pristine copy");
+        }
     }
     // Once the job has proven a fresh copy, deltas resume.
     env.wait_cache_job();
