@@ -62,10 +62,35 @@ pub struct RawHealth {
     pub redis: Option<String>,
 }
 
+/// `[defaults]` first, then the target's own, each once: a target that adds a forbidden path
+/// must not drop the team-wide ones.
+fn union(defaults: Option<Vec<String>>, own: Option<Vec<String>>) -> Option<Vec<String>> {
+    match (defaults, own) {
+        (Some(mut all), Some(own)) => {
+            for v in own {
+                if !all.contains(&v) {
+                    all.push(v);
+                }
+            }
+            Some(all)
+        }
+        (d, o) => o.or(d),
+    }
+}
+
 impl RawTarget {
-    /// `self` wins; `defaults` fills the gaps.
+    /// Safety lists (`forbidden_paths`, `required_env`, `shared_files`, `shared_dirs`,
+    /// `exclude`) are unions of `[defaults]` and the target's own; `services` merge by name
+    /// (the target's definition of a name wins); every other key of the target overrides.
     fn merged_over(self, defaults: &RawTarget) -> RawTarget {
         let d = defaults.clone();
+        let services = match (d.services, self.services) {
+            (Some(mut all), Some(own)) => {
+                all.extend(own);
+                Some(all)
+            }
+            (d, o) => o.or(d),
+        };
         RawTarget {
             host: self.host.or(d.host),
             port: self.port.or(d.port),
@@ -75,17 +100,17 @@ impl RawTarget {
             base: self.base.or(d.base),
             source: self.source.or(d.source),
             keep_releases: self.keep_releases.or(d.keep_releases),
-            shared_files: self.shared_files.or(d.shared_files),
-            shared_dirs: self.shared_dirs.or(d.shared_dirs),
-            exclude: self.exclude.or(d.exclude),
+            shared_files: union(d.shared_files, self.shared_files),
+            shared_dirs: union(d.shared_dirs, self.shared_dirs),
+            exclude: union(d.exclude, self.exclude),
             install: self.install.or(d.install),
             build: self.build.or(d.build),
             restart: self.restart.or(d.restart),
             health_timeout: self.health_timeout.or(d.health_timeout),
-            services: self.services.or(d.services),
-            forbidden_paths: self.forbidden_paths.or(d.forbidden_paths),
+            services,
+            forbidden_paths: union(d.forbidden_paths, self.forbidden_paths),
             env_file: self.env_file.or(d.env_file),
-            required_env: self.required_env.or(d.required_env),
+            required_env: union(d.required_env, self.required_env),
             expect_env: self.expect_env.or(d.expect_env),
         }
     }
@@ -202,6 +227,25 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, String> {
         Config::parse(Path::new("targets.toml"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn safety_lists_are_unions_and_services_merge_by_name() {
+        let text = "[defaults]\nforbidden_paths = [\"/home/bonk/masterbst\"]\nrequired_env = [\"A\"]\nexclude = [\"*.log\"]\nshared_files = [\".env\"]\nshared_dirs = [\"s\"]\n\
+            [defaults.services.redis]\nunit = \"redis-server.service\"\n[defaults.services.api]\nunit = \"old.service\"\n\
+            [targets.a]\nhost = \"h\"\nforbidden_paths = [\"/srv/old\", \"/home/bonk/masterbst\"]\nrequired_env = [\"B\"]\nexclude = [\"tmp/\"]\n\
+            shared_files = [\"apps/web/.env\"]\nshared_dirs = [\"t\"]\nkeep_releases = 2\n[targets.a.services.api]\nunit = \"api.service\"\n";
+        let f = parse(text).unwrap();
+        let a = &f.targets["a"];
+        assert_eq!(a.forbidden_paths.as_deref().unwrap(), ["/home/bonk/masterbst", "/srv/old"]);
+        assert_eq!(a.required_env.as_deref().unwrap(), ["A", "B"]);
+        assert_eq!(a.exclude.as_deref().unwrap(), ["*.log", "tmp/"]);
+        assert_eq!(a.shared_files.as_deref().unwrap(), [".env", "apps/web/.env"]);
+        assert_eq!(a.shared_dirs.as_deref().unwrap(), ["s", "t"]);
+        let services = a.services.as_ref().unwrap();
+        assert_eq!(services["api"].unit, "api.service");
+        assert_eq!(services["redis"].unit, "redis-server.service");
+        assert_eq!(a.keep_releases, Some(2));
     }
 
     #[test]
