@@ -186,4 +186,14 @@ mod tests {
     fn verify_cli() {
         Cli::command().debug_assert();
     }
+
+    #[test]
+    fn reserved_target_names_are_the_subcommands() {
+        let mut names: Vec<String> = Cli::command().get_subcommands().map(|c| c.get_name().to_string()).collect();
+        names.push("help".into());
+        names.sort();
+        let mut reserved: Vec<String> = crate::config::RESERVED_NAMES.iter().map(|s| s.to_string()).collect();
+        reserved.sort();
+        assert_eq!(names, reserved);
+    }
 }

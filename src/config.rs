@@ -148,13 +148,17 @@ impl Config {
             Error::Config { path: path.display().to_string(), line, col, msg: e.message().trim().to_string() }
         })?;
         for name in raw.targets.keys() {
-            if !valid_target_name(name) {
+            if !valid_target_name(name) || RESERVED_NAMES.contains(&name.to_ascii_lowercase().as_str()) {
                 let (line, col) = find_key(text, name);
                 return Err(Error::Config {
                     path: path.display().to_string(),
                     line,
                     col,
-                    msg: format!("invalid target name `{name}`: use letters, digits, `-`, `_` and `.`"),
+                    msg: if RESERVED_NAMES.contains(&name.to_ascii_lowercase().as_str()) {
+                        format!("invalid target name `{name}`: it is a bst command; rename the target")
+                    } else {
+                        format!("invalid target name `{name}`: use letters, digits, `-`, `_` and `.`")
+                    },
                 }
                 .into());
             }
@@ -186,6 +190,12 @@ impl Config {
         Error::Config { path: self.path.display().to_string(), line, col, msg: msg.into() }
     }
 }
+
+/// `bst <name> …` means a subcommand for these, so a target of that name could never be
+/// reached for service actions (`bst list status`). Kept equal to the CLI's own list by a test
+/// in `cli.rs`.
+pub const RESERVED_NAMES: &[&str] =
+    &["deploy", "list", "rollback", "prune", "unlock", "env", "drill", "check", "init", "config", "completions", "man", "help"];
 
 pub fn valid_target_name(name: &str) -> bool {
     !name.is_empty()
@@ -246,6 +256,14 @@ mod tests {
         assert_eq!(services["api"].unit, "api.service");
         assert_eq!(services["redis"].unit, "redis-server.service");
         assert_eq!(a.keep_releases, Some(2));
+    }
+
+    #[test]
+    fn target_names_that_are_commands_are_refused_with_their_position() {
+        let e = parse("[targets.a]\nhost = \"h\"\n[targets.list]\nhost = \"h\"\n").unwrap_err();
+        assert_eq!(e, "targets.toml:3:10: invalid target name `list`: it is a bst command; rename the target");
+        assert!(parse("[targets.Deploy]\nhost = \"h\"\n").unwrap_err().contains("it is a bst command"));
+        assert!(parse("[targets.listing]\nhost = \"h\"\n").is_ok());
     }
 
     #[test]
