@@ -45,6 +45,16 @@ pub fn read(target: &Target, globals: &Globals) -> anyhow::Result<State> {
 
 pub fn run(target: &Target, globals: &Globals, p: &Printer) -> anyhow::Result<()> {
     let state = read(target, globals)?;
+    match (&state.current, &state.current_raw) {
+        (Some(id), _) if state.get(id).is_none() => {
+            p.warn(format!("{}/current points at releases/{id}, which does not exist: nothing is live; deploy or roll back", target.base))
+        }
+        (None, Some(raw)) if raw == "!not-a-symlink" => {
+            p.warn(format!("{}/current is not a symlink; bst will not replace it: move it away, then deploy", target.base))
+        }
+        (None, Some(raw)) => p.warn(format!("{}/current points at `{raw}`, not at a release of this target", target.base)),
+        _ => {}
+    }
     let rows: Vec<Row> = state
         .releases
         .iter()

@@ -310,3 +310,19 @@ fn the_cache_job_is_registered_before_the_lock_is_released() {
     let registered = script[job..].find("job.pid\" ] && [ $n -lt 500 ]").map(|i| i + job).expect("waits for job.pid");
     assert!(registered < unlock, "the lock is released before the job has registered");
 }
+
+/// `list` says so when nothing is live: `current` dangling, or not a symlink at all.
+#[test]
+fn list_warns_when_current_dangles_or_is_not_a_link() {
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    let env = Env::new(Some(&sshd), &ws, "");
+    env.bst(&["deploy", "t", "-q"]).ok();
+    env.wait_cache_job();
+    let id = env.current_id();
+    std::fs::remove_dir_all(env.base.join("releases").join(&id)).unwrap();
+    env.bst(&["list", "t"]).ok().stderr_has(&format!("current points at releases/{id}, which does not exist: nothing is live"));
+    std::fs::remove_file(env.base.join("current")).unwrap();
+    std::fs::create_dir(env.base.join("current")).unwrap();
+    env.bst(&["list", "t"]).ok().stderr_has("current is not a symlink; bst will not replace it");
+}
