@@ -8,5 +8,6 @@ mod ecosystem;
 mod faults;
 mod gates;
 mod harness;
+mod integrity;
 mod ssh;
 mod systemd;
