@@ -91,7 +91,12 @@ fn digest16(h: sha2::Sha256) -> Hash {
 fn hash_entry(path: &Path, symlink: bool) -> Option<Hash> {
     let mut h = sha2::Sha256::new();
     if symlink {
-        h.update(std::fs::read_link(path).ok()?.to_string_lossy().replace('\\', "/").as_bytes());
+        // The target exactly as it ships (see `link_target`): what the server's copy hashes to.
+        let target = crate::snapshot::link_target(path).ok()?;
+        #[cfg(unix)]
+        h.update(std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str()));
+        #[cfg(not(unix))]
+        h.update(target.to_string_lossy().as_bytes());
     } else {
         let mut f = std::fs::File::open(path).ok()?;
         let mut buf = vec![0u8; 256 * 1024];

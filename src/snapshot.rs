@@ -448,10 +448,16 @@ fn is_exec(_: &std::fs::Metadata) -> bool {
     false
 }
 
-/// A symlink's target. Where the checkout has no symlinks (Windows, `core.symlinks=false`)
-/// git writes the target as the file's content.
-fn link_target(full: &Path) -> io::Result<PathBuf> {
+/// A symlink's target, as the release must carry it. On Unix that is the link's bytes exactly:
+/// a backslash is an ordinary character there, and a target that is not UTF-8 must not be
+/// rewritten (both shipped a different link with exit 0). On Windows a link's separators are
+/// backslashes, and the server needs `/`. Where the checkout has no symlinks (Windows,
+/// `core.symlinks=false`) git writes the target as the file's content.
+pub fn link_target(full: &Path) -> io::Result<PathBuf> {
     match std::fs::read_link(full) {
+        #[cfg(unix)]
+        Ok(t) => Ok(t),
+        #[cfg(not(unix))]
         Ok(t) => Ok(PathBuf::from(posix(&t.to_string_lossy()))),
         Err(_) => {
             let mut s = String::new();

@@ -326,3 +326,26 @@ fn list_warns_when_current_dangles_or_is_not_a_link() {
     std::fs::create_dir(env.base.join("current")).unwrap();
     env.bst(&["list", "t"]).ok().stderr_has("current is not a symlink; bst will not replace it");
 }
+
+/// Found by the model: a link target was rewritten on the way (a backslash became `/`, bytes
+/// that are not UTF-8 became U+FFFD), with exit 0. On Unix both are ordinary target bytes.
+#[test]
+fn symlink_targets_ship_byte_for_byte() {
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    let raw = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
+    std::os::unix::fs::symlink("..\\lib\\a.txt", ws.path().join("back")).unwrap();
+    std::os::unix::fs::symlink(raw, ws.path().join("latin1")).unwrap();
+    let env = Env::new(Some(&sshd), &ws, "");
+    env.bst(&["deploy", "t", "-q"]).ok();
+    let rel = env.base.join("current");
+    assert_eq!(std::fs::read_link(rel.join("back")).unwrap().as_os_str().as_bytes(), b"..\\lib\\a.txt");
+    assert_eq!(std::fs::read_link(rel.join("latin1")).unwrap().as_os_str(), raw);
+    // Re-pointed from `a\b` to `a/b`: a different link, so a delta sends it.
+    env.wait_cache_job();
+    std::fs::remove_file(ws.path().join("back")).unwrap();
+    std::os::unix::fs::symlink("../lib/a.txt", ws.path().join("back")).unwrap();
+    let j = env.bst(&["deploy", "t", "--json"]).ok().json();
+    assert_eq!((j["delta"].as_bool(), j["files_sent"].as_u64()), (Some(true), Some(1)));
+    assert_eq!(std::fs::read_link(env.base.join("current/back")).unwrap().as_os_str().as_bytes(), b"../lib/a.txt");
+}
