@@ -243,14 +243,17 @@ cd "$C" 2>/dev/null || exit 0
 # Registered by the job itself: until this process runs this script, its command line is
 # its parent's, without the name the waiting side checks for.
 echo $$ > job.pid.tmp && mv -f job.pid.tmp job.pid
-trap 'rm -rf "$C/pristine.tmp" "$C/spare.tmp" "$C/pristine.tmp.verify-list" "$C/pristine.verify-list"' EXIT
-rm -rf "$C.old" pristine.tmp spare.tmp
+# Temp names of this run only: a killed job's children (cp, tar, find) may live on as orphans
+# and keep writing into the names it used, which this run must never adopt.
+P=pristine.tmp.$$; S=spare.tmp.$$
+trap 'rm -rf "$C/$P" "$C/$S" "$C/pristine.verify-list.$$" "$C/pristine.stat.$$" "$C/spare.stat.$$"' EXIT
+rm -rf "$C.old" pristine.tmp.* spare.tmp.* pristine.stat.* spare.stat.* pristine.verify-list.* 2>/dev/null
 rm -f generation pristine.stat
 A=; if [ -f {tgz} ]; then A={tgz}; z=z; elif [ -f {tar} ]; then A={tar}; z=; fi
 if [ -n "$A" ]; then
   # tee may have hit a full disk while tar did not: only the marker, the last entry of the
   # stream, proves the kept archive is whole.
-  if mkdir pristine.tmp && tar -x${{z}}f "$A" -C pristine.tmp --no-same-owner && [ -f pristine.tmp/{COMPLETE} ] && rm -rf pristine.tmp/{UPLOAD} && rm -rf pristine && mv pristine.tmp pristine && mv upload/manifest manifest; then
+  if mkdir "$P" && tar -x${{z}}f "$A" -C "$P" --no-same-owner && [ -f "$P/{COMPLETE}" ] && rm -rf "$P/{UPLOAD}" && rm -rf pristine && mv "$P" pristine && mv upload/manifest manifest; then
     :
   else
     echo "$(date -u +%FT%TZ) could not unpack the pristine copy; the next deploy sends everything"
@@ -265,10 +268,10 @@ if ! perl -e {verify} manifest pristine; then
   rm -rf pristine manifest spare spare.generation
   exit 0
 fi
-{STAT_LISTING} > pristine.stat.tmp && mv pristine.stat.tmp pristine.stat && printf '%s\n' {generation} > generation || exit 0
+{STAT_LISTING} > pristine.stat.$$ && mv pristine.stat.$$ pristine.stat && printf '%s\n' {generation} > generation || exit 0
 g=$(cat generation)
 rm -rf spare spare.generation spare.stat
-if cp -a --reflink=auto pristine spare.tmp && mv spare.tmp spare && {SPARE_LISTING} > spare.stat; then
+if [ ! -e spare ] && cp -a --reflink=auto pristine "$S" && mv "$S" spare && {SPARE_LISTING} > spare.stat.$$ && mv spare.stat.$$ spare.stat; then
   printf '%s\n' "$g" > spare.generation
 else
   rm -rf spare

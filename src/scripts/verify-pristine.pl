@@ -72,7 +72,7 @@ for my $p (keys %want) { $seen{$p} or bad("missing $p") }
 
 # One sha256sum per batch of files (xargs), NUL-separated both ways: no name is escaped.
 if (@files) {
-    my $list = "$dir.verify-list";
+    my $list = "$dir.verify-list.$$";
     open(my $l, '>:raw', $list) or bad("cannot write $list: $!");
     print $l map { "$_\0" } @files;
     close $l or bad("cannot write $list: $!");
