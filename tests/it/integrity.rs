@@ -349,3 +349,58 @@ fn symlink_targets_ship_byte_for_byte() {
     assert_eq!((j["delta"].as_bool(), j["files_sent"].as_u64()), (Some(true), Some(1)));
     assert_eq!(std::fs::read_link(env.base.join("current/back")).unwrap().as_os_str().as_bytes(), b"../lib/a.txt");
 }
+
+/// Case 4 for real: the kept archive hits its limit (`ulimit -f`, with SIGXFSZ ignored so
+/// `tee` gets EFBIG and carries on, as it does on ENOSPC) while `tar -x` of the release does
+/// not. The deploy succeeds; the cut archive never becomes the pristine copy, so the next
+/// deploy sends everything and is right.
+#[test]
+fn a_kept_archive_cut_by_a_full_disk_is_never_patched_from() {
+    let ws = Workspace::new();
+    for i in 0..60 {
+        std::fs::write(ws.path().join(format!("blob{i:02}.bin")), noise(60_000, i)).unwrap();
+    }
+    commit(&ws, "blobs");
+    let env = Env::new(None, &ws, "");
+    let limited = |args: &[&str]| {
+        let plain = bst_cmd(&env.config, args);
+        let mut c = std::process::Command::new("sh");
+        c.arg("-c").arg("trap '' XFSZ; ulimit -f 2048; exec \"$0\" \"$@\"").arg(plain.get_program()).args(plain.get_args());
+        for (k, v) in plain.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        let out = c.stdin(std::process::Stdio::null()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    limited(&["deploy", "t", "-q"]);
+    env.wait_cache_job();
+    assert!(!env.base.join(".bst-cache/generation").exists(), "a cut archive became the pristine copy");
+    let log = std::fs::read_to_string(env.base.join(".bst-cache/job.log")).unwrap_or_default();
+    assert!(log.contains("could not unpack the pristine copy"), "{log}");
+    ws.write("package.json", "{\"after\":\"full disk\"}\n");
+    let j = env.bst(&["deploy", "t", "--json"]).ok().json();
+    assert_eq!(j["delta"], false);
+    assert_eq!(tree_of(&env.base.join("current")), tree_of(ws.path()));
+}
+
+/// Files and their bytes under `root`, without `.git`, `.release-meta` and what the test
+/// workspace ignores.
+fn tree_of(root: &Path) -> Vec<(String, Vec<u8>)> {
+    snapshot(root)
+        .into_iter()
+        .filter(|(p, d)| {
+            let p = p.trim_start_matches("./");
+            d != b"<dir>"
+                && !(p == ".git"
+                    || p.starts_with(".git/")
+                    || p == ".release-meta"
+                    || p.starts_with("node_modules")
+                    || p == "ignored.txt"
+                    || p == ".env")
+        })
+        .map(|(p, d)| (p.trim_start_matches("./").to_string(), d))
+        .collect()
+}
