@@ -9,5 +9,6 @@ mod faults;
 mod gates;
 mod harness;
 mod integrity;
+mod model;
 mod ssh;
 mod systemd;
