@@ -292,6 +292,27 @@ fn shipped_by_git(ws: &Path) -> (Tree, Vec<Vec<u8>>) {
 /// the shared links when they are links (checked on their own).
 fn release_tree(root: &Path) -> Tree {
     let mut t = Tree::new();
+    walk(root, |p, path, md| {
+        let shared_link = md.file_type().is_symlink() && (p == SHARED_FILE.as_bytes() || p == SHARED_DIR.as_bytes());
+        if p == b".release-meta" || shared_link {
+            return;
+        }
+        if md.file_type().is_symlink() {
+            let target = std::fs::read_link(path).map(|t| t.as_os_str().as_bytes().to_vec()).unwrap_or_default();
+            t.insert(p.to_vec(), Node::Link(target));
+        } else if md.is_file() {
+            let n = file_node(path, md.permissions().mode() & 0o111 != 0).unwrap_or(Node::Other("unreadable file".into()));
+            t.insert(p.to_vec(), n);
+        } else if !md.is_dir() {
+            t.insert(p.to_vec(), Node::Other(format!("{:?}", md.file_type())));
+        }
+    });
+    t
+}
+
+/// Every entry under `root` (relative path as bytes, full path, lstat), directories before
+/// what is in them; symlinks are not followed.
+fn walk(root: &Path, mut visit: impl FnMut(&[u8], &Path, &std::fs::Metadata)) {
     let mut stack = vec![Vec::<u8>::new()];
     while let Some(rel) = stack.pop() {
         let Ok(rd) = std::fs::read_dir(root.join(os(&rel))) else { continue };
@@ -302,24 +323,12 @@ fn release_tree(root: &Path) -> Tree {
             }
             p.extend_from_slice(e.file_name().as_bytes());
             let Ok(md) = std::fs::symlink_metadata(e.path()) else { continue };
-            let shared_link = md.file_type().is_symlink() && (p == SHARED_FILE.as_bytes() || p == SHARED_DIR.as_bytes());
-            if p == b".release-meta" || shared_link {
-                continue;
-            }
-            if md.file_type().is_symlink() {
-                let target = std::fs::read_link(e.path()).map(|t| t.as_os_str().as_bytes().to_vec()).unwrap_or_default();
-                t.insert(p, Node::Link(target));
-            } else if md.is_dir() {
+            visit(&p, &e.path(), &md);
+            if md.is_dir() {
                 stack.push(p);
-            } else if md.is_file() {
-                let n = file_node(&e.path(), md.permissions().mode() & 0o111 != 0).unwrap_or(Node::Other("unreadable file".into()));
-                t.insert(p, n);
-            } else {
-                t.insert(p, Node::Other(format!("{:?}", md.file_type())));
             }
         }
     }
-    t
 }
 
 fn diff(want: &Tree, got: &Tree) -> Vec<String> {
@@ -352,26 +361,16 @@ type Snap = BTreeMap<Vec<u8>, (char, Vec<u8>)>;
 
 fn snapshot(root: &Path) -> Snap {
     let mut s = Snap::new();
-    let mut stack = vec![Vec::<u8>::new()];
-    while let Some(rel) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(root.join(os(&rel))) else { continue };
-        for e in rd.filter_map(Result::ok) {
-            let mut p = rel.clone();
-            if !p.is_empty() {
-                p.push(b'/');
-            }
-            p.extend_from_slice(e.file_name().as_bytes());
-            let Ok(md) = std::fs::symlink_metadata(e.path()) else { continue };
-            if md.file_type().is_symlink() {
-                s.insert(p, ('l', std::fs::read_link(e.path()).map(|t| t.as_os_str().as_bytes().to_vec()).unwrap_or_default()));
-            } else if md.is_dir() {
-                s.insert(p.clone(), ('d', Vec::new()));
-                stack.push(p);
-            } else {
-                s.insert(p, ('f', std::fs::read(e.path()).unwrap_or_default()));
-            }
-        }
-    }
+    walk(root, |p, path, md| {
+        let entry = if md.file_type().is_symlink() {
+            ('l', std::fs::read_link(path).map(|t| t.as_os_str().as_bytes().to_vec()).unwrap_or_default())
+        } else if md.is_dir() {
+            ('d', Vec::new())
+        } else {
+            ('f', std::fs::read(path).unwrap_or_default())
+        };
+        s.insert(p.to_vec(), entry);
+    });
     s
 }
 
