@@ -254,6 +254,36 @@ fn unhealthy_release_is_rolled_back_automatically() {
     a.bst(&["deploy", "t"]).ok();
 }
 
+/// Issue 12, case 3: keep 2, deploy g1 and g2, roll back to g1, deploy an unhealthy g3. g1
+/// was pruned by g3's deploy, and the gate then switched `current` to a directory that was
+/// gone. Now nothing is pruned before the gate has passed, and g1 is never a candidate.
+#[test]
+fn an_unhealthy_deploy_after_a_rollback_switches_back_to_a_release_that_exists() {
+    let a = app("prune-gate", "keep_releases = 2");
+    a.bst(&["deploy", "t", "-q"]).ok();
+    let g1 = a.current_id();
+    a.ws.write("v.txt", "2");
+    a.bst(&["deploy", "t", "-q"]).ok();
+    a.bst(&["rollback", "t", "-q"]).ok();
+    assert_eq!(a.current_id(), g1);
+    a.ws.write("UNHEALTHY", "yes");
+    a.bst(&["deploy", "t"]).code(1).stderr_has(&format!("rolled back to {g1}, which is healthy again"));
+    assert_eq!(a.current_id(), g1);
+    let meta = host().ssh(&format!("cat {}/releases/{g1}/.release-meta", a.base));
+    assert!(meta.contains("\"status\":\"ok\""), "current names a release that is gone or not ok: {meta}");
+    assert_eq!(host().ssh(&format!("ls {}/releases | wc -l", a.base)).trim(), "3", "pruned before the gate decided");
+    let body = a.http_health().expect("app answers again");
+    assert!(body.contains(&g1), "{body}");
+    // A healthy deploy prunes once its gate has passed: the failed g3 goes; g1 (live before
+    // this deploy) and g2 (the new release's rollback target) stay.
+    let g3 = host().ssh(&format!("ls {}/releases | tail -n 1", a.base)).trim().to_string();
+    std::fs::remove_file(a.ws.path().join("UNHEALTHY")).unwrap();
+    let j = a.bst(&["deploy", "t", "--json"]).ok().json();
+    assert_eq!(j["pruned"], serde_json::json!([g3]), "{j}");
+    let left = host().ssh(&format!("ls {}/releases", a.base));
+    assert!(left.contains(&g1) && !left.contains(&g3) && left.lines().count() == 3, "{left}");
+}
+
 #[test]
 fn a_unit_that_fails_to_start_shows_its_journal() {
     let a = app("broken", "");
