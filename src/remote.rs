@@ -81,6 +81,7 @@ while IFS= read -r bst_line; do
 done
 if [ -z "$go" ]; then
   if [ -n "$bst_check" ]; then wait "$bst_check" 2>/dev/null; fi
+  rm -f "$bst_verdict"
 "#,
     );
     s.push_str(&unlock_fragment(token));
@@ -109,6 +110,9 @@ pub fn split_session_head(buf: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
 /// none): the manifest is sent only when the server's differs.
 fn lock_script(base: &str, owner_json: &str, create: bool, deploy: Option<&str>) -> String {
     let mut s = base_var(base);
+    if deploy.is_some() {
+        s.push_str(&start_check());
+    }
     if create {
         s.push_str("mkdir -p \"$B/releases\" \"$B/shared\" \"$B/logs\" || exit 1\n");
     } else {
@@ -131,7 +135,6 @@ fi
     );
     if deploy.is_some() {
         s.push_str(&wait_cache_job());
-        s.push_str(&start_check());
     }
     s.push_str(state_body());
     if let Some(known) = deploy {
@@ -182,23 +185,39 @@ fi
 /// patch from that copy. GNU find: without `-printf` nothing is ever recorded, so nothing is
 /// ever trusted and every deploy is a full upload.
 const STAT_LISTING: &str = "find pristine manifest -printf '%y %m %s %T@ %C@ %i %D %p\\0'";
-const SPARE_LISTING: &str = "find spare manifest -printf '%y %m %s %T@ %C@ %i %D %p\\0'";
+/// The same for the spare and the manifest, from the path list the cache job recorded
+/// (`spare.paths`), stat'ed in parallel and sorted: with cold caches the inode reads dominate,
+/// and eight at a time take half the time of one `find`. A file added or removed changes its
+/// directory's mtime and ctime, and the directories are in the list. Lines, line-buffered: the
+/// parallel writers then never split one another's records (a name with a newline is two
+/// lines, the same two lines on both sides).
+const SPARE_LISTING: &str =
+    "xargs -0 -r -P 8 -n 256 stdbuf -oL stat --printf '%F %a %s %.9Y %.9Z %i %d %n\\n' < spare.paths | LC_ALL=C sort";
 
-/// Whether the spare (and the manifest) are as the cache job left them: started in the
-/// background as soon as the deploy holds the lock, so the stat walk (40 ms per 5,000 files on
-/// a slow VM) overlaps the client's listing, planning and upload instead of delaying the
-/// server's answer. The upload script waits for the result ([`use_check`]). The result goes
-/// into the lock directory, which only this run writes to.
+/// Whether the spare (and the manifest) are as the cache job left them. The stat walk reads
+/// every inode of the spare (0.3 s per 5,000 files with cold caches on this VM), so it starts
+/// in the background first thing, before the lock is even taken, and overlaps the lock, the
+/// state listing, the round trip, the client's planning and the upload; the upload script waits
+/// for it ([`use_check`]). It only reads, and it proves only the spare it saw: its verdict
+/// names the spare's generation and the identity of the listing it compared against, and
+/// counts only if both are unchanged when it is used (a cache job may replace the spare
+/// meanwhile). The verdict file is this session's own.
 fn start_check() -> String {
     format!(
-        r#"bst_check=
+        r#"bst_check=; bst_verdict="$B/{CACHE_DIR}/spare.checked.$$"
 if [ -f "$B/{CACHE_DIR}/spare.generation" ]; then
-  ( cd "$B/{CACHE_DIR}" && {{ {SPARE_LISTING} 2>/dev/null | cmp -s - spare.stat; }} || : > "$B/{LOCK_DIR}/changed-spare" ) < /dev/null > /dev/null 2>&1 &
+  ( cd "$B/{CACHE_DIR}" || exit 0
+    seen="$(cat spare.generation 2>/dev/null) $({SPARE_ID} 2>/dev/null)"
+    {{ {SPARE_LISTING} 2>/dev/null | cmp -s - spare.stat; }} && printf '%s\n' "$seen" > "$bst_verdict"
+  ) < /dev/null > /dev/null 2>&1 &
   bst_check=$!
 fi
 "#
     )
 }
+
+/// The identity of the recorded spare listing: a new one is a new file (inode, mtime).
+const SPARE_ID: &str = "find spare.stat -printf '%i %T@'";
 
 /// What a delta may patch from. A touched spare (or manifest) is dropped: the release is then
 /// copied from the pristine tree, which must itself be as the cache job proved it, or the
@@ -210,10 +229,14 @@ fi
 fn use_check(delta: bool) -> String {
     let mut s = format!(
         r#"if [ -n "${{bst_check:-}}" ]; then wait "$bst_check" 2>/dev/null || true; bst_check=; fi
-if [ -f "$B/{LOCK_DIR}/changed-spare" ]; then
-  rm -rf "$B/{CACHE_DIR}/spare" "$B/{CACHE_DIR}/spare.generation" "$B/{LOCK_DIR}/changed-spare"
-  echo 'V the spare copy changed since it was made; the release is copied from the pristine tree' >&2
+if [ -f "$B/{CACHE_DIR}/spare.generation" ]; then
+  now="$(cat "$B/{CACHE_DIR}/spare.generation" 2>/dev/null) $(cd "$B/{CACHE_DIR}" && {SPARE_ID} 2>/dev/null)"
+  if [ -z "${{bst_verdict:-}}" ] || [ "$(cat "$bst_verdict" 2>/dev/null)" != "$now" ]; then
+    rm -rf "$B/{CACHE_DIR}/spare" "$B/{CACHE_DIR}/spare.generation"
+    echo 'V the spare copy changed since it was made, or could not be checked; the release is copied from the pristine tree' >&2
+  fi
 fi
+rm -f "${{bst_verdict:-/nonexistent}}"
 "#
     );
     if delta {
@@ -247,7 +270,7 @@ echo $$ > job.pid.tmp && mv -f job.pid.tmp job.pid
 # and keep writing into the names it used, which this run must never adopt.
 P=pristine.tmp.$$; S=spare.tmp.$$
 trap 'rm -rf "$C/$P" "$C/$S" "$C/pristine.verify-list.$$" "$C/pristine.stat.$$" "$C/spare.stat.$$"' EXIT
-rm -rf "$C.old" pristine.tmp.* spare.tmp.* pristine.stat.* spare.stat.* pristine.verify-list.* 2>/dev/null
+rm -rf "$C.old" pristine.tmp.* spare.tmp.* pristine.stat.* spare.stat.* pristine.verify-list.* spare.checked.* 2>/dev/null
 rm -f generation pristine.stat
 A=; if [ -f {tgz} ]; then A={tgz}; z=z; elif [ -f {tar} ]; then A={tar}; z=; fi
 if [ -n "$A" ]; then
@@ -271,7 +294,9 @@ fi
 {STAT_LISTING} > pristine.stat.$$ && mv pristine.stat.$$ pristine.stat && printf '%s\n' {generation} > generation || exit 0
 g=$(cat generation)
 rm -rf spare spare.generation spare.stat
-if [ ! -e spare ] && cp -a --reflink=auto pristine "$S" && mv "$S" spare && {SPARE_LISTING} > spare.stat.$$ && mv spare.stat.$$ spare.stat; then
+rm -f spare.paths
+if [ ! -e spare ] && cp -a --reflink=auto pristine "$S" && mv "$S" spare && {{ find spare -print0 && printf 'manifest\0'; }} > spare.paths \
+  && {SPARE_LISTING} > spare.stat.$$ && mv spare.stat.$$ spare.stat; then
   printf '%s\n' "$g" > spare.generation
 else
   rm -rf spare

@@ -183,7 +183,7 @@ fn a_damaged_pristine_copy_spare_or_manifest_is_never_patched_from() {
         (
             "same-size rewrite in the spare",
             |c| std::fs::write(c.join("spare/src/f06.ts"), "export const v = 9;\n").unwrap(),
-            &["spare copy changed since it was made; the release is copied from the pristine tree"],
+            &["spare copy changed since it was made, or could not be checked; the release is copied from the pristine tree"],
             true,
         ),
         ("delete a spare file", |c| std::fs::remove_file(c.join("spare/src/f07.ts")).unwrap(), &["spare copy changed"], true),
