@@ -467,6 +467,15 @@ mod tests {
         assert!(plan(&[touched], &remote[..1]).send.is_empty());
     }
 
+    /// The hash cache kept in `file`, as a new deploy would open it.
+    fn cache_at(file: &Path) -> HashCache {
+        HashCache {
+            file: Some(file.to_path_buf()),
+            recs: std::fs::read(file).ok().and_then(|d| decode(&d)).unwrap_or_default(),
+            changed: true,
+        }
+    }
+
     #[cfg(unix)]
     #[test]
     fn hashes_are_cached_by_size_and_mtime_and_the_cache_follows_the_workspace() {
@@ -489,11 +498,7 @@ mod tests {
             Entry { path: "l".into(), kind: Kind::Symlink, stat: None },
         ];
         let file = d.path().join("cache");
-        let open = || HashCache {
-            file: Some(file.clone()),
-            recs: std::fs::read(&file).ok().and_then(|d| decode(&d)).unwrap_or_default(),
-            changed: true,
-        };
+        let open = || cache_at(&file);
         let mut c = open();
         let m1 = local_manifest(&src, &entries, &mut c);
         assert_eq!(m1[0].hash, digest16(sha2::Sha256::new_with_prefix(b"one")));
@@ -540,11 +545,7 @@ mod tests {
             Entry { path: "b".into(), kind: Kind::File { exec: false }, stat: None },
         ];
         let file = d.path().join("cache");
-        let open = || HashCache {
-            file: Some(file.clone()),
-            recs: decode(&std::fs::read(&file).unwrap_or_default()).unwrap_or_default(),
-            changed: true,
-        };
+        let open = || cache_at(&file);
         let mut c = open();
         let m1 = local_manifest(&src, &entries, &mut c);
         c.save(&m1);

@@ -616,6 +616,11 @@ fn audit_fragment(line_json: &str) -> String {
     format!("printf '%s\\n' {} >> \"$B/logs/deploys.jsonl\" || true\n", quote(line_json))
 }
 
+/// The releases a script's prune step removed: its `P <id>` lines.
+pub fn pruned_ids(stdout: &str) -> Vec<String> {
+    stdout.lines().filter_map(|l| l.strip_prefix("P ")).map(str::to_string).collect()
+}
+
 /// Renames the releases into a trash dir of this run (so a cut-short prune never leaves a
 /// half-deleted directory under `releases/` that still reads as a release), then deletes them
 /// in the background after a deploy (the operator does not wait for `rm -rf` of whole trees)

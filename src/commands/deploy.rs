@@ -307,7 +307,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
                 match gate {
                     // Only now is it known which releases are no longer needed to switch back to.
                     Ok(()) => match t.run(&crate::remote::prune(&target.base, &prep.prune, &held.token, true)) {
-                        Ok(out) => pruned = out.stdout_str().lines().filter_map(|l| l.strip_prefix("P ")).map(str::to_string).collect(),
+                        Ok(out) => pruned = crate::remote::pruned_ids(&out.stdout_str()),
                         Err(e) => {
                             p.warn(format!("pruning after the health gate did not run: {e:#}"));
                             lock::release(&mut *t, target, &held, p);
@@ -679,7 +679,7 @@ fn after_upload(
         }
         meta.status = Status::Ok;
         meta.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
-        let pruned = text.lines().filter_map(|l| l.strip_prefix("P ")).map(str::to_string).collect();
+        let pruned = crate::remote::pruned_ids(&text);
         return Ok((pruned, warnings, delta_used));
     }
 
@@ -724,7 +724,7 @@ fn after_upload(
         p.warn(w);
         warnings.push(w.to_string());
     }
-    Ok((text.lines().filter_map(|l| l.strip_prefix("P ")).map(str::to_string).collect(), warnings, delta_used))
+    Ok((crate::remote::pruned_ids(&text), warnings, delta_used))
 }
 
 /// deploy-rs's "magic rollback": after the switch, restart the `restart` services and wait

@@ -33,7 +33,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, keep: Option<usize>)
     for w in text.lines().filter_map(|l| l.strip_prefix("W ")) {
         p.warn(w);
     }
-    let pruned: Vec<String> = text.lines().filter_map(|l| l.strip_prefix("P ")).map(str::to_string).collect();
+    let pruned = remote::pruned_ids(&text);
     if out.status != 0 {
         lock::release(&mut *t, target, &held, p);
         return Err(Error::Failed(format!("prune failed: {}", out.stderr_str())).into());
