@@ -307,7 +307,14 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
                 match gate {
                     // Only now is it known which releases are no longer needed to switch back to.
                     Ok(()) => match t.run(&crate::remote::prune(&target.base, &prep.prune, &held.token, true)) {
-                        Ok(out) => pruned = crate::remote::pruned_ids(&out.stdout_str()),
+                        Ok(out) => {
+                            pruned = crate::remote::pruned_ids(&out.stdout_str());
+                            // The script unlocks last; one that stopped early left the lock held.
+                            if out.status != 0 {
+                                p.warn(format!("pruning after the health gate failed: {}", out.stderr_str()));
+                                lock::release(&mut *t, target, &held, p);
+                            }
+                        }
                         Err(e) => {
                             p.warn(format!("pruning after the health gate did not run: {e:#}"));
                             lock::release(&mut *t, target, &held, p);
