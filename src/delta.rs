@@ -468,6 +468,7 @@ mod tests {
     }
 
     /// The hash cache kept in `file`, as a new deploy would open it.
+    #[cfg(unix)]
     fn cache_at(file: &Path) -> HashCache {
         HashCache {
             file: Some(file.to_path_buf()),
