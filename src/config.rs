@@ -30,6 +30,9 @@ pub struct RawTarget {
     pub restart: Option<Vec<String>>,
     /// `30s`, `2m`, `500ms`.
     pub health_timeout: Option<String>,
+    /// How long past `health_timeout` the server's watchdog waits for the client to confirm a
+    /// gated switch before it switches back on its own.
+    pub confirm_margin: Option<String>,
     pub services: Option<BTreeMap<String, RawService>>,
     /// Paths a base must never be at or under, even through a symlink (retired aliases).
     pub forbidden_paths: Option<Vec<String>>,
@@ -107,6 +110,7 @@ impl RawTarget {
             build: self.build.or(d.build),
             restart: self.restart.or(d.restart),
             health_timeout: self.health_timeout.or(d.health_timeout),
+            confirm_margin: self.confirm_margin.or(d.confirm_margin),
             services,
             forbidden_paths: union(d.forbidden_paths, self.forbidden_paths),
             env_file: self.env_file.or(d.env_file),

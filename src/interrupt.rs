@@ -1,4 +1,5 @@
-//! Ctrl-C handling. The first SIGINT sets a flag that long loops turn into
+//! Ctrl-C handling, and SIGTERM and SIGHUP handled the same way (a cancelled CI job, a closed
+//! terminal). The first signal sets a flag that long loops turn into
 //! [`Error::Interrupted`], so cleanup (partial release removed, lock released) still runs;
 //! a second one exits at once.
 

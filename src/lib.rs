@@ -18,6 +18,7 @@ pub mod shell;
 pub mod snapshot;
 pub mod sshconfig;
 pub mod transport;
+pub mod watchdog;
 
 use cli::{Cli, Command, ConfigCommand, DrillCommand, EnvCommand};
 use error::Error;

@@ -176,6 +176,9 @@ pub struct State {
     pub real_base: Option<String>,
     /// The release whose snapshot the server keeps as its pristine copy, if any.
     pub cache_generation: Option<String>,
+    /// Audit lines of switches the server's watchdog made with no client there to see them,
+    /// not yet reported (the listing hands each out once).
+    pub watchdog: Vec<String>,
 }
 
 impl State {
@@ -231,6 +234,7 @@ pub fn parse_state(listing: &str) -> State {
             "G " if rest.split(' ').next().is_some_and(is_release_id) && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b' ') => {
                 state.cache_generation = Some(rest.to_string())
             }
+            "WD" => state.watchdog.push(rest.trim_start().to_string()),
             "R " if is_release_id(rest) => state.releases.push(Release { id: rest.to_string(), meta: None }),
             "M " => {
                 if let Some(last) = state.releases.last_mut() {

@@ -24,13 +24,13 @@ pub const CACHE_DIR: &str = ".bst-cache";
 /// (kill -9, cut connection) must not take the script down half-way through.
 /// The script also records its pid in the lock, so a lock whose client died is not broken
 /// while its last script is still switching or pruning on the server.
-const DETACHED: &str = "trap '' PIPE HUP\nif [ -d \"$B/.bst-lock\" ]; then echo $$ > \"$B/.bst-lock/active\" 2>/dev/null; fi\n";
+pub(crate) const DETACHED: &str = "trap '' PIPE HUP\nif [ -d \"$B/.bst-lock\" ]; then echo $$ > \"$B/.bst-lock/active\" 2>/dev/null; fi\n";
 
 /// Registration without the signal immunity: an upload whose client died must stop (its
 /// stdin is gone anyway), but a new run must wait until it has.
 const REGISTER: &str = "if [ -d \"$B/.bst-lock\" ]; then echo $$ > \"$B/.bst-lock/active\" 2>/dev/null; fi\n";
 
-fn base_var(base: &str) -> String {
+pub(crate) fn base_var(base: &str) -> String {
     format!("B={}\n", quote(base))
 }
 
@@ -48,6 +48,7 @@ for d in releases/*/; do
 done
 if [ -L current ]; then printf 'C %s\n' "$(readlink current)"; elif [ -e current ]; then echo 'C !not-a-symlink'; fi
 if [ -f .bst-cache/generation ] && [ -d .bst-cache/pristine ]; then printf 'G %s\n' "$(cat .bst-cache/generation)"; fi
+if [ -f logs/.watchdog-unseen ] && mv -f logs/.watchdog-unseen logs/.watchdog-seen.$$ 2>/dev/null; then sed 's/^/WD /' logs/.watchdog-seen.$$; rm -f logs/.watchdog-seen.$$; fi
 "#
 }
 
@@ -351,14 +352,14 @@ pub fn force_unlock(base: &str) -> String {
 /// over the meta; `mv -T` replaces a link rather than writing through it or moving into the
 /// directory behind it. `dir` and `printf` are shell text: the release directory and the
 /// `printf` command that prints the JSON.
-fn write_meta(dir: &str, printf: &str) -> String {
+pub(crate) fn write_meta(dir: &str, printf: &str) -> String {
     use crate::release::{META_FILE, META_TMP};
     format!(
         "rm -f {dir}/{META_TMP} && (set -C; {printf} > {dir}/{META_TMP}) && {{ mv -fT {dir}/{META_TMP} {dir}/{META_FILE} 2>/dev/null || {{ [ ! -d {dir}/{META_FILE} ] && mv -f {dir}/{META_TMP} {dir}/{META_FILE}; }}; }}"
     )
 }
 
-fn printf_json(json: &str) -> String {
+pub(crate) fn printf_json(json: &str) -> String {
     format!("printf '%s\\n' {}", quote(json))
 }
 
@@ -587,7 +588,7 @@ exit $rc
 
 /// Points `current` at `releases/<id>` atomically: a new link under a temp name renamed
 /// over the old one, so there is never a moment without `current`. Verified by readlink.
-fn switch_fragment(id: &str) -> String {
+pub(crate) fn switch_fragment(id: &str) -> String {
     format!(
         r#"if [ -e current ] && [ ! -L current ]; then echo "$B/current exists and is not a symlink; refusing to replace it" >&2; exit 1; fi
 if [ -L releases/{id} ] || [ ! -d releases/{id} ] || ! grep -q '"status":"ok"' releases/{id}/{META} 2>/dev/null; then
@@ -692,22 +693,6 @@ pub fn clock_mark(tag: &str) -> String {
     format!("echo \"{tag} $(( $(bst_ms) - T0 ))\" || true\n")
 }
 
-/// The health gate's way back: `current` to the previous release, the new one marked failed.
-pub fn revert(base: &str, bad_id: &str, failed_meta_json: &str, good_id: &str, audit_json: &str) -> String {
-    let mut s = base_var(base) + DETACHED;
-    s.push_str("set -eu\ncd \"$B\"\n");
-    s.push_str(&switch_fragment(good_id));
-    s.push_str(&write_meta(&format!("releases/{bad_id}"), &printf_json(failed_meta_json)));
-    s.push('\n');
-    s.push_str(&audit_fragment(audit_json));
-    s
-}
-
-/// Marks a release failed in place (no rollback possible: it stays current).
-pub fn mark(base: &str, id: &str, meta_json: &str) -> String {
-    base_var(base) + &write_meta(&format!("\"$B/releases/{id}\""), &printf_json(meta_json)) + "\n"
-}
-
 /// After a failed deploy: drop the staging dir, mark the release failed unless it is live,
 /// release the lock.
 pub fn abort_deploy(base: &str, id: &str, failed_meta_json: &str, audit_json: &str, token: &str) -> String {
@@ -779,6 +764,18 @@ pub fn prune(base: &str, ids: &[String], token: &str, background: bool) -> Strin
     let mut s = base_var(base) + DETACHED;
     s.push_str("cd \"$B\" || exit 1\n");
     s.push_str(&prune_fragment(ids, background));
+    s.push_str(&unlock_fragment(token));
+    s
+}
+
+/// The end of a gate that passed: the confirmation the watchdog waits for, then the prune
+/// and the unlock. Stops with `NOT-CONFIRMED` (lock left to the watchdog) when the watchdog
+/// decided first.
+pub fn confirm_and_prune(base: &str, ids: &[String], token: &str) -> String {
+    let mut s = base_var(base) + DETACHED;
+    s.push_str("cd \"$B\" || exit 1\n");
+    s.push_str(&crate::watchdog::confirm_fragment());
+    s.push_str(&prune_fragment(ids, true));
     s.push_str(&unlock_fragment(token));
     s
 }

@@ -261,6 +261,11 @@ pub fn wait_healthy(t: &mut dyn Transport, health: &Health, timeout: Duration) -
     loop {
         crate::interrupt::check()?;
         let p = probe(t, health);
+        // A Ctrl-C during the probe itself (the transport consumed it) must not come out as
+        // "unhealthy".
+        if !p.healthy && crate::interrupt::seen() {
+            return Err(crate::error::Error::Interrupted.into());
+        }
         if p.healthy || Instant::now() >= deadline {
             return Ok(p);
         }

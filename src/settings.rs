@@ -114,6 +114,8 @@ pub struct Target {
     /// Names of services restarted after each deploy.
     pub restart: Vec<String>,
     pub health_timeout: Duration,
+    /// The watchdog's deadline is `health_timeout` plus this, from just before the switch.
+    pub confirm_margin: Duration,
     pub forbidden_paths: Vec<String>,
     /// Relative to `<base>/shared`.
     pub env_file: String,
@@ -209,6 +211,11 @@ pub fn resolve_target(config: &Config, name: &str) -> anyhow::Result<Target> {
             .ok_or_else(|| bad("health_timeout", format!("invalid duration `{t}`: use e.g. 30s, 2m, 500ms, at most 24h")))?,
         None => Duration::from_secs(30),
     };
+    let confirm_margin = match &raw.confirm_margin {
+        Some(t) => parse_duration(t)
+            .ok_or_else(|| bad("confirm_margin", format!("invalid duration `{t}`: use e.g. 30s, 2m, 500ms, at most 24h")))?,
+        None => Duration::from_secs(30),
+    };
     let mut forbidden_paths = Vec::new();
     for f in raw.forbidden_paths.clone().unwrap_or_default() {
         let norm = normalise_base(&f).map_err(|why| bad("forbidden_paths", format!("invalid forbidden path `{f}`: {why}")))?;
@@ -234,6 +241,7 @@ pub fn resolve_target(config: &Config, name: &str) -> anyhow::Result<Target> {
         services,
         restart,
         health_timeout,
+        confirm_margin,
         name: name.to_string(),
         host,
         base,

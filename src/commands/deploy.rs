@@ -16,6 +16,7 @@ use crate::report::{human_bytes, Printer};
 use crate::settings::{Globals, Target};
 use crate::snapshot;
 use crate::transport::{self, Stream, Transport};
+use crate::watchdog;
 
 /// Level 1: ~4x faster than 6 for ~7% more bytes. The stream measures it against storing
 /// (see `snapshot::Probe`) and keeps whichever moves the snapshot faster over this link.
@@ -178,6 +179,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
             p.timing(started, "server state received (lock held)");
             let listing = String::from_utf8_lossy(listing);
             let state = release::parse_state(&listing);
+            super::tell_watchdog(p, &state);
             // The server still holds the manifest this client left there: no need to send it.
             let same: Option<usize> = listing.lines().find_map(|l| l.strip_prefix("MSAME ")?.parse().ok());
             let cached = match (same, &state.cache_generation) {
@@ -294,19 +296,26 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
     ) {
         Ok((mut pruned, warnings, delta_used)) => {
             let id = prep.meta.id.clone();
-            if let Err(e) = crate::interrupt::check() {
-                if gated {
-                    lock::release(&mut *t, target, &held, p);
-                }
-                let what = if gated { "; services were not restarted" } else { "" };
-                return Err(anyhow::Error::from(e)
-                    .context(format!("Ctrl-C came during the switch, which completed: current -> releases/{id}{what}")));
+            let interrupted = crate::interrupt::check().is_err();
+            if interrupted && !gated {
+                return Err(anyhow::Error::from(Error::Interrupted)
+                    .context(format!("interrupted during the switch, which completed: current -> releases/{id}")));
             }
             if gated {
-                let gate = health_gate(&mut *t, target, globals, p, &mut prep.meta, prep.state.current.as_deref());
+                let gate = health_gate(&mut *t, target, globals, p, &prep.meta, prep.state.current.as_deref(), &held, interrupted);
                 match gate {
                     // Only now is it known which releases are no longer needed to switch back to.
-                    Ok(()) => match t.run(&crate::remote::prune(&target.base, &prep.prune, &held.token, true)) {
+                    Ok(()) => match t.run(&crate::remote::confirm_and_prune(&target.base, &prep.prune, &held.token)) {
+                        Ok(out) if out.stdout_str().lines().any(|l| l.starts_with("NOT-CONFIRMED")) => {
+                            // Let the watchdog finish before saying where current is.
+                            let _ = t.run(&watchdog::fire(&target.base, &held.token, "late", target.health_timeout.as_secs() + 30));
+                            let prev = prep.state.current.as_deref().unwrap_or("none");
+                            return Err(Error::Failed(format!(
+                                "release {id} became healthy only after the server's watchdog deadline ({}s); the watchdog switched back to {prev}",
+                                watchdog::deadline_secs(target, 1)
+                            ))
+                            .into());
+                        }
                         Ok(out) => {
                             pruned = crate::remote::pruned_ids(&out.stdout_str());
                             // The script unlocks last; one that stopped early left the lock held.
@@ -708,7 +717,7 @@ fn after_upload(
 
     meta.status = Status::Ok;
     meta.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
-    let script = crate::remote::finish_deploy(
+    let mut script = crate::remote::finish_deploy(
         &target.base,
         &id,
         &serde_json::to_string(&meta)?,
@@ -717,6 +726,26 @@ fn after_upload(
         &held.token,
         prep.gated,
     );
+    if prep.gated {
+        // Armed before the switch, in the same script: from the moment `current` moves, the
+        // way back no longer depends on this client staying alive.
+        let mut failed = meta.clone();
+        failed.status = Status::Failed;
+        let previous = prep.state.current.as_deref();
+        failed.error = Some(match previous {
+            Some(prev) => format!("not confirmed healthy; the server's watchdog switched back to {prev}"),
+            None => "not confirmed healthy, and there was no earlier release to switch back to".to_string(),
+        });
+        let arm = watchdog::Arm {
+            token: &held.token,
+            secs: watchdog::deadline_secs(target, 1),
+            restore: previous,
+            trial: Some((&id, serde_json::to_string(&failed)?)),
+            audit_members: watchdog::audit_members(&lock::who(), &target.name, previous, Some(&id)),
+            restart: watchdog::restart_script(target),
+        };
+        script = crate::watchdog::arm(&target.base, &arm) + &script;
+    }
     let switch_started = Instant::now();
     let out = {
         let _critical = crate::interrupt::Critical::enter();
@@ -734,70 +763,132 @@ fn after_upload(
     Ok((crate::remote::pruned_ids(&text), warnings, delta_used))
 }
 
-/// deploy-rs's "magic rollback": after the switch, restart the `restart` services and wait
-/// for health. If they do not come up healthy, switch back, restart again, prove health over
-/// a *new* connection, mark the release failed, and fail the command (deploy-rs #214: a
-/// deploy that did not end on the new release must not exit 0).
+/// deploy-rs's "magic rollback": after the switch (made with the server's watchdog armed),
+/// restart the `restart` services and wait for health. Healthy: the caller confirms. Not
+/// healthy, interrupted (Ctrl-C, SIGTERM, SIGHUP) or cut off: the watchdog is asked to switch
+/// back now (over a fresh connection when this one is gone), and the health of the release it
+/// restored is proven over a new connection. A client that cannot even do that leaves it to
+/// the watchdog's deadline. Either way a deploy that did not end on the new release fails
+/// (deploy-rs #214).
+#[allow(clippy::too_many_arguments)]
 fn health_gate(
     t: &mut dyn Transport,
     target: &Target,
     globals: &Globals,
     p: &Printer,
-    meta: &mut Meta,
+    meta: &Meta,
     previous: Option<&str>,
+    held: &Held,
+    interrupted: bool,
 ) -> anyhow::Result<()> {
     use super::service::restart_and_verify;
     let names = target.restart.join(", ");
-    p.status(format!("restarting {names}; waiting up to {}s for health", target.health_timeout.as_secs()));
-    let bad = restart_and_verify(t, target)?;
-    let mut audit = Audit::new("restart", &target.name, if bad.is_empty() { "ok" } else { "failed" });
-    audit.release = Some(&meta.id);
-    audit.error = (!bad.is_empty()).then(|| bad.join("; "));
-    t.run(&crate::remote::append_audit(&target.base, &audit.json()))?;
-    if bad.is_empty() {
-        p.status(format!("{names} healthy on {}", meta.id));
-        return Ok(());
-    }
-    let reason = bad.join("; ");
     let id = meta.id.clone();
-    meta.status = Status::Failed;
-    meta.error = Some(format!("unhealthy after restart: {reason}"));
-    let failed_json = serde_json::to_string(&meta)?;
+    let secs = watchdog::deadline_secs(target, 1);
+    p.status(format!("restarting {names}; waiting up to {}s for health", target.health_timeout.as_secs()));
+    let gate = if interrupted { Err(Error::Interrupted.into()) } else { restart_and_verify(t, target) };
+    let reason = match gate {
+        Ok(bad) if bad.is_empty() => {
+            let mut audit = Audit::new("restart", &target.name, "ok");
+            audit.release = Some(&id);
+            if let Err(e) = t.run(&crate::remote::append_audit(&target.base, &audit.json())) {
+                p.warn(format!("could not write the deploy log: {e:#}"));
+            }
+            p.status(format!("{names} healthy on {id}"));
+            return Ok(());
+        }
+        Ok(bad) => {
+            let reason = bad.join("; ");
+            let mut audit = Audit::new("restart", &target.name, "failed");
+            audit.release = Some(&id);
+            audit.error = Some(reason.clone());
+            let _ = t.run(&crate::remote::append_audit(&target.base, &audit.json()));
+            Gone::Unhealthy(reason)
+        }
+        Err(e) if e.downcast_ref::<Error>().is_some_and(|e| matches!(e, Error::Interrupted)) => Gone::Interrupted,
+        Err(e) => Gone::Lost(format!("{e:#}")),
+    };
+    let why = match &reason {
+        Gone::Unhealthy(r) => format!("unhealthy: {r}"),
+        Gone::Interrupted => "interrupted (Ctrl-C, SIGTERM or SIGHUP) during the health gate".to_string(),
+        Gone::Lost(e) => format!("the connection was lost during the health gate: {e}"),
+    };
+    match (&reason, previous) {
+        (Gone::Unhealthy(r), Some(prev)) => p.warn(format!("release {id} is unhealthy ({r}); rolling back to {prev}")),
+        (Gone::Unhealthy(_), None) => {}
+        (_, Some(prev)) => p.warn(format!("{why}; asking the server to switch back to {prev}")),
+        (_, None) => p.warn(format!("{why}; asking the server to mark {id} failed")),
+    }
+    let wait = target.health_timeout.as_secs() + 30;
+    let fire = watchdog::fire(&target.base, &held.token, &why, wait);
+    // The connection in hand first (it may be fine: an unhealthy release, a Ctrl-C), then a
+    // fresh one.
+    let mut fresh: Option<Box<dyn Transport>> = None;
+    let mut out = match &reason {
+        Gone::Lost(_) => None,
+        _ => t.run(&fire).ok(),
+    };
+    if out.is_none() {
+        if let Ok(mut f) = transport::connect(target, globals) {
+            out = f.run(&fire).ok();
+            fresh = Some(f);
+        }
+    }
+    let fallback = |what: &str| {
+        let when = release::rfc3339(release::now_unix() + secs as i64);
+        match previous {
+            Some(prev) => format!("{what}; the server's watchdog switches current back to {prev} by {when} on its own"),
+            None => format!("{what}; the server's watchdog marks {id} failed and releases the lock by {when}"),
+        }
+    };
+    let Some(out) = out else {
+        return Err(Error::Failed(fallback(&format!("{why}, and the server could not be reached"))).into());
+    };
+    let seen = watchdog::parse_outcome(&out.stdout_str());
+    if seen.running || seen.held {
+        return Err(Error::Failed(fallback(&format!("{why}, and the server has not finished switching back yet"))).into());
+    }
     let Some(prev) = previous else {
-        t.run(&crate::remote::mark(&target.base, &id, &failed_json))?;
         return Err(Error::Failed(format!(
-            "release {id} is unhealthy after restart ({reason}) and there is no earlier release to roll back to; it stays current, marked failed"
+            "release {id}: {why}; there is no earlier release to roll back to; it stays current, marked failed"
         ))
         .into());
     };
-    p.warn(format!("release {id} is unhealthy ({reason}); rolling back to {prev}"));
-    let mut audit = Audit::new("auto-rollback", &target.name, "ok");
-    audit.release = Some(prev);
-    audit.previous = Some(&id);
-    audit.error = Some(reason.clone());
-    let out = t.run(&crate::remote::revert(&target.base, &id, &failed_json, prev, &audit.json()))?;
-    if out.status != 0 {
+    if seen.current.as_deref() != Some(prev) {
         return Err(Error::Failed(format!(
-            "release {id} is unhealthy ({reason}) and switching back to {prev} FAILED: {}",
-            out.stderr_str()
+            "release {id}: {why}; switching back to {prev} FAILED: current is {} (see logs/watchdog.log on the server)",
+            seen.current.as_deref().unwrap_or("missing")
         ))
         .into());
     }
-    // Proof over a fresh connection, not the one that may be wedged.
-    let mut fresh = transport::connect(target, globals)?;
-    let still_bad = restart_and_verify(&mut *fresh, target)?;
-    if still_bad.is_empty() {
-        Err(Error::Failed(format!(
-            "release {id} failed its health check ({reason}); rolled back to {prev}, which is healthy again; {id} is marked failed"
-        ))
-        .into())
-    } else {
-        Err(Error::Failed(format!(
-            "release {id} failed its health check ({reason}); rolled back to {prev}, but it is NOT healthy either: {}",
-            still_bad.join("; ")
-        ))
-        .into())
+    if matches!(reason, Gone::Interrupted) {
+        return Err(anyhow::Error::from(Error::Interrupted)
+            .context(format!("interrupted during the health gate; the server switched back to {prev} and marked {id} failed")));
     }
+    // The watchdog restarted the services on the restored release; prove they are healthy,
+    // over a fresh connection (not the one that may be wedged).
+    let mut proof = match fresh {
+        Some(f) => f,
+        None => transport::connect(target, globals)?,
+    };
+    let still_bad = super::service::verify_running(&mut *proof, target)?;
+    let r = match &reason {
+        Gone::Unhealthy(r) => format!("failed its health check ({r})"),
+        _ => why.clone(),
+    };
+    if still_bad.is_empty() {
+        Err(Error::Failed(format!("release {id} {r}; rolled back to {prev}, which is healthy again; {id} is marked failed")).into())
+    } else {
+        Err(Error::Failed(format!("release {id} {r}; rolled back to {prev}, but it is NOT healthy either: {}", still_bad.join("; ")))
+            .into())
+    }
+}
+
+/// Why a gate did not confirm its release.
+enum Gone {
+    Unhealthy(String),
+    Interrupted,
+    Lost(String),
 }
 
 /// The item of `sorted` (by path: entries and manifests are) at `path`.

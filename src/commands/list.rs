@@ -45,6 +45,7 @@ pub fn read(target: &Target, globals: &Globals) -> anyhow::Result<State> {
 
 pub fn run(target: &Target, globals: &Globals, p: &Printer) -> anyhow::Result<()> {
     let state = read(target, globals)?;
+    super::tell_watchdog(p, &state);
     match (&state.current, &state.current_raw) {
         (Some(id), _) if state.get(id).is_none() => {
             p.warn(format!("{}/current points at releases/{id}, which does not exist: nothing is live; deploy or roll back", target.base))

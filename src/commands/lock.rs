@@ -131,6 +131,7 @@ pub fn acquire(t: &mut dyn Transport, target: &Target, command: &str, create: bo
         }
         if first == "LOCKED" {
             let state = release::parse_state(&text);
+            super::tell_watchdog(p, &state);
             return Ok(Acquired::Held(Held { token: owner.token }, state));
         }
         not_locked(t, target, &owner, &text, &mut broke, p)?;

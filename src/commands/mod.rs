@@ -16,6 +16,7 @@ pub mod unlock;
 use serde::Serialize;
 
 use crate::release;
+use crate::report::Printer;
 
 /// One line of `<base>/logs/deploys.jsonl`. Never carries values from env files.
 #[derive(Debug, Serialize)]
@@ -49,5 +50,20 @@ impl<'a> Audit<'a> {
 
     pub fn json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Says what the server's watchdog did while no client was there to see it (a deploy whose
+/// client died during its health gate).
+pub fn tell_watchdog(p: &Printer, state: &release::State) {
+    for line in &state.watchdog {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+        let s = |k: &str| v[k].as_str().unwrap_or("?").to_string();
+        let what = if v["result"] == "rolled-back" {
+            format!("the server's watchdog switched back from {} to {}", s("previous"), s("release"))
+        } else {
+            format!("the server's watchdog marked {} failed", s("previous"))
+        };
+        p.warn(format!("{what} at {}: {}", s("at"), s("error")));
     }
 }

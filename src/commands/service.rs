@@ -224,6 +224,25 @@ pub fn restart_and_verify(t: &mut dyn Transport, target: &Target) -> anyhow::Res
     Ok(problems(&services, &states, &probes))
 }
 
+/// After someone else restarted the `restart` services (the server's watchdog, switching
+/// back): waits for them to be active and healthy, without restarting them again.
+pub fn verify_running(t: &mut dyn Transport, target: &Target) -> anyhow::Result<Vec<String>> {
+    let mut services: Vec<&Service> = target.restart.iter().filter_map(|n| target.service(n)).collect();
+    if services.is_empty() {
+        services = target.services.iter().filter(|s| s.health.is_some()).collect();
+    }
+    let out = t.run(&service::status_script(&services))?;
+    let states = service::parse_status(&out.stdout_str());
+    let mut probes = Vec::new();
+    for (svc, st) in services.iter().zip(&states) {
+        probes.push(match &svc.health {
+            Some(h) if st.active() => Some(service::wait_healthy(t, h, target.health_timeout)?),
+            _ => None,
+        });
+    }
+    Ok(problems(&services, &states, &probes))
+}
+
 fn problems(services: &[&Service], states: &[UnitState], probes: &[Option<Probe>]) -> Vec<String> {
     services
         .iter()

@@ -2,6 +2,7 @@
 //! Unix only: it drives a real `sshd`, `sh` and a systemd container.
 #![cfg(unix)]
 
+mod after_switch;
 mod core;
 mod delta;
 mod ecosystem;

@@ -1,0 +1,152 @@
+//! Issue 20: after `current` moves, the server's watchdog decides, not the client's luck. A
+//! client killed, interrupted or cut off during the health gate ends with the previous
+//! release live, its services restarted on it, the new release marked failed, and the lock
+//! free. On the real systemd container.
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+use crate::systemd::{app, host, App};
+
+/// An app whose gate is short: health_timeout 3 s, confirm_margin 2 s.
+fn quick_app(name: &str) -> App {
+    let a = app(name, "");
+    let cfg = std::fs::read_to_string(&a.env.config).unwrap();
+    let cfg = cfg.replacen("health_timeout = \"8s\"", "health_timeout = \"3s\"\nconfirm_margin = \"2s\"", 1);
+    std::fs::write(&a.env.config, cfg).unwrap();
+    a
+}
+
+fn spawn(a: &App, args: &[&str]) -> Child {
+    bst_cmd(&a.env.config, args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+fn wait_switch(a: &App, from: &str) {
+    let t0 = Instant::now();
+    while a.current_id() == from {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the deploy never switched");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn finish(mut c: Child) -> Run {
+    let out = std::mem::take(&mut c.stdout);
+    let err = std::mem::take(&mut c.stderr);
+    let st = c.wait().unwrap();
+    let read = |r: Option<Box<dyn std::io::Read>>| {
+        let mut s = String::new();
+        if let Some(mut r) = r {
+            let _ = r.read_to_string(&mut s);
+        }
+        s
+    };
+    Run {
+        code: st.code().unwrap_or(-1),
+        stdout: read(out.map(|o| Box::new(o) as Box<dyn std::io::Read>)),
+        stderr: read(err.map(|e| Box::new(e) as Box<dyn std::io::Read>)),
+    }
+}
+
+/// Waits (bounded) until the lock is gone: the watchdog acts at its deadline.
+fn wait_unlocked(a: &App, within: Duration) {
+    let t0 = Instant::now();
+    while host().ssh(&format!("test -d {}/.bst-lock && echo held || true", a.base)).contains("held") {
+        assert!(t0.elapsed() < within, "the lock is still held after {within:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn meta_status(a: &App, id: &str) -> String {
+    let m = host().ssh(&format!("cat {}/releases/{id}/.release-meta", a.base));
+    let v: serde_json::Value = serde_json::from_str(&m).unwrap();
+    v["status"].as_str().unwrap_or("").to_string()
+}
+
+fn last_audit(a: &App) -> serde_json::Value {
+    serde_json::from_str(host().ssh(&format!("tail -n 1 {}/logs/deploys.jsonl", a.base)).trim()).unwrap()
+}
+
+/// What every ending must look like when the new release was not confirmed.
+fn assert_restored(a: &App, good: &str, bad: &str) {
+    assert_eq!(a.current_id(), good, "current must be back on the release that was live before");
+    assert_eq!(meta_status(a, good), "ok");
+    assert_eq!(meta_status(a, bad), "failed", "the unconfirmed release must be marked failed");
+    let body = a.http_health().expect("the app answers");
+    assert!(body.contains(&format!("/releases/{good}")), "the services must run the restored release: {body}");
+    assert!(!host().ssh(&format!("ls -a {}", a.base)).lines().any(|l| l == ".bst-lock"), "the lock is left held");
+}
+
+fn new_release(a: &App, good: &str) -> String {
+    let ids = host().ssh(&format!("ls {}/releases", a.base));
+    ids.lines().filter(|l| *l != good).max().expect("the new release is kept").to_string()
+}
+
+#[test]
+fn a_client_killed_during_the_gate_ends_on_the_previous_release() {
+    let a = quick_app("wd-kill");
+    a.bst(&["deploy", "t", "-q"]).ok();
+    let good = a.current_id();
+    // Unhealthy: the gate polls for its whole health_timeout, and the client dies inside it.
+    a.ws.write("UNHEALTHY", "yes");
+    let c = spawn(&a, &["deploy", "t"]);
+    wait_switch(&a, &good);
+    std::thread::sleep(Duration::from_millis(700));
+    unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+    let run = finish(c);
+    assert_ne!(run.code, 0);
+    wait_unlocked(&a, Duration::from_secs(20));
+    let bad = new_release(&a, &good);
+    assert_restored(&a, &good, &bad);
+    let audit = last_audit(&a);
+    assert_eq!(audit["command"], "watchdog", "{audit}");
+    assert_eq!(audit["release"], good.as_str(), "{audit}");
+    assert_eq!(audit["previous"], bad.as_str(), "{audit}");
+    assert!(audit["error"].as_str().unwrap().contains("not confirmed healthy within 5s"), "{audit}");
+    // Nobody saw that happen: the next command says so, once.
+    a.bst(&["list", "t"]).ok().stderr_has(&format!("the server's watchdog switched back from {bad} to {good}"));
+    let again = a.bst(&["list", "t"]).ok();
+    assert!(!again.stderr.contains("watchdog switched back"), "reported twice: {}", again.stderr);
+}
+
+#[test]
+fn sigterm_and_ctrl_c_during_the_gate_switch_back_at_once() {
+    for (sig, code) in [(libc::SIGTERM, 130), (libc::SIGINT, 130), (libc::SIGHUP, 130)] {
+        let a = quick_app(&format!("wd-sig{sig}"));
+        a.bst(&["deploy", "t", "-q"]).ok();
+        let good = a.current_id();
+        a.ws.write("UNHEALTHY", "yes");
+        let c = spawn(&a, &["deploy", "t"]);
+        wait_switch(&a, &good);
+        std::thread::sleep(Duration::from_millis(500));
+        let t0 = Instant::now();
+        unsafe { libc::kill(c.id() as i32, sig) };
+        let run = finish(c);
+        // Well before the watchdog's own deadline (5 s after the switch): the client asked.
+        assert!(t0.elapsed() < Duration::from_secs(4), "signal {sig}: took {:?}", t0.elapsed());
+        assert_eq!(run.code, code, "signal {sig}: {run:?}");
+        assert!(run.stderr.contains(&format!("the server switched back to {good}")), "signal {sig}: {}", run.stderr);
+        let bad = new_release(&a, &good);
+        assert_restored(&a, &good, &bad);
+        let audit = last_audit(&a);
+        assert_eq!(audit["command"], "watchdog", "{audit}");
+        assert!(audit["error"].as_str().unwrap().contains("interrupted"), "{audit}");
+    }
+}
+
+#[test]
+fn a_healthy_gate_confirms_and_the_watchdog_stands_down() {
+    let a = quick_app("wd-ok");
+    a.bst(&["deploy", "t", "-q"]).ok();
+    a.ws.write("v2.txt", "2");
+    a.bst(&["deploy", "t"]).ok().stderr_has("healthy on");
+    let id = a.current_id();
+    // Past the deadline: nothing switches back.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(a.current_id(), id);
+    assert_eq!(meta_status(&a, &id), "ok");
+    assert!(!host().ssh(&format!("cat {}/logs/deploys.jsonl", a.base)).contains("\"command\":\"watchdog\""));
+    // `[b]`: the pattern must not match the shell that runs pgrep.
+    let left = host().ssh(&format!("pgrep -f '[b]st-watchdog {}$' || true", a.base));
+    assert!(!left.contains(char::is_numeric), "a watchdog outlived its gate");
+}
