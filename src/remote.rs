@@ -724,13 +724,23 @@ pub fn rollback(base: &str, id: &str, audit_json: &str, token: &str) -> String {
     s
 }
 
-/// Switches `current` under a lock the caller keeps holding (the drill's steps).
-pub fn switch(base: &str, id: &str, audit_json: &str) -> String {
+/// Switches `current` under a lock the caller keeps holding and a watchdog it armed (the
+/// drill's steps): holds the watchdog's `busy` mark meanwhile, and does nothing (prints
+/// `DECIDED`) once the watchdog has taken over.
+pub fn guarded_switch(base: &str, id: &str, audit_json: &str) -> String {
     let mut s = base_var(base) + DETACHED;
-    s.push_str("set -eu\ncd \"$B\"\n");
+    s.push_str(
+        r#"if ! mkdir "$B/.bst-lock/busy" 2>/dev/null; then echo "the lock is not held, or another step is switching" >&2; exit 1; fi
+if [ -d "$B/.bst-lock/decided" ]; then rmdir "$B/.bst-lock/busy"; echo DECIDED; exit 0; fi
+(
+set -eu
+cd "$B"
+"#,
+    );
     s.push_str(&switch_fragment(id));
     s.push_str("set +e\n");
     s.push_str(&audit_fragment(audit_json));
+    s.push_str(")\nrc=$?\nrmdir \"$B/.bst-lock/busy\"\nexit $rc\n");
     s
 }
 
@@ -1003,16 +1013,43 @@ mod tests {
                 .unwrap();
         }
         std::os::unix::fs::symlink(format!("releases/{good}"), base.join("current")).unwrap();
+        std::fs::create_dir_all(base.join(".bst-lock")).unwrap();
         let b = base.to_str().unwrap();
         for id in [bad, gone] {
-            let out = std::process::Command::new("sh").arg("-c").arg(switch(b, id, "{}")).output().unwrap();
+            let out = std::process::Command::new("sh").arg("-c").arg(guarded_switch(b, id, "{}")).output().unwrap();
             assert!(!out.status.success(), "switched to {id}");
             assert!(String::from_utf8_lossy(&out.stderr).contains("is missing or is not an ok release"));
             assert_eq!(std::fs::read_link(base.join("current")).unwrap(), std::path::Path::new(&format!("releases/{good}")));
         }
         std::fs::create_dir_all(base.join("logs")).unwrap();
-        let out = std::process::Command::new("sh").arg("-c").arg(switch(b, good, "{}")).output().unwrap();
+        let out = std::process::Command::new("sh").arg("-c").arg(guarded_switch(b, good, "{}")).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(!base.join(".bst-lock/busy").exists(), "the busy mark outlived the switch");
+    }
+
+    /// Once the watchdog has decided, a drill step switches nothing: two writers of `current`
+    /// at once could leave it on either release.
+    #[cfg(unix)]
+    #[test]
+    fn a_guarded_switch_stands_down_once_the_watchdog_decided() {
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path();
+        let (a, b) = ("20260220T051228Z", "20260221T051228Z");
+        for id in [a, b] {
+            std::fs::create_dir_all(base.join("releases").join(id)).unwrap();
+            std::fs::write(base.join("releases").join(id).join(".release-meta"), format!("{{\"id\":\"{id}\",\"status\":\"ok\"}}\n")).unwrap();
+        }
+        std::os::unix::fs::symlink(format!("releases/{a}"), base.join("current")).unwrap();
+        std::fs::create_dir_all(base.join(".bst-lock/decided")).unwrap();
+        let out = std::process::Command::new("sh").arg("-c").arg(guarded_switch(base.to_str().unwrap(), b, "{}")).output().unwrap();
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "DECIDED\n");
+        assert_eq!(std::fs::read_link(base.join("current")).unwrap(), std::path::Path::new(&format!("releases/{a}")));
+        // No lock at all: refused.
+        std::fs::remove_dir_all(base.join(".bst-lock")).unwrap();
+        let out = std::process::Command::new("sh").arg("-c").arg(guarded_switch(base.to_str().unwrap(), b, "{}")).output().unwrap();
+        assert!(!out.status.success());
+        assert_eq!(std::fs::read_link(base.join("current")).unwrap(), std::path::Path::new(&format!("releases/{a}")));
     }
 
     /// A device name with a space (`map auto`, some FUSE mounts) shifted `df`'s columns and

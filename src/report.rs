@@ -104,9 +104,13 @@ pub struct Gate<'a> {
 }
 
 impl Gate<'_> {
-    pub fn finish(&self, p: &Printer, pass: bool, mut doc: serde_json::Value, markdown: &str) -> anyhow::Result<()> {
+    pub fn finish(&self, p: &Printer, pass: bool, doc: serde_json::Value, markdown: &str) -> anyhow::Result<()> {
+        self.finish_with(p, if pass { "PASS" } else { "FAIL" }, pass, doc, markdown)
+    }
+
+    /// A verdict other than PASS/FAIL (the drill's `UNVERIFIED`); only `pass` exits 0.
+    pub fn finish_with(&self, p: &Printer, verdict: &str, pass: bool, mut doc: serde_json::Value, markdown: &str) -> anyhow::Result<()> {
         use anyhow::Context;
-        let verdict = if pass { "PASS" } else { "FAIL" };
         let dir = self.reports.join("gates").join(self.name);
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let stamp = evidence_stamp();

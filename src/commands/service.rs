@@ -243,7 +243,7 @@ pub fn verify_running(t: &mut dyn Transport, target: &Target) -> anyhow::Result<
     Ok(problems(&services, &states, &probes))
 }
 
-fn problems(services: &[&Service], states: &[UnitState], probes: &[Option<Probe>]) -> Vec<String> {
+pub fn problems(services: &[&Service], states: &[UnitState], probes: &[Option<Probe>]) -> Vec<String> {
     services
         .iter()
         .zip(states)

@@ -150,3 +150,71 @@ fn a_healthy_gate_confirms_and_the_watchdog_stands_down() {
     let left = host().ssh(&format!("pgrep -f '[b]st-watchdog {}$' || true", a.base));
     assert!(!left.contains(char::is_numeric), "a watchdog outlived its gate");
 }
+
+fn evidence(dir: &std::path::Path) -> serde_json::Value {
+    let d = dir.join("gates/rollback-drill");
+    let f = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|x| x == "json")).unwrap();
+    serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap()
+}
+
+#[test]
+fn a_drill_killed_half_way_ends_where_it_began() {
+    let a = quick_app("wd-drill");
+    a.bst(&["deploy", "t", "-q"]).ok();
+    let older = a.current_id();
+    a.ws.write("v2.txt", "2");
+    a.bst(&["deploy", "t", "-q"]).ok();
+    let began = a.current_id();
+    let reports = a.env.dir.path().join("reports");
+    let c = spawn(&a, &["drill", "rollback", "t", "--reports", &reports.to_string_lossy()]);
+    // Killed while it stands on the older release.
+    wait_switch(&a, &began);
+    assert_eq!(a.current_id(), older);
+    unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+    finish(c);
+    wait_unlocked(&a, Duration::from_secs(25));
+    assert_eq!(a.current_id(), began, "the watchdog must restore the release the drill began on");
+    let body = a.http_health().expect("the app answers");
+    assert!(body.contains(&format!("/releases/{began}")), "the services must run the release the drill began on: {body}");
+    assert_eq!(meta_status(&a, &began), "ok");
+    assert_eq!(meta_status(&a, &older), "ok", "a drill marks nothing failed");
+    assert_eq!(last_audit(&a)["command"], "watchdog");
+}
+
+#[test]
+fn an_interrupted_drill_writes_evidence_from_the_server() {
+    let a = quick_app("wd-drill-int");
+    a.bst(&["deploy", "t", "-q"]).ok();
+    a.ws.write("v2.txt", "2");
+    a.bst(&["deploy", "t", "-q"]).ok();
+    let began = a.current_id();
+    let reports = a.env.dir.path().join("reports");
+    let c = spawn(&a, &["drill", "rollback", "t", "--reports", &reports.to_string_lossy()]);
+    wait_switch(&a, &began);
+    unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+    let run = finish(c);
+    assert_eq!(run.code, 130, "{run:?}");
+    assert_eq!(run.stdout.lines().last(), Some("ROLLBACK_DRILL_RESULT=FAIL"), "{run:?}");
+    assert_eq!(a.current_id(), began);
+    let e = evidence(&reports);
+    assert_eq!(e["ended_on"], began.as_str(), "{e}");
+    assert_eq!(e["back_where_it_began"], true, "{e}");
+    assert_eq!(e["interrupted"], true, "{e}");
+    assert!(!host().ssh(&format!("ls -a {}", a.base)).lines().any(|l| l == ".bst-lock"), "the lock is left held");
+}
+
+#[test]
+fn a_drill_that_verifies_no_service_does_not_pass() {
+    let a = quick_app("wd-drill-none");
+    a.bst(&["deploy", "t", "-q"]).ok();
+    a.ws.write("v2.txt", "2");
+    a.bst(&["deploy", "t", "-q"]).ok();
+    let began = a.current_id();
+    let cfg = std::fs::read_to_string(&a.env.config).unwrap().replacen("restart = [\"app\"]", "restart = []", 1);
+    std::fs::write(&a.env.config, cfg).unwrap();
+    let reports = a.env.dir.path().join("reports");
+    let run = a.bst(&["drill", "rollback", "t", "--reports", &reports.to_string_lossy()]).code(1).stderr_has("verified no service");
+    assert_eq!(run.stdout.lines().last(), Some("ROLLBACK_DRILL_RESULT=UNVERIFIED"));
+    assert_eq!(a.current_id(), began);
+    assert_eq!(evidence(&reports)["services_verified"], 0);
+}
