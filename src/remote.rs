@@ -59,8 +59,8 @@ pub fn read_state(base: &str) -> String {
 /// Takes the lock with an atomic `mkdir` and records who holds it. Prints `LOCKED` then the
 /// state listing, or `HELD <owner json>`, or `NOBASE` when `create` is off and nothing was
 /// ever deployed. Staging leftovers of dead runs are removed once we hold the lock.
-pub fn lock(base: &str, owner_json: &str, create: bool) -> String {
-    lock_script(base, owner_json, create, None)
+pub fn lock(base: &str, owner_json: &str, create: bool, forbidden: &[String]) -> String {
+    lock_script(base, owner_json, create, None, forbidden)
 }
 
 /// A deploy in one remote command. The script takes the lock, waits for the previous
@@ -68,8 +68,8 @@ pub fn lock(base: &str, owner_json: &str, create: bool) -> String {
 /// and the pristine copy's manifest (`BST-MANIFEST-GZ <bytes>` then gzip data), then
 /// `BST-READY`, and reads the rest of its own script from stdin up to a `BST-GO` line; the
 /// upload stream follows it. If the client goes away before `BST-GO`, it unlocks and exits.
-pub fn deploy_session(base: &str, owner_json: &str, token: &str, known_generation: &str) -> String {
-    let mut s = lock_script(base, owner_json, true, Some(known_generation));
+pub fn deploy_session(base: &str, owner_json: &str, token: &str, known_generation: &str, forbidden: &[String]) -> String {
+    let mut s = lock_script(base, owner_json, true, Some(known_generation), forbidden);
     // `read` takes a pipe byte by byte, so nothing after BST-GO is consumed: that is the
     // upload's `tar` input.
     s.push_str(
@@ -109,8 +109,11 @@ pub fn split_session_head(buf: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
 
 /// `deploy`: `Some` with the generation whose manifest the client already has (`""` for
 /// none): the manifest is sent only when the server's differs.
-fn lock_script(base: &str, owner_json: &str, create: bool, deploy: Option<&str>) -> String {
+fn lock_script(base: &str, owner_json: &str, create: bool, deploy: Option<&str>, forbidden: &[String]) -> String {
     let mut s = base_var(base);
+    // Before anything is created: `mkdir -p` through a symlinked parent would already write
+    // inside a forbidden path.
+    s.push_str(&forbidden_fragment(forbidden));
     if deploy.is_some() {
         s.push_str(&start_check());
     }
@@ -151,6 +154,31 @@ fi
 fi
 "#,
             known = quote(known)
+        );
+    }
+    s
+}
+
+/// `bst_real PATH`: PATH with every existing ancestor resolved on the server (`pwd -P`) and
+/// the part that does not exist yet appended as written.
+const REAL_PATH: &str = r#"bst_real() { p=$1; rest=; while [ ! -d "$p" ]; do case $p in /|'') break;; esac; rest="/${p##*/}$rest"; p=${p%/*}; [ -n "$p" ] || p=/; done; r=$(cd "$p" 2>/dev/null && pwd -P) || r=$p; printf '%s%s' "${r%/}" "$rest"; }
+"#;
+
+/// Refuses a base that is, once resolved on the server, at or under a forbidden path, itself
+/// resolved there (a forbidden path may be a symlink, and a base that does not exist yet may
+/// sit under a symlinked parent): prints `FORBIDDEN <index>`, `REAL_BASE`, `REAL_FORBIDDEN`
+/// and stops before anything is created.
+pub fn forbidden_fragment(forbidden: &[String]) -> String {
+    if forbidden.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(REAL_PATH);
+    s.push_str("bst_rb=$(bst_real \"$B\")\n");
+    for (i, f) in forbidden.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            r#"bst_rf=$(bst_real {f}); case "$bst_rb/" in "$bst_rf"/*) printf 'FORBIDDEN {i}\nREAL_BASE %s\nREAL_FORBIDDEN %s\n' "$bst_rb" "$bst_rf"; exit 0;; esac"#,
+            f = quote(f)
         );
     }
     s
@@ -745,9 +773,14 @@ cd "$B"
 }
 
 /// Facts for `bst check`, one `KEY value` line each.
-pub fn preflight(base: &str, units: &[(String, String)]) -> String {
+pub fn preflight(base: &str, units: &[(String, String)], forbidden: &[String]) -> String {
     let mut s = base_var(base);
     s.push_str(crate::service::USER_ENV);
+    s.push_str(REAL_PATH);
+    s.push_str("printf 'RESOLVED %s\\n' \"$(bst_real \"$B\")\"\n");
+    for (i, f) in forbidden.iter().enumerate() {
+        let _ = writeln!(s, "printf 'FRESOLVED {i} %s\\n' \"$(bst_real {})\"", quote(f));
+    }
     s.push_str(
         r#"if [ -L "$B" ]; then echo "BASE symlink $(readlink -f "$B")"; elif [ -d "$B" ]; then echo "BASE dir"; elif [ -e "$B" ]; then echo "BASE other"; else echo "BASE absent"; fi
 p="$B"; while [ ! -d "$p" ]; do p=$(dirname "$p"); done
@@ -843,7 +876,7 @@ mod tests {
     #[test]
     fn every_value_is_quoted() {
         let evil = "/srv/it's $(reboot)";
-        for script in [read_state(evil), lock(evil, "{\"u\":\"$(x)\"}", true), unlock(evil, "t'ok"), prune(evil, &[], "t", false)] {
+        for script in [read_state(evil), lock(evil, "{\"u\":\"$(x)\"}", true, &["/x'$(y)".into()]), unlock(evil, "t'ok"), prune(evil, &[], "t", false)] {
             assert!(script.starts_with("B='/srv/it'\\''s $(reboot)'\n"), "{script}");
             assert!(!script.contains("{\"u\":\"$(x)\"}'") || script.contains("'{\"u\":\"$(x)\"}'"));
         }
@@ -891,7 +924,7 @@ mod tests {
         use std::process::{Command, Stdio};
         let d = tempfile::tempdir().unwrap();
         let base = d.path().join("base");
-        let script = deploy_session(base.to_str().unwrap(), "{\"token\":\"tok-1\"}", "tok-1", "");
+        let script = deploy_session(base.to_str().unwrap(), "{\"token\":\"tok-1\"}", "tok-1", "", &[]);
         let run = |input: &[u8]| {
             let mut c = Command::new("sh").arg("-c").arg(&script).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
             c.stdin.take().unwrap().write_all(input).unwrap();
@@ -1037,7 +1070,8 @@ mod tests {
         let (a, b) = ("20260220T051228Z", "20260221T051228Z");
         for id in [a, b] {
             std::fs::create_dir_all(base.join("releases").join(id)).unwrap();
-            std::fs::write(base.join("releases").join(id).join(".release-meta"), format!("{{\"id\":\"{id}\",\"status\":\"ok\"}}\n")).unwrap();
+            std::fs::write(base.join("releases").join(id).join(".release-meta"), format!("{{\"id\":\"{id}\",\"status\":\"ok\"}}\n"))
+                .unwrap();
         }
         std::os::unix::fs::symlink(format!("releases/{a}"), base.join("current")).unwrap();
         std::fs::create_dir_all(base.join(".bst-lock/decided")).unwrap();
@@ -1057,7 +1091,7 @@ mod tests {
     #[cfg(unix)]
     #[test]
     fn free_space_is_read_from_the_capacity_column() {
-        let line = preflight("/b", &[]).lines().find(|l| l.starts_with("df -Pk")).unwrap().to_string();
+        let line = preflight("/b", &[], &[]).lines().find(|l| l.starts_with("df -Pk")).unwrap().to_string();
         let awk = line.split_once("| ").unwrap().1;
         for (df, want) in [
             ("Filesystem 1024-blocks Used Available Capacity Mounted on\n/dev/sda1 100 60 40 60% /\n", "FREE_KB 40"),

@@ -53,7 +53,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, reports: &Path) -> a
                 push("host key", "PASS", "known".into());
             }
             let units: Vec<(String, String)> = target.services.iter().map(|s| (s.name.clone(), service::load_state_cmd(s))).collect();
-            let out = t.run(&crate::remote::preflight(&target.base, &units))?;
+            let out = t.run(&crate::remote::preflight(&target.base, &units, &target.forbidden_paths))?;
             let facts = out.stdout_str();
             let fact = |k: &str| facts.lines().find_map(|l| l.strip_prefix(k).map(|v| v.trim_start().to_string()));
             let base_kind = fact("BASE ").unwrap_or_default();
@@ -76,7 +76,14 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, reports: &Path) -> a
                 None if base_kind == "dir" => real.clone(),
                 None => target.base.clone(),
             };
-            let hit = target.forbidden_paths.iter().find(|f| under(&target.base, f) || under(&resolved_base, f));
+            // Both sides resolved on the server: the base's existing ancestors (a base not
+            // created yet may sit under a symlinked parent) and each forbidden path (itself
+            // possibly a symlink).
+            let resolved_base = fact("RESOLVED ").filter(|r| !r.is_empty()).unwrap_or(resolved_base);
+            let hit = target.forbidden_paths.iter().enumerate().find_map(|(i, f)| {
+                let rf = fact(&format!("FRESOLVED {i} ")).filter(|r| !r.is_empty()).unwrap_or_else(|| f.clone());
+                (under(&target.base, f) || under(&resolved_base, f) || under(&resolved_base, &rf)).then(|| format!("{f} ({rf})"))
+            });
             push(
                 "forbidden paths",
                 pf(hit.is_none()),

@@ -151,8 +151,13 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
     let owner = lock::new_owner("deploy");
     let held = Held { token: owner.token.clone() };
     let known = manifests.generation();
-    let session =
-        crate::remote::deploy_session(&target.base, &serde_json::to_string(&owner)?, &owner.token, known.as_deref().unwrap_or(""));
+    let session = crate::remote::deploy_session(
+        &target.base,
+        &serde_json::to_string(&owner)?,
+        &owner.token,
+        known.as_deref().unwrap_or(""),
+        &target.forbidden_paths,
+    );
     let gated = restart && !target.restart.is_empty();
     // Without a build or a health gate nothing needs the client between the upload and the
     // switch: the upload script also switches (one remote command for the whole deploy).

@@ -112,7 +112,7 @@ pub fn acquire(t: &mut dyn Transport, target: &Target, command: &str, create: bo
     let owner_json = serde_json::to_string(&owner)?;
     let mut broke = false;
     for _ in 0..ATTEMPTS {
-        let out = match t.run(&remote::lock(&target.base, &owner_json, create)) {
+        let out = match t.run(&remote::lock(&target.base, &owner_json, create, &target.forbidden_paths)) {
             Ok(o) => o,
             Err(e) => {
                 // The server may have taken the lock before we lost the reply (Ctrl-C, cut
@@ -147,6 +147,17 @@ pub fn cannot_prepare(target: &Target, stderr: &str) -> anyhow::Error {
 /// again: a dead local run's lock was broken, or its last remote command is still ending.
 pub fn not_locked(t: &mut dyn Transport, target: &Target, owner: &Owner, text: &str, broke: &mut bool, p: &Printer) -> anyhow::Result<()> {
     let first = text.lines().next().unwrap_or("");
+    if let Some(i) = first.strip_prefix("FORBIDDEN ").and_then(|i| i.parse::<usize>().ok()) {
+        let fact = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).unwrap_or("?").to_string();
+        return Err(Error::Failed(format!(
+            "{} resolves to {} on the server, at or under the forbidden path {} ({}); nothing was created",
+            target.base,
+            fact("REAL_BASE "),
+            target.forbidden_paths.get(i).map_or("?", String::as_str),
+            fact("REAL_FORBIDDEN "),
+        ))
+        .into());
+    }
     let holder: Option<Owner> = first.strip_prefix("HELD ").and_then(|j| serde_json::from_str(j).ok());
     let desc = holder.as_ref().map_or_else(|| "an unknown holder (no owner record)".to_string(), Owner::describe);
     let stale = holder.as_ref().is_some_and(|h| h.host == owner.host && !pid_alive(h.pid));

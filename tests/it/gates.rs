@@ -258,16 +258,21 @@ fn rollback_drill_ends_where_it_began_and_leaves_evidence() {
     let first = g.env.current_id();
     g.bst(&["deploy", "t", "-q"]).ok();
     let second = g.env.current_id();
-    let run = g.bst(&["drill", "rollback", "t"]).ok();
-    assert_eq!(last_line(&run.stdout), "ROLLBACK_DRILL_RESULT=PASS");
+    // No services here: the switches are proven, the releases are not, and the result says
+    // so (issue 20: a drill that verified nothing must not print a bare PASS).
+    let run = g.bst(&["drill", "rollback", "t"]).code(1).stderr_has("verified no service");
+    assert_eq!(last_line(&run.stdout), "ROLLBACK_DRILL_RESULT=UNVERIFIED");
     assert_eq!(g.env.current_id(), second, "the drill must end where it began");
     let (doc, md) = g.evidence("rollback-drill");
     assert_eq!(
         (doc["began_on"].as_str(), doc["rolled_back_to"].as_str(), doc["ended_on"].as_str()),
         (Some(second.as_str()), Some(first.as_str()), Some(second.as_str()))
     );
-    assert_eq!(doc["steps"].as_array().unwrap().len(), 4);
-    assert!(md.contains("ROLLBACK_DRILL_RESULT=PASS"));
+    // Arm, roll back, health, roll forward, health.
+    assert_eq!(doc["steps"].as_array().unwrap().len(), 5, "{doc}");
+    assert_eq!(doc["back_where_it_began"], true);
+    assert_eq!(doc["services_verified"], 0);
+    assert!(md.contains("ROLLBACK_DRILL_RESULT=UNVERIFIED"));
     let audit = std::fs::read_to_string(g.env.base.join("logs/deploys.jsonl")).unwrap();
     assert_eq!(audit.lines().filter(|l| l.contains("\"command\":\"drill\"")).count(), 2);
     assert!(!g.env.base.join(".bst-lock").exists());
@@ -330,4 +335,33 @@ fn check_reports_an_unknown_host_key_as_a_failed_item() {
     assert!(run.stdout.lines().any(|l| l.starts_with("host key") && l.contains("FAIL") && l.contains("SHA256:")), "{}", run.stdout);
     assert!(run.stdout.lines().any(|l| l.starts_with("reachable") && l.contains("PASS")), "{}", run.stdout);
     assert_eq!(last_line(&run.stdout), "CHECK_RESULT=FAIL");
+}
+
+/// Issue 20, item 7: a base that does not exist yet under a symlinked parent, and a forbidden
+/// path that is itself a symlink. Both used to pass `check`, and `deploy` created
+/// `releases/`, `shared/` and `logs/` inside the forbidden tree before refusing.
+#[test]
+fn forbidden_paths_are_resolved_on_the_server_before_anything_is_created() {
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    let scratch = tempfile::tempdir().unwrap();
+    let retired = scratch.path().join("masterbst");
+    std::fs::create_dir_all(&retired).unwrap();
+    let alias = scratch.path().join("stagging-bst");
+    std::os::unix::fs::symlink(&retired, &alias).unwrap();
+    let reports = scratch.path().join("r");
+    // (forbidden path as configured, base as configured)
+    let cases = [(retired.clone(), alias.join("new/app")), (alias.clone(), retired.join("app"))];
+    for (forbidden, base) in cases {
+        let env = Env::new(Some(&sshd), &ws, &format!("forbidden_paths = [{}]", toml_str(&forbidden)));
+        let cfg = std::fs::read_to_string(&env.config).unwrap().replace(&toml_str(&env.base), &toml_str(&base));
+        std::fs::write(&env.config, cfg).unwrap();
+        let run = bst_with(&env.config, &["check", "t", "--reports", &reports.to_string_lossy()], &[]).code(1);
+        assert!(run.stdout.lines().any(|l| l.starts_with("forbidden paths") && l.contains("FAIL")), "{base:?}: {}", run.stdout);
+        let run = bst_with(&env.config, &["deploy", "t"], &[]).code(1);
+        let want = format!("on the server, at or under the forbidden path {}", forbidden.display());
+        assert!(run.stderr.contains(&want) && run.stderr.contains("nothing was created"), "{base:?}: {}", run.stderr);
+        let inside: Vec<_> = std::fs::read_dir(&retired).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(inside.is_empty(), "{base:?}: created inside the forbidden path: {inside:?}");
+    }
 }
