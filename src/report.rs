@@ -113,18 +113,18 @@ impl Gate<'_> {
         use anyhow::Context;
         let dir = self.reports.join("gates").join(self.name);
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let stamp = evidence_stamp();
-        let json_path = dir.join(format!("{stamp}.json"));
-        let md_path = dir.join(format!("{stamp}.md"));
+        let (json_file, json_path, md_file, md_path) = claim_pair(&dir, &evidence_stamp())?;
         doc["schema_version"] = 1.into();
         doc["gate"] = self.name.into();
         doc["result"] = verdict.into();
         doc["result_line"] = format!("{}={verdict}", self.key).into();
         doc["evidence"] = serde_json::json!({"json": json_path.display().to_string(), "markdown": md_path.display().to_string()});
-        std::fs::write(&json_path, serde_json::to_string_pretty(&doc)? + "\n")
+        use std::io::Write as _;
+        (&json_file)
+            .write_all((serde_json::to_string_pretty(&doc)? + "\n").as_bytes())
             .with_context(|| format!("cannot write {}", json_path.display()))?;
         let md = format!("{markdown}\n**{}={verdict}**\n", self.key);
-        std::fs::write(&md_path, md).with_context(|| format!("cannot write {}", md_path.display()))?;
+        (&md_file).write_all(md.as_bytes()).with_context(|| format!("cannot write {}", md_path.display()))?;
         p.status(format!("evidence: {} {}", json_path.display(), md_path.display()));
         if p.json {
             p.json(&doc);
@@ -139,7 +139,66 @@ impl Gate<'_> {
     }
 }
 
+/// Creates `<stamp>.json` and `<stamp>.md` in `dir`, both new (`O_EXCL`): runs in the same
+/// millisecond (parallel CI jobs into one reports dir) take `<stamp>-2`, `-3`, …, so no
+/// run overwrites another's evidence and each pair shares its name.
+#[allow(clippy::type_complexity)]
+fn claim_pair(
+    dir: &std::path::Path,
+    stamp: &str,
+) -> anyhow::Result<(std::fs::File, std::path::PathBuf, std::fs::File, std::path::PathBuf)> {
+    use anyhow::Context;
+    let new = |p: &std::path::Path| std::fs::OpenOptions::new().write(true).create_new(true).open(p);
+    for n in 1..10_000 {
+        let stem = if n == 1 { stamp.to_string() } else { format!("{stamp}-{n}") };
+        let (jp, mp) = (dir.join(format!("{stem}.json")), dir.join(format!("{stem}.md")));
+        let j = match new(&jp) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", jp.display())),
+        };
+        match new(&mp) {
+            Ok(m) => return Ok((j, jp, m, mp)),
+            // Someone's md without its json: leave both names to them.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let _ = std::fs::remove_file(&jp);
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", mp.display())),
+        }
+    }
+    anyhow::bail!("no free evidence name for {stamp} in {}", dir.display())
+}
+
 /// A Markdown table cell: no pipes or newlines breaking the table.
 pub fn md_cell(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
+}
+
+#[cfg(test)]
+mod evidence_tests {
+    /// 24 parallel `check` runs into one reports dir overwrote three evidence pairs (issue
+    /// 20, item 11): the same stamp, claimed 24 times at once, gives 24 distinct pairs.
+    #[test]
+    fn parallel_claims_of_one_stamp_never_share_a_name() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().to_path_buf();
+        let names: Vec<String> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..24)
+                .map(|_| {
+                    let dir = dir.clone();
+                    s.spawn(move || {
+                        let (_, j, _, m) = super::claim_pair(&dir, "2026-12-02T01-00-00-000Z").unwrap();
+                        assert_eq!(j.with_extension(""), m.with_extension(""), "a pair shares its name");
+                        j.file_name().unwrap().to_string_lossy().into_owned()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), 24, "{names:?}");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 48);
+    }
 }

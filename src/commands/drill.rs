@@ -103,7 +103,11 @@ fn is_transport(e: &anyhow::Error) -> bool {
 
 pub fn rollback(target: &Target, globals: &Globals, p: &Printer, reports: &Path) -> anyhow::Result<()> {
     // Found before anything switches: a drill whose evidence cannot be written must not run.
-    std::fs::create_dir_all(reports.join("gates")).with_context(|| format!("cannot create the reports dir {}", reports.display()))?;
+    let gates = reports.join("gates");
+    std::fs::create_dir_all(&gates).with_context(|| format!("cannot create the reports dir {}", reports.display()))?;
+    let probe = gates.join(format!(".bst-writable-{}", std::process::id()));
+    std::fs::write(&probe, b"").with_context(|| format!("the reports dir {} is not writable", reports.display()))?;
+    let _ = std::fs::remove_file(&probe);
     let mut t = transport::connect(target, globals)?;
     let (held, state) = match lock::acquire(&mut *t, target, "drill rollback", false, p)? {
         Acquired::Held(h, s) => (h, s),
