@@ -33,6 +33,9 @@ pub struct RawTarget {
     /// How long past `health_timeout` the server's watchdog waits for the client to confirm a
     /// gated switch before it switches back on its own.
     pub confirm_margin: Option<String>,
+    /// How long a started or restarted unit must stay up (same main pid, same `NRestarts`)
+    /// before it counts as started: a unit that dies every second is not healthy.
+    pub settle: Option<String>,
     pub services: Option<BTreeMap<String, RawService>>,
     /// Paths a base must never be at or under, even through a symlink (retired aliases).
     pub forbidden_paths: Option<Vec<String>>,
@@ -111,6 +114,7 @@ impl RawTarget {
             restart: self.restart.or(d.restart),
             health_timeout: self.health_timeout.or(d.health_timeout),
             confirm_margin: self.confirm_margin.or(d.confirm_margin),
+            settle: self.settle.or(d.settle),
             services,
             forbidden_paths: union(d.forbidden_paths, self.forbidden_paths),
             env_file: self.env_file.or(d.env_file),

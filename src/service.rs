@@ -44,7 +44,7 @@ pub fn status_script(services: &[&Service]) -> String {
         let _ = write!(
             s,
             r#"printf 'S %s\n' {name}
-{ctl} show {unit} -p LoadState -p ActiveState -p SubState -p MainPID -p ActiveEnterTimestamp -p Result 2>&1
+{ctl} show {unit} -p LoadState -p ActiveState -p SubState -p MainPID -p NRestarts -p ActiveEnterTimestamp -p Result 2>&1
 pid=$({ctl} show {unit} -p MainPID --value 2>/dev/null)
 if [ -n "$pid" ] && [ "$pid" != 0 ]; then printf 'CWD %s\n' "$(readlink /proc/$pid/cwd 2>/dev/null || {sudo}readlink /proc/$pid/cwd 2>/dev/null)"; fi
 "#,
@@ -59,12 +59,15 @@ if [ -n "$pid" ] && [ "$pid" != 0 ]; then printf 'CWD %s\n' "$(readlink /proc/$p
 
 /// Runs `action` (start/stop/restart) on each service, then prints their status. A failed
 /// unit gets its last journal lines (`J ` prefixed).
-pub fn action_script(services: &[&Service], action: &str) -> String {
+/// A start that never finishes (a `Type=notify` unit that never says ready) is bounded by
+/// `limit`: `timeout` stops waiting (the unit stays `activating`, and is reported so).
+pub fn action_script(services: &[&Service], action: &str, limit: Duration) -> String {
     let mut s = String::from(USER_ENV);
+    let bound = if action == "stop" { String::new() } else { format!("timeout {} ", limit.as_millis().div_ceil(1000).max(1)) };
     for svc in services {
         let _ = writeln!(
             s,
-            r#"if ! out=$({ctl} {action} {unit} 2>&1); then printf 'E %s %s\n' {name} "$(printf '%s' "$out" | tr '\n' ' ')"; {jctl} -u {unit} -n 20 --no-pager 2>&1 | sed 's/^/J /'; fi"#,
+            r#"if ! out=$({bound}{ctl} {action} {unit} 2>&1); then printf 'E %s %s\n' {name} "$(printf '%s' "$out" | tr '\n' ' ')"; {jctl} -u {unit} -n 20 --no-pager 2>&1 | sed 's/^/J /'; fi"#,
             ctl = systemctl(svc),
             jctl = journalctl(svc),
             unit = quote(&svc.unit),
@@ -93,6 +96,9 @@ pub struct UnitState {
     pub active_state: String,
     pub sub_state: String,
     pub main_pid: u32,
+    /// systemd's count of automatic restarts (`Restart=`), where systemd reports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n_restarts: Option<u32>,
     pub since: Option<String>,
     /// The release the main process runs in, from its working directory.
     pub release: Option<String>,
@@ -133,6 +139,7 @@ pub fn parse_status(text: &str) -> Vec<UnitState> {
                     "ActiveState" => u.active_state = v.to_string(),
                     "SubState" => u.sub_state = v.to_string(),
                     "MainPID" => u.main_pid = v.parse().unwrap_or(0),
+                    "NRestarts" => u.n_restarts = v.parse().ok(),
                     "ActiveEnterTimestamp" if !v.is_empty() => u.since = Some(v.to_string()),
                     _ => {}
                 }
@@ -330,7 +337,7 @@ mod tests {
     #[test]
     fn units_are_quoted_and_user_scope_sets_the_runtime_dir() {
         let svc = Service { name: "app".into(), unit: "bst-core-api.service".into(), scope: Scope::User, sudo: true, health: None };
-        let s = action_script(&[&svc], "restart");
+        let s = action_script(&[&svc], "restart", Duration::from_secs(30));
         assert!(s.contains("sudo -n systemctl --user restart bst-core-api.service"), "{s}");
         assert!(s.starts_with("XDG_RUNTIME_DIR="));
     }

@@ -116,6 +116,8 @@ pub struct Target {
     pub health_timeout: Duration,
     /// The watchdog's deadline is `health_timeout` plus this, from just before the switch.
     pub confirm_margin: Duration,
+    /// A started unit must stay up this long (see [`crate::config`]'s `settle`).
+    pub settle: Duration,
     pub forbidden_paths: Vec<String>,
     /// Relative to `<base>/shared`.
     pub env_file: String,
@@ -216,6 +218,12 @@ pub fn resolve_target(config: &Config, name: &str) -> anyhow::Result<Target> {
             .ok_or_else(|| bad("confirm_margin", format!("invalid duration `{t}`: use e.g. 30s, 2m, 500ms, at most 24h")))?,
         None => Duration::from_secs(30),
     };
+    let settle = match &raw.settle {
+        Some(t) => {
+            parse_duration(t).ok_or_else(|| bad("settle", format!("invalid duration `{t}`: use e.g. 3s, 500ms, 0s, at most 24h")))?
+        }
+        None => Duration::from_secs(3),
+    };
     let mut forbidden_paths = Vec::new();
     for f in raw.forbidden_paths.clone().unwrap_or_default() {
         let norm = normalise_base(&f).map_err(|why| bad("forbidden_paths", format!("invalid forbidden path `{f}`: {why}")))?;
@@ -242,6 +250,7 @@ pub fn resolve_target(config: &Config, name: &str) -> anyhow::Result<Target> {
         restart,
         health_timeout,
         confirm_margin,
+        settle,
         name: name.to_string(),
         host,
         base,

@@ -48,10 +48,10 @@ pub struct Arm<'a> {
     pub restart: String,
 }
 
-/// Seconds until the watchdog acts: `gates` health waits, then the margin. Whole seconds,
-/// rounded up, at least one.
+/// Seconds until the watchdog acts: `gates` health waits and settle periods, then the
+/// margin. Whole seconds, rounded up, at least one.
 pub fn deadline_secs(target: &Target, gates: u32) -> u64 {
-    let d = target.health_timeout * gates + target.confirm_margin;
+    let d = (target.health_timeout + target.settle) * gates + target.confirm_margin;
     (d.as_millis().div_ceil(1000) as u64).max(1)
 }
 
@@ -78,7 +78,7 @@ pub fn restart_script(target: &Target) -> String {
     if services.is_empty() {
         String::new()
     } else {
-        crate::service::action_script(&services, "restart")
+        crate::service::action_script(&services, "restart", target.health_timeout)
     }
 }
 

@@ -116,8 +116,11 @@ pub fn act(
     selected: &[&Service],
     action: Action,
 ) -> anyhow::Result<(Vec<UnitState>, Vec<Option<Probe>>)> {
-    let script =
-        if action == Action::Status { service::status_script(selected) } else { service::action_script(selected, action.as_str()) };
+    let script = if action == Action::Status {
+        service::status_script(selected)
+    } else {
+        service::action_script(selected, action.as_str(), target.health_timeout)
+    };
     let out = t.run(&script)?;
     if out.status != 0 {
         return Err(Error::Failed(format!("systemctl failed on {}: {}", target.host_label(), out.stderr_str())).into());
@@ -133,13 +136,57 @@ pub fn act(
         };
         probes.push(probe);
     }
+    if matches!(action, Action::Start | Action::Restart) && !target.settle.is_zero() {
+        return settle(t, target, selected, states, probes);
+    }
     Ok((states, probes))
+}
+
+/// A unit with `Restart=always` that dies every second is `active` half the time and answers
+/// a probe now and then: it passes only if it stays up for the whole settle period (same main
+/// pid, same `NRestarts`) and is healthy at its end.
+fn settle(
+    t: &mut dyn Transport,
+    target: &Target,
+    selected: &[&Service],
+    before: Vec<UnitState>,
+    probes: Vec<Option<Probe>>,
+) -> anyhow::Result<(Vec<UnitState>, Vec<Option<Probe>>)> {
+    if !before.iter().zip(&probes).all(|(st, pr)| st.active() && pr.as_ref().is_none_or(|p| p.healthy)) {
+        return Ok((before, probes));
+    }
+    let until = std::time::Instant::now() + target.settle;
+    while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+        crate::interrupt::check()?;
+        std::thread::sleep(left.min(std::time::Duration::from_millis(200)));
+    }
+    let out = t.run(&service::status_script(selected))?;
+    let mut after = service::parse_status(&out.stdout_str());
+    let mut probes = Vec::new();
+    let secs = target.settle.as_secs_f64();
+    for (svc, (now, then)) in selected.iter().zip(after.iter_mut().zip(&before)) {
+        if !now.active() || now.main_pid != then.main_pid || now.n_restarts != then.n_restarts {
+            now.error = Some(format!(
+                "did not stay up for the {secs}s settle period (main pid {} -> {}, restarts {} -> {})",
+                then.main_pid,
+                now.main_pid,
+                then.n_restarts.map_or("?".into(), |n| n.to_string()),
+                now.n_restarts.map_or("?".into(), |n| n.to_string()),
+            ));
+        }
+        probes.push(match &svc.health {
+            Some(h) if now.active() => Some(service::probe(t, h)),
+            _ => None,
+        });
+    }
+    Ok((after, probes))
 }
 
 fn row_ok(action: Action, st: &UnitState, probe: Option<&Probe>) -> bool {
     match action {
         Action::Stop => !st.active() && st.error.is_none(),
-        _ => st.active() && probe.is_none_or(|p| p.healthy),
+        Action::Status => st.active() && probe.is_none_or(|p| p.healthy),
+        _ => st.active() && st.error.is_none() && probe.is_none_or(|p| p.healthy),
     }
 }
 
@@ -200,11 +247,14 @@ fn report(
         .filter(|((_, st), pr)| !row_ok(action, st, pr.as_ref()))
         .map(|((svc, st), pr)| match pr {
             Some(pr) if !pr.healthy => format!("{} unhealthy ({})", svc.name, pr.detail),
+            _ if st.active() && st.error.is_some() => format!("{}: {}", svc.name, st.error.as_deref().unwrap_or("")),
             _ => format!("{} {}", svc.name, if st.active_state.is_empty() { "unknown" } else { &st.active_state }),
         })
         .collect();
     let msg = format!("{} on `{}`: {}", action.as_str(), target.name, bad.join("; "));
-    if action != Action::Status && states.iter().any(|s| s.error.is_some()) {
+    // A unit that would not stay up is unhealthy (3), like one that is down; a systemctl
+    // that failed is a failure (1).
+    if action != Action::Status && states.iter().any(|s| s.error.as_ref().is_some_and(|e| !e.starts_with("did not stay up"))) {
         return Err(Error::Failed(msg).into());
     }
     Err(Error::Unhealthy(msg).into())
@@ -251,6 +301,8 @@ pub fn problems(services: &[&Service], states: &[UnitState], probes: &[Option<Pr
         .filter_map(|((svc, st), pr)| {
             if !st.active() {
                 Some(format!("{} is {}", svc.name, if st.active_state.is_empty() { "unknown" } else { &st.active_state }))
+            } else if let Some(e) = st.error.as_ref().filter(|e| e.starts_with("did not stay up")) {
+                Some(format!("{}: {e}", svc.name))
             } else {
                 pr.as_ref().filter(|pr| !pr.healthy).map(|pr| format!("{}: {}", svc.name, pr.detail))
             }

@@ -218,3 +218,49 @@ fn a_drill_that_verifies_no_service_does_not_pass() {
     assert_eq!(a.current_id(), began);
     assert_eq!(evidence(&reports)["services_verified"], 0);
 }
+
+fn override_unit(a: &App, lines: &[&str]) {
+    let body: Vec<String> = lines.iter().map(|l| format!("'{l}'")).collect();
+    host().ssh(&format!(
+        "mkdir -p /etc/systemd/system/{u}.d && printf '%s\\n' '[Service]' {} > /etc/systemd/system/{u}.d/override.conf && systemctl daemon-reload",
+        body.join(" "),
+        u = a.unit
+    ));
+}
+
+/// Issue 20, item 13: `Restart=always` on a process that dies every second used to pass
+/// `restart` whenever a probe hit it while it was up.
+#[test]
+fn a_flapping_unit_does_not_pass_restart() {
+    let a = quick_app("wd-flap");
+    a.bst(&["deploy", "t", "-q", "--no-restart"]).ok();
+    override_unit(
+        &a,
+        &[
+            "ExecStart=",
+            "ExecStart=/usr/bin/timeout 1 /usr/bin/node server.js",
+            "Restart=always",
+            "RestartSec=100ms",
+            "StartLimitIntervalSec=0",
+        ],
+    );
+    a.bst(&["t", "restart"]).code(3).stderr_has("did not stay up for the 3s settle period");
+    let audit = last_audit(&a);
+    assert_eq!(audit["result"], "failed", "{audit}");
+    host().ssh(&format!("rm -rf /etc/systemd/system/{}.d && systemctl daemon-reload && systemctl stop {}", a.unit, a.unit));
+}
+
+/// A `Type=notify` unit that never says ready keeps `systemctl restart` waiting for its
+/// TimeoutStartSec (here: forever); bst stops waiting after health_timeout.
+#[test]
+fn a_start_that_never_becomes_ready_is_bounded_by_health_timeout() {
+    let a = quick_app("wd-notify");
+    a.bst(&["deploy", "t", "-q", "--no-restart"]).ok();
+    override_unit(&a, &["Type=notify", "TimeoutStartSec=infinity"]);
+    let t0 = Instant::now();
+    let run = a.bst(&["t", "restart"]);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(t0.elapsed() < Duration::from_secs(15), "took {:?}", t0.elapsed());
+    assert!(run.stderr.contains("app"), "{}", run.stderr);
+    host().ssh(&format!("systemctl stop {} ; rm -rf /etc/systemd/system/{}.d && systemctl daemon-reload", a.unit, a.unit));
+}
