@@ -303,7 +303,7 @@ fn keepalives_hold_a_long_silent_build_through_an_idle_timeout() {
 }
 
 #[test]
-fn ctrl_c_at_random_moments_releases_the_lock_and_keeps_current_good() {
+fn ctrl_c_sigterm_and_sighup_at_random_moments_release_the_lock_and_keep_current_good() {
     let sshd = Sshd::start();
     let ws = Workspace::new();
     for i in 0..300 {
@@ -330,10 +330,13 @@ fn ctrl_c_at_random_moments_releases_the_lock_and_keeps_current_good() {
         }
         let child = bst_cmd(&env.config, &args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         std::thread::sleep(Duration::from_millis(delay));
+        // A cancelled CI job sends SIGTERM, a closed terminal SIGHUP: each must clean up as
+        // Ctrl-C does (issue 20, item 6).
+        let (sig, name) = [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM"), (libc::SIGHUP, "SIGHUP")][trial % 3];
         // SAFETY: signalling our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        unsafe { libc::kill(child.id() as i32, sig) };
         let out = child.wait_with_output().unwrap();
-        let context = format!("trial {trial} (SIGINT after {delay} ms of ~{span}, build={build})");
+        let context = format!("trial {trial} ({name} after {delay} ms of ~{span}, build={build})");
         let code = out.status.code();
         assert!(matches!(code, Some(0) | Some(130)), "{context}: exit {code:?}: {}", String::from_utf8_lossy(&out.stderr));
         assert!(!env.base.join(".bst-lock").exists(), "{context}: lock not released: {}", String::from_utf8_lossy(&out.stderr));
