@@ -4,6 +4,8 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+#[cfg(test)]
+mod corpus_tests;
 pub mod delta;
 pub mod dotenv;
 pub mod error;
