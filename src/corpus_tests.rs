@@ -496,7 +496,18 @@ fn state_corpus_replays_exactly() {
     let table: &[(&str, StateWant)] = &[
         ("crlf.txt", StateWant { real_base: Some("/srv/app"), releases: &[(ID1, Ok)], current: Some(ID1), ..BASE }),
         ("current-dangling.txt", StateWant { releases: &[(ID1, Unknown)], current: Some(ID2), ..BASE }),
-        ("current-dotdot.txt", StateWant { releases: &[(ID1, Unknown)], current: Some(ID1), ..BASE }),
+        // Not bst's own form, but the server resolved it into this base's releases/.
+        ("current-dotdot.txt", StateWant { real_base: Some("/srv/app"), releases: &[(ID1, Unknown)], current: Some(ID1), ..BASE }),
+        // A release id in another base's releases/ is not ours, however it is spelled.
+        (
+            "current-other-base.txt",
+            StateWant {
+                real_base: Some("/srv/app"),
+                releases: &[(ID1, Unknown)],
+                current_raw: Some("/srv/old-app/releases/20260218T090000Z"),
+                ..BASE
+            },
+        ),
         ("current-elsewhere.txt", StateWant { releases: &[(ID1, Unknown)], current_raw: Some("/opt/other/app"), ..BASE }),
         ("current-not-symlink.txt", StateWant { releases: &[(ID1, Unknown)], current_raw: Some("!not-a-symlink"), ..BASE }),
         // The last `C` line wins; an empty one is no line at all.

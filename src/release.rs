@@ -220,6 +220,7 @@ impl State {
 /// Directory names that are not release ids are ignored: they are not ours.
 pub fn parse_state(listing: &str) -> State {
     let mut state = State::default();
+    let mut resolved: Option<String> = None;
     for line in listing.lines() {
         // By bytes: a release directory named with a non-ASCII character at byte 1 made
         // `split_at(2)` panic, and list, deploy, rollback and prune with it.
@@ -235,6 +236,7 @@ pub fn parse_state(listing: &str) -> State {
                 state.cache_generation = Some(rest.to_string())
             }
             "WD" => state.watchdog.push(rest.trim_start().to_string()),
+            "CR" => resolved = Some(rest.trim_start().to_string()),
             "R " if is_release_id(rest) => state.releases.push(Release { id: rest.to_string(), meta: None }),
             "M " => {
                 if let Some(last) = state.releases.last_mut() {
@@ -254,12 +256,18 @@ pub fn parse_state(listing: &str) -> State {
     }
     state.releases.sort_by(|a, b| a.id.cmp(&b.id));
     state.releases.dedup_by(|a, b| a.id == b.id);
-    // An absolute link into our own releases dir (older tools) still names a release.
+    // An absolute link into our own releases dir (older tools) still names a release; one
+    // into another base's releases/ (an old copy, a neighbour) must not: the server resolved
+    // the link (`CR`), and it must land in this base's own releases/.
     if state.current.is_none() {
         if let Some(raw) = &state.current_raw {
             if let Some(pos) = raw.rfind("/releases/") {
                 let id = raw[pos + "/releases/".len()..].trim_end_matches('/');
-                if is_release_id(id) {
+                let ours = match (&state.real_base, &resolved) {
+                    (Some(b), Some(r)) => *r == format!("{}/releases/{id}", b.trim_end_matches('/')),
+                    _ => false,
+                };
+                if is_release_id(id) && ours {
                     state.current = Some(id.to_string());
                     state.current_raw = None;
                 }
@@ -424,8 +432,13 @@ mod tests {
         assert_eq!(s.releases[0].status(), Status::Unknown);
         assert_eq!(s.releases[1].status(), Status::Ok);
         assert_eq!(s.current, Some(id(2)));
-        let abs = parse_state(&format!("B\nC /home/bonk/x/releases/{}\n", id(1)));
+        let abs = parse_state(&format!("B\nP /home/bonk/x\nC /home/bonk/x/releases/{0}\nCR /home/bonk/x/releases/{0}\n", id(1)));
         assert_eq!(abs.current, Some(id(1)));
+        // The same link without the server's resolution, or resolving elsewhere: not trusted.
+        let unresolved = parse_state(&format!("B\nP /home/bonk/x\nC /home/bonk/x/releases/{}\n", id(1)));
+        assert_eq!(unresolved.current, None);
+        let elsewhere = parse_state(&format!("B\nP /srv/new\nC /srv/old/releases/{0}\nCR /srv/old/releases/{0}\n", id(1)));
+        assert_eq!(elsewhere.current, None);
         let odd = parse_state("B\nC /somewhere/else\n");
         assert_eq!((odd.current, odd.current_raw.as_deref()), (None, Some("/somewhere/else")));
     }

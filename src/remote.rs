@@ -46,7 +46,7 @@ for d in releases/*/; do
   printf 'R %s\n' "$n"
   if [ -f "$d.release-meta" ]; then printf 'M '; tr -d '\n' < "$d.release-meta"; echo; fi
 done
-if [ -L current ]; then printf 'C %s\n' "$(readlink current)"; elif [ -e current ]; then echo 'C !not-a-symlink'; fi
+if [ -L current ]; then printf 'C %s\n' "$(readlink current)"; printf 'CR %s\n' "$(cd current 2>/dev/null && pwd -P)"; elif [ -e current ]; then echo 'C !not-a-symlink'; fi
 if [ -f .bst-cache/generation ] && [ -d .bst-cache/pristine ]; then printf 'G %s\n' "$(cat .bst-cache/generation)"; fi
 if [ -f logs/.watchdog-unseen ] && mv -f logs/.watchdog-unseen logs/.watchdog-seen.$$ 2>/dev/null; then sed 's/^/WD /' logs/.watchdog-seen.$$; rm -f logs/.watchdog-seen.$$; fi
 "#
@@ -876,7 +876,12 @@ mod tests {
     #[test]
     fn every_value_is_quoted() {
         let evil = "/srv/it's $(reboot)";
-        for script in [read_state(evil), lock(evil, "{\"u\":\"$(x)\"}", true, &["/x'$(y)".into()]), unlock(evil, "t'ok"), prune(evil, &[], "t", false)] {
+        for script in [
+            read_state(evil),
+            lock(evil, "{\"u\":\"$(x)\"}", true, &["/x'$(y)".into()]),
+            unlock(evil, "t'ok"),
+            prune(evil, &[], "t", false),
+        ] {
             assert!(script.starts_with("B='/srv/it'\\''s $(reboot)'\n"), "{script}");
             assert!(!script.contains("{\"u\":\"$(x)\"}'") || script.contains("'{\"u\":\"$(x)\"}'"));
         }

@@ -41,18 +41,27 @@ pub fn load_state_cmd(svc: &Service) -> String {
 pub fn status_script(services: &[&Service]) -> String {
     let mut s = String::from(USER_ENV);
     for svc in services {
+        if svc.sudo {
+            let _ = writeln!(s, "printf 'S %s\\n' {}", quote(&svc.name));
+            let _ = writeln!(
+                s,
+                "if ! command -v sudo >/dev/null 2>&1; then echo 'sudo is not installed on the server (the service is configured with sudo)'; else"
+            );
+        }
         let _ = write!(
             s,
-            r#"printf 'S %s\n' {name}
-{ctl} show {unit} -p LoadState -p ActiveState -p SubState -p MainPID -p NRestarts -p ActiveEnterTimestamp -p Result 2>&1
+            r#"{header}{ctl} show {unit} -p LoadState -p ActiveState -p SubState -p MainPID -p NRestarts -p ActiveEnterTimestamp -p Result 2>&1
 pid=$({ctl} show {unit} -p MainPID --value 2>/dev/null)
 if [ -n "$pid" ] && [ "$pid" != 0 ]; then printf 'CWD %s\n' "$(readlink /proc/$pid/cwd 2>/dev/null || {sudo}readlink /proc/$pid/cwd 2>/dev/null)"; fi
 "#,
-            name = quote(&svc.name),
+            header = if svc.sudo { String::new() } else { format!("printf 'S %s\\n' {}\n", quote(&svc.name)) },
             ctl = systemctl(svc),
             unit = quote(&svc.unit),
             sudo = if svc.sudo { "sudo -n " } else { "" },
         );
+        if svc.sudo {
+            s.push_str("fi\n");
+        }
     }
     s
 }
@@ -117,16 +126,18 @@ impl UnitState {
 
 pub fn parse_status(text: &str) -> Vec<UnitState> {
     let mut out: Vec<UnitState> = Vec::new();
-    let mut errors: Vec<(String, String)> = Vec::new();
-    let mut journal: Vec<String> = Vec::new();
+    // Journal lines follow the `E` line of the unit they belong to.
+    let mut errors: Vec<(String, String, Vec<String>)> = Vec::new();
     for line in text.lines() {
         if let Some(name) = line.strip_prefix("S ") {
             out.push(UnitState { name: name.to_string(), ..UnitState::default() });
         } else if let Some(rest) = line.strip_prefix("E ") {
             let (name, msg) = rest.split_once(' ').unwrap_or((rest, ""));
-            errors.push((name.to_string(), msg.trim().to_string()));
+            errors.push((name.to_string(), msg.trim().to_string(), Vec::new()));
         } else if let Some(j) = line.strip_prefix("J ") {
-            journal.push(j.to_string());
+            if let Some((_, _, journal)) = errors.last_mut() {
+                journal.push(j.to_string());
+            }
         } else if let Some(u) = out.last_mut() {
             if let Some(cwd) = line.strip_prefix("CWD ") {
                 if !cwd.is_empty() {
@@ -148,10 +159,10 @@ pub fn parse_status(text: &str) -> Vec<UnitState> {
             }
         }
     }
-    for (name, msg) in errors {
+    for (name, msg, journal) in errors {
         if let Some(u) = out.iter_mut().find(|u| u.name == name) {
             u.error = Some(msg);
-            u.journal.clone_from(&journal);
+            u.journal = journal;
         }
     }
     out
@@ -224,11 +235,21 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
 }
 
 /// One probe, no retries.
+/// `host` as it goes in a URL or `host:port`: an IPv6 address in brackets.
+fn shown(host: &str) -> std::borrow::Cow<'_, str> {
+    if host.contains(':') {
+        format!("[{host}]").into()
+    } else {
+        host.into()
+    }
+}
+
 pub fn probe(t: &mut dyn Transport, health: &Health) -> Probe {
     match health {
-        Health::Http { host, port, path, status, body_contains } => {
+        Health::Http { host: raw_host, port, path, status, body_contains } => {
+            let host = &shown(raw_host);
             let req = http_request(host, *port, path);
-            match t.tcp_exchange(host, *port, &req, &|_| false, PROBE_TIMEOUT) {
+            match t.tcp_exchange(raw_host, *port, &req, &|_| false, PROBE_TIMEOUT) {
                 Err(e) => Probe { healthy: false, detail: format!("GET http://{host}:{port}{path}: {e:#}") },
                 Ok(reply) => match parse_http(&reply) {
                     None => Probe { healthy: false, detail: format!("GET http://{host}:{port}{path}: not an HTTP response") },
@@ -244,9 +265,10 @@ pub fn probe(t: &mut dyn Transport, health: &Health) -> Probe {
                 },
             }
         }
-        Health::Redis { host, port } => {
+        Health::Redis { host: raw_host, port } => {
+            let host = &shown(raw_host);
             let done = |r: &[u8]| r.ends_with(b"\r\n");
-            match t.tcp_exchange(host, *port, b"*1\r\n$4\r\nPING\r\n", &done, PROBE_TIMEOUT) {
+            match t.tcp_exchange(raw_host, *port, b"*1\r\n$4\r\nPING\r\n", &done, PROBE_TIMEOUT) {
                 Err(e) => Probe { healthy: false, detail: format!("redis {host}:{port}: {e:#}") },
                 Ok(r) if r.starts_with(b"+PONG") => Probe { healthy: true, detail: format!("redis {host}:{port}: PONG") },
                 // A password-protected Redis that answers is alive; bst holds no Redis secrets.
@@ -293,6 +315,22 @@ mod tests {
         assert_eq!(s[0].release.as_deref(), Some("20260220T051228Z"));
         assert!(!s[1].active());
         assert_eq!(s[1].since, None);
+    }
+
+    #[test]
+    fn ipv6_hosts_are_shown_in_brackets() {
+        assert_eq!(shown("::1"), "[::1]");
+        assert_eq!(shown("127.0.0.1"), "127.0.0.1");
+    }
+
+    /// Two failing units: each shows its own journal lines, not both units' lines.
+    #[test]
+    fn journal_lines_belong_to_the_unit_before_them() {
+        let text = "E app boom\nJ app-line\nE worker bang\nJ worker-line-1\nJ worker-line-2\nS app\nActiveState=failed\nS worker\nActiveState=failed\n";
+        let s = parse_status(text);
+        assert_eq!(s[0].journal, vec!["app-line"]);
+        assert_eq!(s[1].journal, vec!["worker-line-1", "worker-line-2"]);
+        assert_eq!(s[1].error.as_deref(), Some("bang"));
     }
 
     #[test]

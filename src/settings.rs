@@ -279,10 +279,21 @@ fn resolve_service(name: &str, raw: &crate::config::RawService) -> Result<Servic
         Some("user") => Scope::User,
         Some(other) => return Err(format!("scope must be \"system\" or \"user\", not `{other}`")),
     };
+    if scope == Scope::User && raw.sudo == Some(true) {
+        return Err(
+            "`scope = \"user\"` runs `systemctl --user` as the SSH user; `sudo = true` would run it as root's user manager. Drop one"
+                .into(),
+        );
+    }
     let health = match &raw.health {
         None => None,
         Some(h) => match (&h.http, &h.redis) {
             (Some(url), None) => {
+                if url.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("https://")) {
+                    return Err(format!(
+                        "health URL `{url}`: TLS is not supported; probe the app's plain http:// port on the server (the probe never leaves the SSH connection)"
+                    ));
+                }
                 let (host, port, path) =
                     parse_http_url(url).ok_or_else(|| format!("invalid health URL `{url}`: expected http://host:port/path"))?;
                 Some(Health::Http { host, port, path, status: h.status.unwrap_or(200), body_contains: h.body_contains.clone() })
@@ -496,6 +507,24 @@ mod tests {
             assert_eq!(expand_home_with(untouched, Some(home)), PathBuf::from(untouched), "{untouched}");
         }
         assert_eq!(expand_home_with("~/x", None), PathBuf::from("~/x"));
+    }
+
+    /// Refused at validate, with the reason: user scope through sudo, and TLS probes.
+    #[test]
+    fn services_that_cannot_work_are_refused_when_the_config_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("targets.toml");
+        let cases = [
+            ("unit = \"a.service\"\nscope = \"user\"\nsudo = true", "`sudo = true` would run it as root's user manager"),
+            ("unit = \"a.service\"\nhealth = { http = \"https://127.0.0.1:4100/health\" }", "TLS is not supported"),
+            ("unit = \"a.service\"\nhealth = { http = \"HTTPS://x/\" }", "TLS is not supported"),
+        ];
+        for (svc, want) in cases {
+            std::fs::write(&p, format!("[targets.t]\nhost = \"local\"\nbase = \"/srv/t\"\n[targets.t.services.app]\n{svc}\n")).unwrap();
+            let c = Config::load(&p).unwrap();
+            let e = resolve_target(&c, "t").unwrap_err().to_string();
+            assert!(e.contains(want), "{svc}: {e}");
+        }
     }
 
     #[test]

@@ -113,7 +113,12 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, reports: &Path) -> a
                 if missing.is_empty() { "tar, gzip, sh present".into() } else { format!("missing: {}", missing.join(", ")) },
             );
             let lock = fact("LOCK ").unwrap_or_default();
-            push("lock", pf(lock == "free"), if lock == "free" { "free".into() } else { format!("held: {lock}") });
+            let holder = || match serde_json::from_str::<super::lock::Owner>(&lock) {
+                // Words, not the owner record (which carries the lock's token).
+                Ok(o) => format!("held by {}", o.describe()),
+                Err(_) => "held by an unknown holder (no readable owner record)".to_string(),
+            };
+            push("lock", pf(lock == "free"), if lock == "free" { "free".into() } else { holder() });
             if target.required_env.is_empty() && target.expect_env.is_empty() {
                 items.push(Item { check: "env baseline", result: "SKIP", detail: "no required_env or expect_env configured".into() });
             } else {

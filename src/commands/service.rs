@@ -218,8 +218,8 @@ fn report(
             if r.ok { "●" } else { "×" },
             r.name,
             r.unit,
-            r.state.active_state,
-            r.state.sub_state,
+            if r.state.load_state == "not-found" { "not-found" } else { r.state.active_state.as_str() },
+            if r.state.load_state == "not-found" { "no such unit" } else { r.state.sub_state.as_str() },
             r.state.main_pid,
             r.state.since.as_deref().unwrap_or("-"),
             r.state.release.as_deref().unwrap_or("-"),
@@ -248,13 +248,17 @@ fn report(
         .map(|((svc, st), pr)| match pr {
             Some(pr) if !pr.healthy => format!("{} unhealthy ({})", svc.name, pr.detail),
             _ if st.active() && st.error.is_some() => format!("{}: {}", svc.name, st.error.as_deref().unwrap_or("")),
+            _ if st.load_state == "not-found" => format!("{} not-found (no unit {} on the server)", svc.name, svc.unit),
+            _ if st.error.as_deref().is_some_and(|e| e.contains("sudo")) => format!("{}: {}", svc.name, st.error.as_deref().unwrap_or("")),
             _ => format!("{} {}", svc.name, if st.active_state.is_empty() { "unknown" } else { &st.active_state }),
         })
         .collect();
     let msg = format!("{} on `{}`: {}", action.as_str(), target.name, bad.join("; "));
     // A unit that would not stay up is unhealthy (3), like one that is down; a systemctl
     // that failed is a failure (1).
-    if action != Action::Status && states.iter().any(|s| s.error.as_ref().is_some_and(|e| !e.starts_with("did not stay up"))) {
+    // No sudo on the server is a setup failure, not an unhealthy service.
+    let no_sudo = states.iter().any(|s| s.error.as_deref().is_some_and(|e| e.starts_with("sudo is not installed")));
+    if no_sudo || action != Action::Status && states.iter().any(|s| s.error.as_ref().is_some_and(|e| !e.starts_with("did not stay up"))) {
         return Err(Error::Failed(msg).into());
     }
     Err(Error::Unhealthy(msg).into())

@@ -264,3 +264,20 @@ fn a_start_that_never_becomes_ready_is_bounded_by_health_timeout() {
     assert!(run.stderr.contains("app"), "{}", run.stderr);
     host().ssh(&format!("systemctl stop {} ; rm -rf /etc/systemd/system/{}.d && systemctl daemon-reload", a.unit, a.unit));
 }
+
+/// Issue 20, smaller items: a missing unit says `not-found`; a service that needs sudo on a
+/// server without it is a setup failure (exit 1, with the reason), not "unknown" (exit 3).
+#[test]
+fn a_missing_unit_and_a_missing_sudo_say_so() {
+    assert!(host().ssh("command -v sudo || echo none").contains("none"), "the container must not have sudo for this test");
+    let a = quick_app("wd-units");
+    let cfg = std::fs::read_to_string(&a.env.config).unwrap();
+    std::fs::write(
+        &a.env.config,
+        format!("{cfg}[targets.t.services.ghost]\nunit = \"bst-no-such-unit.service\"\n[targets.t.services.root]\nunit = \"redis-server.service\"\nsudo = true\n"),
+    )
+    .unwrap();
+    let run = a.bst(&["t", "ghost", "status"]).code(3).stderr_has("ghost not-found (no unit bst-no-such-unit.service on the server)");
+    assert!(run.stdout.contains("not-found/no such unit"), "{}", run.stdout);
+    a.bst(&["t", "root", "status"]).code(1).stderr_has("sudo is not installed on the server");
+}
