@@ -4,13 +4,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 
 /// Every per-target key. All optional here so `[defaults]` and targets share one shape;
 /// required-ness is checked when a target is resolved.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTarget {
     pub host: Option<String>,
@@ -45,7 +45,7 @@ pub struct RawTarget {
     pub expect_env: Option<BTreeMap<String, String>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawService {
     pub unit: String,
@@ -56,7 +56,7 @@ pub struct RawService {
     pub health: Option<RawHealth>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealth {
     /// `http://127.0.0.1:4100/health`, fetched from the server side of the SSH connection.
@@ -124,6 +124,25 @@ impl RawTarget {
     }
 }
 
+/// Where each key of a target comes from: its own table, `[defaults]`, both (the unions and
+/// `services`), or neither (bst's built-in default).
+fn origins(own: &RawTarget, defaults: &RawTarget) -> BTreeMap<String, &'static str> {
+    const MERGED: [&str; 6] = ["forbidden_paths", "required_env", "shared_files", "shared_dirs", "exclude", "services"];
+    let (o, d) = (serde_json::to_value(own).unwrap_or_default(), serde_json::to_value(defaults).unwrap_or_default());
+    let Some(keys) = o.as_object() else { return BTreeMap::new() };
+    keys.iter()
+        .map(|(k, v)| {
+            let origin = match (!v.is_null(), !d[k.as_str()].is_null()) {
+                (true, true) if MERGED.contains(&k.as_str()) => "[defaults] + target",
+                (true, _) => "target",
+                (false, true) => "[defaults]",
+                (false, false) => "built-in default",
+            };
+            (k.clone(), origin)
+        })
+        .collect()
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
@@ -138,6 +157,8 @@ pub struct Config {
     pub path: PathBuf,
     /// Targets with `[defaults]` already merged in.
     pub targets: BTreeMap<String, RawTarget>,
+    /// Per target, where each key's value came from (`bst config show`).
+    pub origins: BTreeMap<String, BTreeMap<String, &'static str>>,
 }
 
 impl Config {
@@ -171,8 +192,9 @@ impl Config {
                 .into());
             }
         }
+        let origins = raw.targets.iter().map(|(k, v)| (k.clone(), origins(v, &raw.defaults))).collect();
         let targets = raw.targets.into_iter().map(|(k, v)| (k, v.merged_over(&raw.defaults))).collect();
-        Ok(Config { path: path.to_path_buf(), targets })
+        Ok(Config { path: path.to_path_buf(), targets, origins })
     }
 
     /// Where a key of a target was written, for errors found after parsing.

@@ -120,7 +120,7 @@ pub fn run(mut cli: Cli) -> anyhow::Result<()> {
         Command::Prune { keep, .. } => commands::prune::run(&target, &globals, &p, *keep),
         Command::Unlock { .. } => commands::unlock::run(&target, &globals, &p),
         Command::Check { reports, .. } => commands::check::run(&target, &globals, &p, &reports.reports),
-        Command::Config { .. } => commands::config::show(&p, &target),
+        Command::Config { .. } => commands::config::show(&p, &target, config.origins.get(&target.name)),
         Command::Completions { .. } | Command::Man | Command::Init { .. } => unreachable!("handled above"),
         Command::Drill { command: DrillCommand::Rollback { reports, .. } } => {
             commands::drill::rollback(&target, &globals, &p, &reports.reports)

@@ -20,7 +20,9 @@ fn health_text(h: &Health) -> String {
     }
 }
 
-pub fn show(p: &Printer, t: &Target) -> anyhow::Result<()> {
+/// `origins`: where each key's value came from (target, `[defaults]`, both, built-in).
+pub fn show(p: &Printer, t: &Target, origins: Option<&std::collections::BTreeMap<String, &'static str>>) -> anyhow::Result<()> {
+    let from = |k: &str| origins.and_then(|o| o.get(k)).copied().unwrap_or("built-in default");
     let (transport, auth, known_hosts) = match &t.host {
         Host::Local => ("local".to_string(), "-".to_string(), "-".to_string()),
         Host::Ssh(s) => (
@@ -50,9 +52,12 @@ pub fn show(p: &Printer, t: &Target) -> anyhow::Result<()> {
         "base": t.base, "source": t.source.display().to_string(), "keep_releases": t.keep_releases,
         "shared_files": t.shared_files, "shared_dirs": t.shared_dirs, "exclude": t.exclude, "install": t.install, "build": t.build,
         "restart": t.restart, "health_timeout_ms": u64::try_from(t.health_timeout.as_millis()).unwrap_or(u64::MAX),
+        "confirm_margin_ms": u64::try_from(t.confirm_margin.as_millis()).unwrap_or(u64::MAX),
+        "settle_ms": u64::try_from(t.settle.as_millis()).unwrap_or(u64::MAX),
         "forbidden_paths": t.forbidden_paths, "env_file": format!("{}/shared/{}", t.base, t.env_file),
         "required_env": t.required_env, "expect_env": t.expect_env.iter().map(|(k, v)| json!({"key": k, "value": v})).collect::<Vec<_>>(),
         "services": services,
+        "origins": origins,
     });
     if p.json {
         p.json(&doc);
@@ -63,20 +68,23 @@ pub fn show(p: &Printer, t: &Target) -> anyhow::Result<()> {
     p.out(format!("transport       {transport}"));
     p.out(format!("identity        {auth}"));
     p.out(format!("known_hosts     {known_hosts}"));
-    p.out(format!("base            {}", t.base));
-    p.out(format!("source          {}", t.source.display()));
-    p.out(format!("keep_releases   {}", t.keep_releases));
-    p.out(format!("shared_files    {}", list(&t.shared_files)));
-    p.out(format!("shared_dirs     {}", list(&t.shared_dirs)));
-    p.out(format!("exclude         {}", list(&t.exclude)));
-    p.out(format!("install         {}", t.install.as_deref().unwrap_or("-")));
-    p.out(format!("build           {}", t.build.as_deref().unwrap_or("-")));
-    p.out(format!("restart         {} (health timeout {}s)", list(&t.restart), t.health_timeout.as_secs()));
-    p.out(format!("forbidden_paths {}", list(&t.forbidden_paths)));
-    p.out(format!("env_file        {}/shared/{}", t.base, t.env_file));
-    p.out(format!("required_env    {}", list(&t.required_env)));
+    p.out(format!("base            {}  ({})", t.base, from("base")));
+    p.out(format!("source          {}  ({})", t.source.display(), from("source")));
+    p.out(format!("keep_releases   {}  ({})", t.keep_releases, from("keep_releases")));
+    p.out(format!("shared_files    {}  ({})", list(&t.shared_files), from("shared_files")));
+    p.out(format!("shared_dirs     {}  ({})", list(&t.shared_dirs), from("shared_dirs")));
+    p.out(format!("exclude         {}  ({})", list(&t.exclude), from("exclude")));
+    p.out(format!("install         {}  ({})", t.install.as_deref().unwrap_or("-"), from("install")));
+    p.out(format!("build           {}  ({})", t.build.as_deref().unwrap_or("-"), from("build")));
+    p.out(format!("restart         {}  ({})", list(&t.restart), from("restart")));
+    p.out(format!("health_timeout  {}s  ({})", t.health_timeout.as_secs_f64(), from("health_timeout")));
+    p.out(format!("settle          {}s  ({})", t.settle.as_secs_f64(), from("settle")));
+    p.out(format!("confirm_margin  {}s  ({})", t.confirm_margin.as_secs_f64(), from("confirm_margin")));
+    p.out(format!("forbidden_paths {}  ({})", list(&t.forbidden_paths), from("forbidden_paths")));
+    p.out(format!("env_file        {}/shared/{}  ({})", t.base, t.env_file, from("env_file")));
+    p.out(format!("required_env    {}  ({})", list(&t.required_env), from("required_env")));
     let expect: Vec<String> = t.expect_env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    p.out(format!("expect_env      {}", list(&expect)));
+    p.out(format!("expect_env      {}  ({})", list(&expect), from("expect_env")));
     for s in &t.services {
         p.out(format!(
             "service {:<8} {} ({}{}){}",

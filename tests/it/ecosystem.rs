@@ -54,8 +54,20 @@ fn config_show_and_validate() {
     let ws = Workspace::new();
     let env = Env::new(None, &ws, "keep_releases = 3\nrequired_env = [\"A\"]");
     let cfg = std::fs::read_to_string(&env.config).unwrap();
-    std::fs::write(&env.config, format!("[defaults]\nshared_files = [\".env\"]\n\n{cfg}")).unwrap();
+    std::fs::write(&env.config, format!("[defaults]\nshared_files = [\".env\"]\nrequired_env = [\"B\"]\nsettle = \"1s\"\n\n{cfg}"))
+        .unwrap();
     let j = env.bst(&["config", "show", "t", "--json"]).ok().json();
+    // Where each value came from (issue 20, item 8).
+    assert_eq!(j["origins"]["keep_releases"], "target");
+    assert_eq!(j["origins"]["shared_files"], "[defaults]");
+    assert_eq!(j["origins"]["required_env"], "[defaults] + target");
+    assert_eq!(j["origins"]["settle"], "[defaults]");
+    assert_eq!(j["origins"]["health_timeout"], "built-in default");
+    assert_eq!(j["settle_ms"], 1000);
+    assert_eq!(j["required_env"], serde_json::json!(["B", "A"]));
+    let human = env.bst(&["config", "show", "t"]).ok();
+    assert!(human.stdout.lines().any(|l| l == "keep_releases   3  (target)"), "{}", human.stdout);
+    assert!(human.stdout.lines().any(|l| l == "required_env    B, A  ([defaults] + target)"), "{}", human.stdout);
     assert_eq!(j["schema_version"], 1);
     assert_eq!(j["keep_releases"], 3);
     assert_eq!(j["shared_files"][0], ".env", "defaults are merged");
