@@ -70,6 +70,9 @@ pub enum Command {
         /// Release to switch to [default: the newest ok release older than current]
         #[arg(long, value_name = "ID")]
         release_id: Option<String>,
+        /// Do not restart the target's `restart` services (and skip the health gate)
+        #[arg(long)]
+        no_restart: bool,
     },
     /// Remove old releases, keeping the newest (never current or its rollback target)
     Prune {

@@ -116,7 +116,9 @@ pub fn run(mut cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Deploy { build, no_restart, .. } => commands::deploy::run(&target, &globals, &p, *build, !*no_restart),
         Command::List { .. } => commands::list::run(&target, &globals, &p),
-        Command::Rollback { release_id, .. } => commands::rollback::run(&target, &globals, &p, release_id.as_deref()),
+        Command::Rollback { release_id, no_restart, .. } => {
+            commands::rollback::run(&target, &globals, &p, release_id.as_deref(), !*no_restart)
+        }
         Command::Prune { keep, .. } => commands::prune::run(&target, &globals, &p, *keep),
         Command::Unlock { .. } => commands::unlock::run(&target, &globals, &p),
         Command::Check { reports, .. } => commands::check::run(&target, &globals, &p, &reports.reports),

@@ -742,13 +742,16 @@ fi
     s
 }
 
-pub fn rollback(base: &str, id: &str, audit_json: &str, token: &str) -> String {
+/// With `keep_lock` the lock stays held (the health gate runs under it).
+pub fn rollback(base: &str, id: &str, audit_json: &str, token: &str, keep_lock: bool) -> String {
     let mut s = base_var(base) + DETACHED;
     s.push_str("set -eu\ncd \"$B\"\n");
     s.push_str(&switch_fragment(id));
     s.push_str("set +e\n");
     s.push_str(&audit_fragment(audit_json));
-    s.push_str(&unlock_fragment(token));
+    if !keep_lock {
+        s.push_str(&unlock_fragment(token));
+    }
     s
 }
 

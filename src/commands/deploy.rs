@@ -307,7 +307,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
                     .context(format!("interrupted during the switch, which completed: current -> releases/{id}")));
             }
             if gated {
-                let gate = health_gate(&mut *t, target, globals, p, &prep.meta, prep.state.current.as_deref(), &held, interrupted);
+                let gate = health_gate(&mut *t, target, globals, p, &prep.meta.id, prep.state.current.as_deref(), &held, interrupted);
                 match gate {
                     // Only now is it known which releases are no longer needed to switch back to.
                     Ok(()) => match t.run(&crate::remote::confirm_and_prune(&target.base, &prep.prune, &held.token)) {
@@ -776,19 +776,19 @@ fn after_upload(
 /// the watchdog's deadline. Either way a deploy that did not end on the new release fails
 /// (deploy-rs #214).
 #[allow(clippy::too_many_arguments)]
-fn health_gate(
+pub(crate) fn health_gate(
     t: &mut dyn Transport,
     target: &Target,
     globals: &Globals,
     p: &Printer,
-    meta: &Meta,
+    id: &str,
     previous: Option<&str>,
     held: &Held,
     interrupted: bool,
 ) -> anyhow::Result<()> {
     use super::service::restart_and_verify;
     let names = target.restart.join(", ");
-    let id = meta.id.clone();
+    let id = id.to_string();
     let secs = watchdog::deadline_secs(target, 1);
     p.status(format!("restarting {names}; waiting up to {}s for health", target.health_timeout.as_secs()));
     let gate = if interrupted { Err(Error::Interrupted.into()) } else { restart_and_verify(t, target) };

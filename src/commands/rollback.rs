@@ -10,6 +10,7 @@ use crate::remote;
 use crate::report::Printer;
 use crate::settings::{Globals, Target};
 use crate::transport;
+use crate::watchdog;
 
 #[derive(Serialize)]
 struct Done<'a> {
@@ -21,7 +22,10 @@ struct Done<'a> {
 }
 
 /// `release_id` was validated by the caller before anything connected.
-pub fn run(target: &Target, globals: &Globals, p: &Printer, release_id: Option<&str>) -> anyhow::Result<()> {
+/// With `restart`, the `restart` services are restarted on the release rolled back to and
+/// must prove healthy, under the server's watchdog like a deploy's gate: a rollback target
+/// that does not come up is marked failed and `current` goes back to where it was.
+pub fn run(target: &Target, globals: &Globals, p: &Printer, release_id: Option<&str>, restart: bool) -> anyhow::Result<()> {
     let mut t = transport::connect(target, globals)?;
     let (held, state) = match lock::acquire(&mut *t, target, "rollback", false, p)? {
         Acquired::Held(h, s) => (h, s),
@@ -72,10 +76,52 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, release_id: Option<&
     let mut audit = Audit::new("rollback", &target.name, "ok");
     audit.release = Some(&chosen);
     audit.previous = previous;
-    let out = t.run(&remote::rollback(&target.base, &chosen, &audit.json(), &held.token))?;
+    let gated = restart && !target.restart.is_empty();
+    let meta = state.get(&chosen).and_then(|r| r.meta.clone());
+    let mut script = remote::rollback(&target.base, &chosen, &audit.json(), &held.token, gated);
+    if gated {
+        let trial = match &meta {
+            Some(m) => {
+                let mut failed = m.clone();
+                failed.status = Status::Failed;
+                failed.error = Some(format!(
+                    "not confirmed healthy after a rollback; the server's watchdog switched back to {}",
+                    previous.unwrap_or("none")
+                ));
+                Some((chosen.as_str(), serde_json::to_string(&failed)?))
+            }
+            None => None,
+        };
+        let arm = watchdog::Arm {
+            token: &held.token,
+            secs: watchdog::deadline_secs(target, 1),
+            restore: previous,
+            trial,
+            audit_members: watchdog::audit_members(&lock::who(), &target.name, previous, Some(&chosen)),
+            restart: watchdog::restart_script(target),
+        };
+        script = watchdog::arm(&target.base, &arm) + &script;
+    }
+    let out = {
+        let _critical = crate::interrupt::Critical::enter();
+        t.run(&script)?
+    };
     if out.status != 0 || !out.stdout_str().lines().any(|l| l == "SWITCHED") {
         lock::release(&mut *t, target, &held, p);
         return Err(Error::Failed(format!("rollback to {chosen} failed: {}", out.stderr_str())).into());
+    }
+    if gated {
+        let interrupted = crate::interrupt::check().is_err();
+        super::deploy::health_gate(&mut *t, target, globals, p, &chosen, previous, &held, interrupted)?;
+        let out = t.run(&remote::confirm_and_prune(&target.base, &[], &held.token))?;
+        if out.stdout_str().lines().any(|l| l.starts_with("NOT-CONFIRMED")) {
+            let _ = t.run(&watchdog::fire(&target.base, &held.token, "late", target.health_timeout.as_secs() + 30));
+            return Err(Error::Failed(format!(
+                "{chosen} became healthy only after the server's watchdog deadline; it switched back to {}",
+                previous.unwrap_or("none")
+            ))
+            .into());
+        }
     }
     p.status(format!("rolled back `{}` from {} to {chosen}", target.name, previous.unwrap_or("none")));
     p.out(format!("{}: current -> releases/{chosen}", target.name));

@@ -281,3 +281,34 @@ fn a_missing_unit_and_a_missing_sudo_say_so() {
     assert!(run.stdout.contains("not-found/no such unit"), "{}", run.stdout);
     a.bst(&["t", "root", "status"]).code(1).stderr_has("sudo is not installed on the server");
 }
+
+/// A rollback that does not restart leaves the app running the release it left (its cwd is
+/// the old directory). `rollback` restarts and gates like a deploy, under the watchdog.
+#[test]
+fn rollback_restarts_onto_the_release_and_switches_back_if_it_is_unhealthy() {
+    let a = quick_app("wd-rollback");
+    a.ws.write("UNHEALTHY", "yes");
+    a.bst(&["deploy", "t", "-q", "--no-restart"]).ok();
+    let sick = a.current_id();
+    std::fs::remove_file(a.ws.path().join("UNHEALTHY")).unwrap();
+    a.bst(&["deploy", "t", "-q"]).ok();
+    let good = a.current_id();
+    a.ws.write("v3.txt", "3");
+    a.bst(&["deploy", "t", "-q"]).ok();
+    let newest = a.current_id();
+    // Healthy target: the app now runs it.
+    a.bst(&["rollback", "t", "--release-id", &good]).ok().stderr_has("healthy on");
+    assert_eq!(a.current_id(), good);
+    assert!(a.http_health().unwrap().contains(&format!("/releases/{good}")), "the app still runs the release it left");
+    // Unhealthy target: marked failed, current back where it was, the app on it.
+    let run = a.bst(&["rollback", "t", "--release-id", &sick]).code(1);
+    assert!(run.stderr.contains(&format!("rolled back to {good}, which is healthy again")), "{}", run.stderr);
+    assert_eq!(a.current_id(), good);
+    assert_eq!(meta_status(&a, &sick), "failed");
+    assert!(a.http_health().unwrap().contains(&format!("/releases/{good}")));
+    // --no-restart: the switch only.
+    let pid = a.main_pid();
+    a.bst(&["rollback", "t", "--release-id", &newest, "--no-restart"]).ok();
+    assert_eq!(a.main_pid(), pid);
+    assert!(!host().ssh(&format!("ls -a {}", a.base)).lines().any(|l| l == ".bst-lock"));
+}
