@@ -817,10 +817,13 @@ pub fn prune(base: &str, ids: &[String], token: &str, background: bool) -> Strin
 /// The end of a gate that passed: the confirmation the watchdog waits for, then the prune
 /// and the unlock. Stops with `NOT-CONFIRMED` (lock left to the watchdog) when the watchdog
 /// decided first.
-pub fn confirm_and_prune(base: &str, ids: &[String], token: &str) -> String {
+pub fn confirm_and_prune(base: &str, ids: &[String], token: &str, audit_json: &str) -> String {
     let mut s = base_var(base) + DETACHED;
     s.push_str("cd \"$B\" || exit 1\n");
     s.push_str(&crate::watchdog::confirm_fragment());
+    if !audit_json.is_empty() {
+        s.push_str(&audit_fragment(audit_json));
+    }
     s.push_str(&prune_fragment(ids, true));
     s.push_str(&unlock_fragment(token));
     s

@@ -245,11 +245,17 @@ fn shown(host: &str) -> std::borrow::Cow<'_, str> {
 }
 
 pub fn probe(t: &mut dyn Transport, health: &Health) -> Probe {
+    probe_within(t, health, PROBE_TIMEOUT)
+}
+
+/// One probe that gives up after `limit`: a gate's last probe must not outlast the gate (a
+/// hanging /health once kept the client waiting past the server's watchdog deadline).
+pub fn probe_within(t: &mut dyn Transport, health: &Health, limit: Duration) -> Probe {
     match health {
         Health::Http { host: raw_host, port, path, status, body_contains } => {
             let host = &shown(raw_host);
             let req = http_request(host, *port, path);
-            match t.tcp_exchange(raw_host, *port, &req, &|_| false, PROBE_TIMEOUT) {
+            match t.tcp_exchange(raw_host, *port, &req, &|_| false, limit) {
                 Err(e) => Probe { healthy: false, detail: format!("GET http://{host}:{port}{path}: {e:#}") },
                 Ok(reply) => match parse_http(&reply) {
                     None => Probe { healthy: false, detail: format!("GET http://{host}:{port}{path}: not an HTTP response") },
@@ -268,7 +274,7 @@ pub fn probe(t: &mut dyn Transport, health: &Health) -> Probe {
         Health::Redis { host: raw_host, port } => {
             let host = &shown(raw_host);
             let done = |r: &[u8]| r.ends_with(b"\r\n");
-            match t.tcp_exchange(raw_host, *port, b"*1\r\n$4\r\nPING\r\n", &done, PROBE_TIMEOUT) {
+            match t.tcp_exchange(raw_host, *port, b"*1\r\n$4\r\nPING\r\n", &done, limit) {
                 Err(e) => Probe { healthy: false, detail: format!("redis {host}:{port}: {e:#}") },
                 Ok(r) if r.starts_with(b"+PONG") => Probe { healthy: true, detail: format!("redis {host}:{port}: PONG") },
                 // A password-protected Redis that answers is alive; bst holds no Redis secrets.
@@ -289,7 +295,8 @@ pub fn wait_healthy(t: &mut dyn Transport, health: &Health, timeout: Duration) -
     let deadline = Instant::now() + timeout;
     loop {
         crate::interrupt::check()?;
-        let p = probe(t, health);
+        let left = deadline.saturating_duration_since(Instant::now());
+        let p = probe_within(t, health, left.clamp(Duration::from_millis(500), PROBE_TIMEOUT));
         // A Ctrl-C during the probe itself (the transport consumed it) must not come out as
         // "unhealthy".
         if !p.healthy && crate::interrupt::seen() {

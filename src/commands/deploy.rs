@@ -307,38 +307,19 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
                     .context(format!("interrupted during the switch, which completed: current -> releases/{id}")));
             }
             if gated {
-                let gate = health_gate(&mut *t, target, globals, p, &prep.meta.id, prep.state.current.as_deref(), &held, interrupted);
-                match gate {
-                    // Only now is it known which releases are no longer needed to switch back to.
-                    Ok(()) => match t.run(&crate::remote::confirm_and_prune(&target.base, &prep.prune, &held.token)) {
-                        Ok(out) if out.stdout_str().lines().any(|l| l.starts_with("NOT-CONFIRMED")) => {
-                            // Let the watchdog finish before saying where current is.
-                            let _ = t.run(&watchdog::fire(&target.base, &held.token, "late", target.health_timeout.as_secs() + 30));
-                            let prev = prep.state.current.as_deref().unwrap_or("none");
-                            return Err(Error::Failed(format!(
-                                "release {id} became healthy only after the server's watchdog deadline ({}s); the watchdog switched back to {prev}",
-                                watchdog::deadline_secs(target, 1)
-                            ))
-                            .into());
-                        }
-                        Ok(out) => {
-                            pruned = crate::remote::pruned_ids(&out.stdout_str());
-                            // The script unlocks last; one that stopped early left the lock held.
-                            if out.status != 0 {
-                                p.warn(format!("pruning after the health gate failed: {}", out.stderr_str()));
-                                lock::release(&mut *t, target, &held, p);
-                            }
-                        }
-                        Err(e) => {
-                            p.warn(format!("pruning after the health gate did not run: {e:#}"));
-                            lock::release(&mut *t, target, &held, p);
-                        }
-                    },
-                    Err(e) => {
-                        lock::release(&mut *t, target, &held, p);
-                        return Err(e);
-                    }
-                }
+                // Pruned only now: only now is it known which releases are no longer needed
+                // to switch back to.
+                pruned = health_gate(
+                    &mut *t,
+                    target,
+                    globals,
+                    p,
+                    &prep.meta.id,
+                    prep.state.current.as_deref(),
+                    &held,
+                    interrupted,
+                    &prep.prune,
+                )?;
             }
             let meta = &prep.meta;
             let sent = t.bytes_sent();
@@ -785,7 +766,8 @@ pub(crate) fn health_gate(
     previous: Option<&str>,
     held: &Held,
     interrupted: bool,
-) -> anyhow::Result<()> {
+    prune: &[String],
+) -> anyhow::Result<Vec<String>> {
     use super::service::restart_and_verify;
     let names = target.restart.join(", ");
     let id = id.to_string();
@@ -793,23 +775,40 @@ pub(crate) fn health_gate(
     p.status(format!("restarting {names}; waiting up to {}s for health", target.health_timeout.as_secs()));
     let gate = if interrupted { Err(Error::Interrupted.into()) } else { restart_and_verify(t, target) };
     let reason = match gate {
-        Ok(bad) if bad.is_empty() => {
+        // Confirmed in one script with the verdict's audit line, the prune and the unlock,
+        // held back from Ctrl-C: a signal that came at any point before it means no
+        // confirmation (the channel that would carry it may have swallowed the signal).
+        Ok(bad) if bad.is_empty() && !crate::interrupt::seen() => {
             let mut audit = Audit::new("restart", &target.name, "ok");
             audit.release = Some(&id);
-            if let Err(e) = t.run(&crate::remote::append_audit(&target.base, &audit.json())) {
-                p.warn(format!("could not write the deploy log: {e:#}"));
+            let out = {
+                let _critical = crate::interrupt::Critical::enter();
+                t.run(&crate::remote::confirm_and_prune(&target.base, prune, &held.token, &audit.json()))
+            };
+            match out {
+                Ok(out) if out.stdout_str().lines().any(|l| l.starts_with("NOT-CONFIRMED")) => {
+                    // Let the watchdog finish before saying where current is.
+                    let _ = t.run(&watchdog::fire(&target.base, &held.token, "late", target.health_timeout.as_secs() + 30));
+                    return Err(Error::Failed(format!(
+                        "release {id} became healthy only after the server's watchdog deadline ({secs}s); the watchdog switched back to {}",
+                        previous.unwrap_or("none")
+                    ))
+                    .into());
+                }
+                Ok(out) => {
+                    if out.status != 0 {
+                        p.warn(format!("pruning after the health gate failed: {}", out.stderr_str()));
+                        lock::release(t, target, held, p);
+                    }
+                    p.status(format!("{names} healthy on {id}"));
+                    return Ok(crate::remote::pruned_ids(&out.stdout_str()));
+                }
+                // Whether the confirmation got there is the server's to say.
+                Err(e) => Gone::Lost(format!("{e:#}")),
             }
-            p.status(format!("{names} healthy on {id}"));
-            return Ok(());
         }
-        Ok(bad) => {
-            let reason = bad.join("; ");
-            let mut audit = Audit::new("restart", &target.name, "failed");
-            audit.release = Some(&id);
-            audit.error = Some(reason.clone());
-            let _ = t.run(&crate::remote::append_audit(&target.base, &audit.json()));
-            Gone::Unhealthy(reason)
-        }
+        Ok(bad) if bad.is_empty() => Gone::Interrupted,
+        Ok(bad) => Gone::Unhealthy(bad.join("; ")),
         Err(e) if e.downcast_ref::<Error>().is_some_and(|e| matches!(e, Error::Interrupted)) => Gone::Interrupted,
         Err(e) => Gone::Lost(format!("{e:#}")),
     };
@@ -850,6 +849,11 @@ pub(crate) fn health_gate(
         return Err(Error::Failed(fallback(&format!("{why}, and the server could not be reached"))).into());
     };
     let seen = watchdog::parse_outcome(&out.stdout_str());
+    if !seen.running && !seen.held && seen.current.as_deref() == Some(id.as_str()) && previous.is_some() {
+        // The confirmation had reached the server before the connection went.
+        p.status(format!("{names} healthy on {id} (confirmed before the connection was lost)"));
+        return Ok(Vec::new());
+    }
     if seen.running || seen.held {
         return Err(Error::Failed(fallback(&format!("{why}, and the server has not finished switching back yet"))).into());
     }

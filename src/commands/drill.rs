@@ -242,7 +242,7 @@ fn end_on_server(
     let attempt = |t: &mut dyn Transport| -> anyhow::Result<Option<String>> {
         let now = release::parse_state(&t.run(&remote::read_state(&target.base))?.stdout_str()).current;
         if !armed || (clean && now.as_deref() == start) {
-            let out = t.run(&remote::confirm_and_prune(&target.base, &[], &held.token))?;
+            let out = t.run(&remote::confirm_and_prune(&target.base, &[], &held.token, ""))?;
             if !out.stdout_str().lines().any(|l| l.starts_with("NOT-CONFIRMED")) {
                 return Ok(now);
             }

@@ -112,16 +112,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, release_id: Option<&
     }
     if gated {
         let interrupted = crate::interrupt::check().is_err();
-        super::deploy::health_gate(&mut *t, target, globals, p, &chosen, previous, &held, interrupted)?;
-        let out = t.run(&remote::confirm_and_prune(&target.base, &[], &held.token))?;
-        if out.stdout_str().lines().any(|l| l.starts_with("NOT-CONFIRMED")) {
-            let _ = t.run(&watchdog::fire(&target.base, &held.token, "late", target.health_timeout.as_secs() + 30));
-            return Err(Error::Failed(format!(
-                "{chosen} became healthy only after the server's watchdog deadline; it switched back to {}",
-                previous.unwrap_or("none")
-            ))
-            .into());
-        }
+        super::deploy::health_gate(&mut *t, target, globals, p, &chosen, previous, &held, interrupted, &[])?;
     }
     p.status(format!("rolled back `{}` from {} to {chosen}", target.name, previous.unwrap_or("none")));
     p.out(format!("{}: current -> releases/{chosen}", target.name));

@@ -121,6 +121,8 @@ pub fn act(
     } else {
         service::action_script(selected, action.as_str(), target.health_timeout)
     };
+    // health_timeout counts from here: the restart's own time is part of it.
+    let started = std::time::Instant::now();
     let out = t.run(&script)?;
     if out.status != 0 {
         return Err(Error::Failed(format!("systemctl failed on {}: {}", target.host_label(), out.stderr_str())).into());
@@ -131,7 +133,9 @@ pub fn act(
         let probe = match (&svc.health, action) {
             (None, _) | (_, Action::Stop) => None,
             (Some(_), _) if !st.active() => None,
-            (Some(h), Action::Start | Action::Restart) => Some(service::wait_healthy(t, h, target.health_timeout)?),
+            (Some(h), Action::Start | Action::Restart) => {
+                Some(service::wait_healthy(t, h, target.health_timeout.saturating_sub(started.elapsed()))?)
+            }
             (Some(h), Action::Status) => Some(service::probe(t, h)),
         };
         probes.push(probe);
@@ -175,7 +179,7 @@ fn settle(
             ));
         }
         probes.push(match &svc.health {
-            Some(h) if now.active() => Some(service::probe(t, h)),
+            Some(h) if now.active() => Some(service::probe_within(t, h, std::time::Duration::from_secs(1))),
             _ => None,
         });
     }
