@@ -389,11 +389,16 @@ pub fn bst_with(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
 }
 
 /// A loopback TCP proxy in front of sshd: cuts the connection after `cut_after` bytes from
-/// the client, or throttles client→server traffic to `bytes_per_sec`.
+/// the client, or throttles client→server traffic to `bytes_per_sec`, or cuts whatever is
+/// open when asked ([`cut_open`](Self::cut_open)).
 pub struct Proxy {
     pub port: u16,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: OpenConns,
 }
+
+/// Each proxied connection's id and both of its sockets, while it is open.
+type OpenConns = std::sync::Arc<std::sync::Mutex<Vec<(u64, TcpStream, TcpStream)>>>;
 
 impl Proxy {
     pub fn start(upstream: u16, cut_after: Option<u64>, bytes_per_sec: Option<u64>) -> Proxy {
@@ -414,7 +419,10 @@ impl Proxy {
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let open: OpenConns = Arc::default();
+        let open2 = open.clone();
         std::thread::spawn(move || {
+            let mut next_id = 0u64;
             while !stop2.load(Ordering::SeqCst) {
                 let Ok((client, _)) = listener.accept() else {
                     std::thread::sleep(Duration::from_millis(5));
@@ -423,6 +431,10 @@ impl Proxy {
                 client.set_nonblocking(false).unwrap();
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let id = next_id;
+                next_id += 1;
+                open2.lock().unwrap().push((id, client.try_clone().unwrap(), server.try_clone().unwrap()));
+                let open3 = open2.clone();
                 // server -> client: plain copy.
                 std::thread::spawn(move || {
                     let (mut s, mut c) = (s2, c2);
@@ -457,10 +469,23 @@ impl Proxy {
                     }
                     let _ = c.shutdown(std::net::Shutdown::Both);
                     let _ = s.shutdown(std::net::Shutdown::Both);
+                    // The entry's clones would keep both fds open after the pumps end.
+                    open3.lock().unwrap().retain(|(i, _, _)| *i != id);
                 });
             }
         });
-        Proxy { port, stop }
+        Proxy { port, stop, open }
+    }
+
+    /// Cuts every connection open now, both ends (a NAT or VPN that drops its flows), and goes
+    /// on accepting: a client that reconnects gets through. How many it cut.
+    pub fn cut_open(&self) -> usize {
+        let open = std::mem::take(&mut *self.open.lock().unwrap());
+        for (_, client, server) in &open {
+            let _ = client.shutdown(std::net::Shutdown::Both);
+            let _ = server.shutdown(std::net::Shutdown::Both);
+        }
+        open.len()
     }
 }
 

@@ -13,3 +13,4 @@ mod integrity;
 mod model;
 mod ssh;
 mod systemd;
+mod watchdog;

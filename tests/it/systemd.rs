@@ -314,3 +314,23 @@ fn rollback_drill_health_checks_both_releases() {
     let health_steps = run.stderr.lines().filter(|l| l.contains("health on") && l.contains("healthy")).count();
     assert_eq!(health_steps, 2, "{}", run.stderr);
 }
+
+impl Host {
+    /// The container's root file system as seen from this side. Reading `srv/NAME/...` there
+    /// takes microseconds where `ssh` takes ~100 ms: fast enough to see the moment `current`
+    /// moves, and the same files the container sees (it runs on this tmpfs).
+    pub fn rootfs(&self) -> PathBuf {
+        self.state.join("root")
+    }
+}
+
+/// [`app`] with its own `health_timeout`: `extra` lands after the default one, and TOML
+/// rejects a key given twice.
+pub fn app_with(name: &str, health_timeout: &str, extra: &str) -> App {
+    let a = app(name, extra);
+    let cfg = std::fs::read_to_string(&a.env.config).unwrap();
+    let default = "health_timeout = \"8s\"\n";
+    assert!(cfg.contains(default), "app() no longer writes {default:?}: {cfg}");
+    std::fs::write(&a.env.config, cfg.replacen(default, &format!("health_timeout = \"{health_timeout}\"\n"), 1)).unwrap();
+    a
+}
