@@ -927,12 +927,12 @@ impl Model {
         self.begin(format!("drill rollback (current {cur:?}, back to {back:?})"));
         let reports = self.reports.to_string_lossy().into_owned();
         let run = self.env.bst(&["drill", "rollback", "t", "--reports", &reports]);
-        let should_pass = back.is_some();
-        if should_pass && run.code != 0 {
-            self.fail(format!("the drill should pass: there is an ok release to roll back to\n{}", run_text(&run)));
-        }
-        if !should_pass && run.code == 0 {
-            self.fail(format!("the drill passed with nothing to roll back to\n{}", run_text(&run)));
+        // This target declares no services: a drill that can switch both ways verifies no
+        // release, and says UNVERIFIED (exit 1), never a bare PASS; with nothing to roll back
+        // to it is a FAIL.
+        let want = if back.is_some() { "ROLLBACK_DRILL_RESULT=UNVERIFIED" } else { "ROLLBACK_DRILL_RESULT=FAIL" };
+        if run.code != 1 || run.stdout.lines().last() != Some(want) {
+            self.fail(format!("the drill should exit 1 with {want}\n{}", run_text(&run)));
         }
         let now = self.current_or_fail();
         if now != cur {
