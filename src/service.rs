@@ -182,7 +182,7 @@ pub struct Probe {
 }
 
 fn http_request(host: &str, port: u16, path: &str) -> Vec<u8> {
-    let host_header = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+    let host_header = format!("{}:{port}", shown(host));
     format!(
         "GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: bst/{}\r\nAccept: */*\r\nConnection: close\r\n\r\n",
         env!("CARGO_PKG_VERSION")
@@ -234,9 +234,8 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// One probe, no retries.
 /// `host` as it goes in a URL or `host:port`: an IPv6 address in brackets.
-fn shown(host: &str) -> std::borrow::Cow<'_, str> {
+pub fn shown(host: &str) -> std::borrow::Cow<'_, str> {
     if host.contains(':') {
         format!("[{host}]").into()
     } else {
@@ -244,6 +243,7 @@ fn shown(host: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// One probe, no retries.
 pub fn probe(t: &mut dyn Transport, health: &Health) -> Probe {
     probe_within(t, health, PROBE_TIMEOUT)
 }
@@ -254,7 +254,7 @@ pub fn probe_within(t: &mut dyn Transport, health: &Health, limit: Duration) -> 
     match health {
         Health::Http { host: raw_host, port, path, status, body_contains } => {
             let host = &shown(raw_host);
-            let req = http_request(host, *port, path);
+            let req = http_request(raw_host, *port, path);
             match t.tcp_exchange(raw_host, *port, &req, &|_| false, limit) {
                 Err(e) => Probe { healthy: false, detail: format!("GET http://{host}:{port}{path}: {e:#}") },
                 Ok(reply) => match parse_http(&reply) {
@@ -328,6 +328,8 @@ mod tests {
     fn ipv6_hosts_are_shown_in_brackets() {
         assert_eq!(shown("::1"), "[::1]");
         assert_eq!(shown("127.0.0.1"), "127.0.0.1");
+        let req = String::from_utf8(http_request("::1", 8080, "/health")).unwrap();
+        assert!(req.contains("\r\nHost: [::1]:8080\r\n"), "{req}");
     }
 
     /// Two failing units: each shows its own journal lines, not both units' lines.

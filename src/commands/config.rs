@@ -13,10 +13,11 @@ use crate::settings::{self, Health, Host, Scope, Target};
 fn health_text(h: &Health) -> String {
     match h {
         Health::Http { host, port, path, status, body_contains } => format!(
-            "GET http://{host}:{port}{path} -> {status}{}",
+            "GET http://{}:{port}{path} -> {status}{}",
+            crate::service::shown(host),
             body_contains.as_ref().map_or(String::new(), |b| format!(", body contains {b:?}"))
         ),
-        Health::Redis { host, port } => format!("redis PING {host}:{port}"),
+        Health::Redis { host, port } => format!("redis PING {}:{port}", crate::service::shown(host)),
     }
 }
 
