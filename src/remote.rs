@@ -820,7 +820,7 @@ pub fn prune(base: &str, ids: &[String], token: &str, background: bool) -> Strin
 pub fn confirm_and_prune(base: &str, ids: &[String], token: &str, audit_json: &str) -> String {
     let mut s = base_var(base) + DETACHED;
     s.push_str("cd \"$B\" || exit 1\n");
-    s.push_str(&crate::watchdog::confirm_fragment());
+    s.push_str(&crate::watchdog::confirm_fragment(token));
     if !audit_json.is_empty() {
         s.push_str(&audit_fragment(audit_json));
     }

@@ -165,11 +165,14 @@ pub fn arm(base: &str, a: &Arm) -> String {
 /// The client's confirmation, first in the script that ends a passed gate: prints
 /// `CONFIRMED`, or `NOT-CONFIRMED` and exits when the watchdog decided first (its deadline
 /// passed while the gate was still running).
-pub fn confirm_fragment() -> String {
+/// The confirmation also leaves this run's token in `logs/.bst-confirmed`: a client whose
+/// connection broke while confirming learns from it whether the confirmation got there.
+pub fn confirm_fragment(token: &str) -> String {
     format!(
-        r#"if mkdir "{LOCK}/decided" 2>/dev/null; then echo client > "{LOCK}/decided/by"; echo CONFIRMED
+        r#"if mkdir "{LOCK}/decided" 2>/dev/null; then echo client > "{LOCK}/decided/by"; printf '%s\n' {token} > "$B/logs/.bst-confirmed"; echo CONFIRMED
 else echo "NOT-CONFIRMED $(cat "{LOCK}/decided/by" 2>/dev/null)"; exit 0; fi
-"#
+"#,
+        token = quote(token)
     )
 }
 
@@ -186,6 +189,7 @@ p=$(cat "$L/watchdog.pid" 2>/dev/null)
 alive() {{ [ -n "$p" ] && kill -0 "$p" 2>/dev/null && {{ if [ -r "/proc/$p/cmdline" ]; then tr '\0' ' ' < "/proc/$p/cmdline" | grep -q {NAME}; else ps -p "$p" -o args= 2>/dev/null | grep -q {NAME}; fi; }}; }}
 n=0; while alive && [ $n -lt {ticks} ]; do sleep 0.1 2>/dev/null || sleep 1; n=$((n+1)); done
 printf 'C %s\n' "$(readlink "$B/current" 2>/dev/null)"
+if grep -qxF "$TOKEN" "$B/logs/.bst-confirmed" 2>/dev/null; then echo CONFIRMED; fi
 if ours; then echo HELD; fi
 if alive; then echo RUNNING; fi
 "#,
@@ -205,12 +209,15 @@ pub struct Outcome {
     pub held: bool,
     /// The watchdog is still at work after the wait.
     pub running: bool,
+    /// This run's confirmation reached the server (the watchdog stood down).
+    pub confirmed: bool,
 }
 
 pub fn parse_outcome(stdout: &str) -> Outcome {
     let current =
         stdout.lines().find_map(|l| l.strip_prefix("C ")).map(|c| c.trim_start_matches("releases/").to_string()).filter(|c| !c.is_empty());
-    Outcome { current, held: stdout.lines().any(|l| l == "HELD"), running: stdout.lines().any(|l| l == "RUNNING") }
+    let has = |tag: &str| stdout.lines().any(|l| l == tag);
+    Outcome { current, held: has("HELD"), running: has("RUNNING"), confirmed: has("CONFIRMED") }
 }
 
 /// The watchdog's pid from an arming script's output.
@@ -226,8 +233,34 @@ mod tests {
     fn outcome_lines() {
         assert_eq!(
             parse_outcome("C releases/20260101T000000Z\nHELD\n"),
-            Outcome { current: Some("20260101T000000Z".into()), held: true, running: false }
+            Outcome { current: Some("20260101T000000Z".into()), held: true, running: false, confirmed: false }
         );
-        assert_eq!(parse_outcome("C \n"), Outcome { current: None, held: false, running: false });
+        assert_eq!(parse_outcome("C \nCONFIRMED\n"), Outcome { current: None, held: false, running: false, confirmed: true });
+    }
+
+    /// The client confirms once; a second decider (the watchdog, or a repeated confirm) is
+    /// told NOT-CONFIRMED, and `fire` afterwards reports this run's confirmation, not
+    /// another run's.
+    #[cfg(unix)]
+    #[test]
+    fn confirmation_is_decided_once_and_reported_to_its_own_run() {
+        let d = tempfile::tempdir().unwrap();
+        let b = d.path();
+        std::fs::create_dir_all(b.join(".bst-lock")).unwrap();
+        std::fs::create_dir_all(b.join("logs")).unwrap();
+        std::fs::write(b.join(".bst-lock/owner"), "{\"token\":\"tok-1\"}\n").unwrap();
+        let run = |script: String| {
+            let out = std::process::Command::new("sh").arg("-c").arg(script).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let base = b.to_str().unwrap();
+        let confirm = format!("{}{}", base_var(base), confirm_fragment("tok-1"));
+        assert_eq!(run(confirm.clone()), "CONFIRMED\n");
+        assert_eq!(run(confirm), "NOT-CONFIRMED client\n");
+        let seen = parse_outcome(&run(fire(base, "tok-1", "late", 0)));
+        assert!(seen.confirmed && seen.held && !seen.running, "{seen:?}");
+        assert!(!b.join(".bst-lock/fire").exists(), "fire after a decision must not ask for a switch back");
+        let other = parse_outcome(&run(fire(base, "tok-2", "late", 0)));
+        assert!(!other.confirmed && !other.held, "{other:?}");
     }
 }

@@ -849,7 +849,7 @@ pub(crate) fn health_gate(
         return Err(Error::Failed(fallback(&format!("{why}, and the server could not be reached"))).into());
     };
     let seen = watchdog::parse_outcome(&out.stdout_str());
-    if !seen.running && !seen.held && seen.current.as_deref() == Some(id.as_str()) && previous.is_some() {
+    if seen.confirmed && seen.current.as_deref() == Some(id.as_str()) {
         // The confirmation had reached the server before the connection went.
         p.status(format!("{names} healthy on {id} (confirmed before the connection was lost)"));
         return Ok(Vec::new());
