@@ -208,22 +208,14 @@ pub fn resolve_target(config: &Config, name: &str) -> anyhow::Result<Target> {
             return Err(bad("restart", format!("`restart` names `{r}`, which is not a service of target `{name}`")).into());
         }
     }
-    let health_timeout = match &raw.health_timeout {
-        Some(t) => parse_duration(t)
-            .ok_or_else(|| bad("health_timeout", format!("invalid duration `{t}`: use e.g. 30s, 2m, 500ms, at most 24h")))?,
-        None => Duration::from_secs(30),
+    // One rule for every duration key: its own default, its own examples in the message.
+    let duration = |key: &str, value: &Option<String>, default: Duration, examples: &str| match value {
+        Some(t) => parse_duration(t).ok_or_else(|| bad(key, format!("invalid duration `{t}`: use e.g. {examples}, at most 24h"))),
+        None => Ok(default),
     };
-    let confirm_margin = match &raw.confirm_margin {
-        Some(t) => parse_duration(t)
-            .ok_or_else(|| bad("confirm_margin", format!("invalid duration `{t}`: use e.g. 30s, 2m, 500ms, at most 24h")))?,
-        None => Duration::from_secs(30),
-    };
-    let settle = match &raw.settle {
-        Some(t) => {
-            parse_duration(t).ok_or_else(|| bad("settle", format!("invalid duration `{t}`: use e.g. 3s, 500ms, 0s, at most 24h")))?
-        }
-        None => Duration::from_secs(3),
-    };
+    let health_timeout = duration("health_timeout", &raw.health_timeout, Duration::from_secs(30), "30s, 2m, 500ms")?;
+    let confirm_margin = duration("confirm_margin", &raw.confirm_margin, Duration::from_secs(30), "30s, 2m, 500ms")?;
+    let settle = duration("settle", &raw.settle, Duration::from_secs(3), "3s, 500ms, 0s")?;
     let mut forbidden_paths = Vec::new();
     for f in raw.forbidden_paths.clone().unwrap_or_default() {
         let norm = normalise_base(&f).map_err(|why| bad("forbidden_paths", format!("invalid forbidden path `{f}`: {why}")))?;

@@ -220,7 +220,7 @@ pub fn parse_outcome(stdout: &str) -> Outcome {
     Outcome { current, held: has("HELD"), running: has("RUNNING"), confirmed: has("CONFIRMED") }
 }
 
-/// The watchdog's pid from an arming script's output.
+/// Whether an arming script's output says the watchdog started (`WATCHDOG <pid>`).
 pub fn armed(stdout: &str) -> bool {
     stdout.lines().any(|l| l.starts_with("WATCHDOG "))
 }
