@@ -46,6 +46,12 @@ pub enum Error {
     #[error("HOST KEY FOR {host}:{port} HAS CHANGED: {known_hosts} does not list the key it offered ({fingerprint})\n  this may be an attack; if the server was really reinstalled, remove the old entry from {known_hosts}")]
     HostKeyChanged { host: String, port: u16, fingerprint: String, known_hosts: String },
 
+    #[error("REVOKED HOST KEY for {host}:{port}: the key it offered ({fingerprint}) is marked @revoked in {at}\n  refusing to connect; the server's key was withdrawn, ask whoever runs it for the new one")]
+    HostKeyRevoked { host: String, port: u16, fingerprint: String, at: String },
+
+    #[error("host key for {host}:{port} ({fingerprint}) is not listed; only a @cert-authority line vouches for this host ({at})\n  bst cannot check host certificates (libssh2 has no support for them); add the host's own key to known_hosts")]
+    HostKeyCertificate { host: String, port: u16, fingerprint: String, at: String },
+
     #[error("authentication as `{user}` on {host}:{port} failed; tried: {tried}")]
     Auth { user: String, host: String, port: u16, tried: String },
 
@@ -65,7 +71,12 @@ impl Error {
         match self {
             Error::Usage(_) | Error::Config { .. } | Error::UnknownTarget { .. } | Error::BadReleaseId(_) => code::USAGE,
             Error::Locked { .. } => code::LOCKED,
-            Error::Connect { .. } | Error::HostKeyUnknown { .. } | Error::HostKeyChanged { .. } | Error::Auth { .. } => code::CONNECT,
+            Error::Connect { .. }
+            | Error::HostKeyUnknown { .. }
+            | Error::HostKeyChanged { .. }
+            | Error::HostKeyRevoked { .. }
+            | Error::HostKeyCertificate { .. }
+            | Error::Auth { .. } => code::CONNECT,
             Error::Interrupted => code::INTERRUPTED,
             Error::Unhealthy(_) => code::UNHEALTHY,
             Error::Failed(_) => code::FAILED,

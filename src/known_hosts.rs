@@ -8,7 +8,9 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Digest;
 
-/// `host` for port 22, `[host]:port` otherwise: the name OpenSSH files keys under.
+/// `host` for port 22, `[host]:port` otherwise: the name OpenSSH files keys under. Only that
+/// name is looked up (libssh2's own check falls back from `[host]:port` to `host`; ssh does
+/// not, so neither do we).
 pub fn pattern(host: &str, port: u16) -> String {
     if port == 22 {
         host.to_string()
@@ -19,6 +21,11 @@ pub fn pattern(host: &str, port: u16) -> String {
 
 pub fn fingerprint(blob: &[u8]) -> String {
     format!("SHA256:{}", STANDARD_NO_PAD.encode(sha2::Sha256::digest(blob)))
+}
+
+/// The name to look up: `HostKeyAlias` as written (no port), else [`pattern`].
+pub fn lookup_name(host: &str, port: u16, alias: Option<&str>) -> String {
+    alias.map_or_else(|| pattern(host, port), str::to_string)
 }
 
 fn hashed_matches(entry: &str, name: &str) -> bool {
@@ -47,28 +54,89 @@ fn host_field_matches(field: &str, name: &str) -> bool {
     hit
 }
 
-/// Keys (type, blob) listed for `host:port`, skipping markers (`@revoked`, `@cert-authority`).
-pub fn keys_for(text: &str, host: &str, port: u16) -> Vec<(String, Vec<u8>)> {
-    let name = pattern(host, port);
+#[derive(Debug, Clone, PartialEq)]
+pub enum Marker {
+    Plain,
+    /// `@revoked`: this key must never be accepted for these hosts.
+    Revoked,
+    /// `@cert-authority`: host certificates signed by this key are trusted.
+    CertAuthority,
+}
+
+/// One known_hosts line that names the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub marker: Marker,
+    pub kind: String,
+    pub blob: Vec<u8>,
+    /// `file:line`
+    pub at: String,
+}
+
+/// The lines of `files` ((shown path, text), in the order ssh reads them) that list `name`.
+/// Unknown markers make a line invalid, as in ssh.
+pub fn entries_for(files: &[(String, String)], name: &str) -> Vec<Entry> {
     let mut out = Vec::new();
-    for line in text.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') || line.starts_with('@') {
-            continue;
-        }
-        let mut f = line.split_whitespace();
-        let (Some(hosts), Some(kind), Some(b64)) = (f.next(), f.next(), f.next()) else { continue };
-        if host_field_matches(hosts, &name) {
-            if let Ok(blob) = STANDARD.decode(b64) {
-                out.push((kind.to_string(), blob));
+    for (path, text) in files {
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let mut f = line.split_whitespace();
+            let mut first = f.next();
+            let marker = match first {
+                Some("@revoked") => Marker::Revoked,
+                Some("@cert-authority") => Marker::CertAuthority,
+                Some(m) if m.starts_with('@') => continue,
+                _ => Marker::Plain,
+            };
+            if marker != Marker::Plain {
+                first = f.next();
+            }
+            let (Some(hosts), Some(kind), Some(b64)) = (first, f.next(), f.next()) else { continue };
+            if host_field_matches(hosts, name) {
+                if let Ok(blob) = STANDARD.decode(b64) {
+                    out.push(Entry { marker, kind: kind.to_string(), blob, at: format!("{path}:{}", n + 1) });
+                }
             }
         }
     }
     out
 }
 
+/// What known_hosts says about a plain host key, in OpenSSH's order: a revoked key is refused
+/// even if also listed; then a listed key is known; another key of the same type means it
+/// changed; a host vouched for only by a certificate authority cannot be checked by bst.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Known,
+    Revoked(String),
+    Changed { expected: Vec<String>, at: String },
+    CertificateOnly(String),
+    Unknown,
+}
+
+pub fn judge(entries: &[Entry], kind: &str, blob: &[u8]) -> Verdict {
+    if let Some(e) = entries.iter().find(|e| e.marker == Marker::Revoked && e.blob == blob) {
+        return Verdict::Revoked(e.at.clone());
+    }
+    let plain: Vec<&Entry> = entries.iter().filter(|e| e.marker == Marker::Plain).collect();
+    if plain.iter().any(|e| e.blob == blob) {
+        return Verdict::Known;
+    }
+    let same: Vec<&&Entry> = plain.iter().filter(|e| e.kind == kind).collect();
+    if let Some(first) = same.first() {
+        return Verdict::Changed { expected: same.iter().map(|e| fingerprint(&e.blob)).collect(), at: first.at.clone() };
+    }
+    if let Some(ca) = entries.iter().find(|e| e.marker == Marker::CertAuthority) {
+        return Verdict::CertificateOnly(ca.at.clone());
+    }
+    Verdict::Unknown
+}
+
 /// A line recording `blob` for `host:port`, hashed like OpenSSH when asked.
-pub fn line(host: &str, port: u16, kind: &str, blob: &[u8], hashed: bool) -> String {
-    let name = pattern(host, port);
+pub fn line(name: &str, kind: &str, blob: &[u8], hashed: bool) -> String {
     let field = if hashed {
         let salt: [u8; 20] = {
             let mut s = [0u8; 20];
@@ -81,16 +149,16 @@ pub fn line(host: &str, port: u16, kind: &str, blob: &[u8], hashed: bool) -> Str
         mac.update(name.as_bytes());
         format!("|1|{}|{}", STANDARD.encode(salt), STANDARD.encode(mac.finalize().into_bytes()))
     } else {
-        name
+        name.to_string()
     };
     format!("{field} {kind} {}\n", STANDARD.encode(blob))
 }
 
 /// libssh2 host key method names to offer first, for the key types already known.
-pub fn preferred_methods(known: &[(String, Vec<u8>)]) -> Option<String> {
+pub fn preferred_methods(known: &[Entry]) -> Option<String> {
     let mut prefs: Vec<&str> = Vec::new();
-    for (kind, _) in known {
-        let algs: &[&str] = match kind.as_str() {
+    for e in known.iter().filter(|e| e.marker == Marker::Plain) {
+        let algs: &[&str] = match e.kind.as_str() {
             "ssh-rsa" => &["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"],
             "ssh-ed25519" => &["ssh-ed25519"],
             "ecdsa-sha2-nistp256" => &["ecdsa-sha2-nistp256"],
@@ -111,27 +179,45 @@ pub fn preferred_methods(known: &[(String, Vec<u8>)]) -> Option<String> {
 mod tests {
     use super::*;
 
+    fn kinds(text: &str, name: &str) -> Vec<(Marker, String)> {
+        entries_for(&[("kh".into(), text.into())], name).into_iter().map(|e| (e.marker, e.kind)).collect()
+    }
+
     #[test]
-    fn finds_plain_hashed_and_patterned_entries() {
+    fn finds_plain_hashed_patterned_and_marked_entries() {
         let blob = b"\x00\x00\x00\x0bssh-ed25519key".to_vec();
-        let hashed = line("127.0.0.1", 2222, "ssh-ed25519", &blob, true);
+        let hashed = line(&pattern("127.0.0.1", 2222), "ssh-ed25519", &blob, true);
         assert!(hashed.starts_with("|1|"));
         let text = format!(
-            "# c\n@cert-authority *.x ssh-rsa AAAA\nother ssh-ed25519 {}\n{hashed}*.example.com,!bad.example.com ssh-rsa {}\n",
+            "# c\n@cert-authority *.x ssh-rsa AAAA\nother ssh-ed25519 {}\n{hashed}*.example.com,!bad.example.com ssh-rsa {}\n@revoked web.example.com ssh-ed25519 {}\n@bogus web.example.com ssh-rsa AAAA\n",
             STANDARD.encode(b"zz"),
-            STANDARD.encode(b"rsa")
+            STANDARD.encode(b"rsa"),
+            STANDARD.encode(&blob)
         );
-        assert_eq!(keys_for(&text, "127.0.0.1", 2222), vec![("ssh-ed25519".to_string(), blob.clone())]);
-        assert!(keys_for(&text, "127.0.0.1", 22).is_empty(), "[host]:port is not host");
-        assert_eq!(keys_for(&text, "web.example.com", 22).len(), 1);
-        assert!(keys_for(&text, "bad.example.com", 22).is_empty());
-        assert_eq!(line("h", 22, "ssh-ed25519", &blob, false), format!("h ssh-ed25519 {}\n", STANDARD.encode(&blob)));
+        assert_eq!(kinds(&text, "[127.0.0.1]:2222"), vec![(Marker::Plain, "ssh-ed25519".to_string())]);
+        assert!(kinds(&text, "127.0.0.1").is_empty(), "[host]:port is not host");
+        assert_eq!(kinds(&text, "web.example.com"), vec![(Marker::Plain, "ssh-rsa".into()), (Marker::Revoked, "ssh-ed25519".into())]);
+        assert!(kinds(&text, "bad.example.com").is_empty());
+        assert_eq!(kinds(&text, "a.x"), vec![(Marker::CertAuthority, "ssh-rsa".into())]);
+        assert_eq!(line("h", "ssh-ed25519", &blob, false), format!("h ssh-ed25519 {}\n", STANDARD.encode(&blob)));
+    }
+
+    #[test]
+    fn revoked_wins_then_known_then_changed_then_certificate() {
+        let e = |marker, kind: &str, blob: &[u8]| Entry { marker, kind: kind.into(), blob: blob.to_vec(), at: "f:1".into() };
+        let k = b"key".as_slice();
+        assert_eq!(judge(&[e(Marker::Plain, "t", k), e(Marker::Revoked, "t", k)], "t", k), Verdict::Revoked("f:1".into()));
+        assert_eq!(judge(&[e(Marker::Plain, "t", k)], "t", k), Verdict::Known);
+        assert!(matches!(judge(&[e(Marker::Plain, "t", b"old")], "t", k), Verdict::Changed { .. }));
+        assert_eq!(judge(&[e(Marker::Plain, "u", b"old")], "t", k), Verdict::Unknown);
+        assert_eq!(judge(&[e(Marker::CertAuthority, "u", b"ca")], "t", k), Verdict::CertificateOnly("f:1".into()));
+        assert_eq!(judge(&[], "t", k), Verdict::Unknown);
     }
 
     #[test]
     fn prefers_known_types() {
-        let known = vec![("ssh-rsa".to_string(), vec![]), ("ssh-ed25519".to_string(), vec![])];
-        assert_eq!(preferred_methods(&known).as_deref(), Some("rsa-sha2-512,rsa-sha2-256,ssh-rsa,ssh-ed25519"));
+        let e = |kind: &str| Entry { marker: Marker::Plain, kind: kind.into(), blob: vec![], at: String::new() };
+        assert_eq!(preferred_methods(&[e("ssh-rsa"), e("ssh-ed25519")]).as_deref(), Some("rsa-sha2-512,rsa-sha2-256,ssh-rsa,ssh-ed25519"));
         assert_eq!(preferred_methods(&[]), None);
     }
 }

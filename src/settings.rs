@@ -20,28 +20,44 @@ pub struct Globals {
 pub struct Ssh {
     /// The name as written (targets.toml `host`, or a ProxyJump hop): the ssh config key.
     pub alias: String,
-    /// Where to connect: `HostName` from ssh config, else the alias.
+    /// Where to connect: `HostName` from ssh config (`%h` expanded, lowercased), else the alias.
     pub host: String,
     pub port: u16,
     pub user: String,
-    /// Tried in order. From targets.toml (then only these) or ssh config `IdentityFile`.
+    /// Tried in order. From targets.toml (then only these) or ssh config `IdentityFile`;
+    /// empty: ssh's default key names.
     pub identity_files: Vec<PathBuf>,
-    /// Skip ssh-agent and default keys (targets.toml `identity_file`, or `IdentitiesOnly yes`).
+    /// Skip ssh-agent (targets.toml `identity_file`, or `IdentitiesOnly yes`).
     pub identities_only: bool,
-    /// `None`: `~/.ssh/known_hosts` (plus the system-wide file for reading).
-    pub known_hosts: Option<PathBuf>,
+    /// `IdentityAgent none` turns the agent off.
+    pub use_agent: bool,
+    /// The user known_hosts files (`UserKnownHostsFile`, or targets.toml `known_hosts`): all
+    /// are read, the first one records new keys.
+    pub known_hosts: Vec<PathBuf>,
+    /// `GlobalKnownHostsFile`: read, never written.
+    pub global_known_hosts: Vec<PathBuf>,
+    /// `HostKeyAlias`: the name keys are looked up and recorded under, instead of `[host]:port`.
+    pub host_key_alias: Option<String>,
     /// `StrictHostKeyChecking accept-new` (or `no`): record unknown keys. Changed keys are
     /// refused whatever this says.
     pub accept_new: bool,
     pub hash_known_hosts: bool,
     pub proxy_jump: Option<String>,
+    /// `ProxyCommand`, tokens expanded: its stdin/stdout carry the SSH stream.
+    pub proxy_command: Option<String>,
     pub connect_timeout: Option<u64>,
     /// Seconds between keepalives (`ServerAliveInterval`; 0 or unset: 15).
     pub keepalive_secs: u32,
+    /// `AddressFamily`: `inet` or `inet6` restricts the addresses tried.
+    pub address_family: Option<String>,
+    /// For `config show`: (setting, value, where it came from).
+    pub origins: Vec<(String, String, String)>,
+    /// Directives that applied but that bst does not act on (keyword, `file:line`), said under `-v`.
+    pub ignored: Vec<(String, String)>,
 }
 
 /// One SSH endpoint: explicit values (targets.toml, or a ProxyJump spec) win over
-/// `~/.ssh/config`, which wins over defaults.
+/// the ssh config files, which win over ssh's defaults.
 pub fn resolve_ssh(
     alias: &str,
     user: Option<String>,
@@ -49,29 +65,128 @@ pub fn resolve_ssh(
     identity_file: Option<&str>,
     known_hosts: Option<&str>,
 ) -> Result<Ssh, String> {
-    let cfg = crate::sshconfig::lookup(alias);
-    let host = cfg.hostname.clone().unwrap_or_else(|| alias.to_string());
+    let (host, cfg) = crate::sshconfig::lookup(alias)?;
     if host.is_empty() || host.starts_with('-') || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!("invalid host `{host}`"));
     }
-    let port = port.or(cfg.port).unwrap_or(22);
-    let user = match user.or(cfg.user.clone()).or_else(local_user) {
-        Some(u) => u,
-        None => return Err("no `user` and $USER is not set".into()),
+    let mut origins = Vec::new();
+    let mut note = |k: &str, v: String, at: &str| origins.push((k.to_string(), v, at.to_string()));
+    let from = |s: &Option<crate::sshconfig::Set<String>>| s.as_ref().map_or_else(|| "default".to_string(), |s| s.at.clone());
+    note("hostname", host.clone(), &cfg.hostname.as_ref().map_or_else(|| "the target's host".to_string(), |h| h.at.clone()));
+    let port = match (port, &cfg.port) {
+        (Some(p), _) => {
+            note("port", p.to_string(), "targets.toml");
+            p
+        }
+        (None, Some(p)) => {
+            note("port", p.value.to_string(), &p.at);
+            p.value
+        }
+        (None, None) => {
+            note("port", "22".into(), "default");
+            22
+        }
+    };
+    let user = match (user, &cfg.user) {
+        (Some(u), _) => {
+            note("user", u.clone(), "targets.toml");
+            u
+        }
+        (None, Some(u)) => {
+            note("user", u.value.clone(), &u.at);
+            u.value.clone()
+        }
+        (None, None) => match local_user() {
+            Some(u) => {
+                note("user", u.clone(), "default (local user)");
+                u
+            }
+            None => return Err("no `user` and $USER is not set".into()),
+        },
     };
     if user.is_empty() || user.starts_with('-') || user.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!("invalid user `{user}`"));
     }
+    let tokens = |f: &str| crate::sshconfig::expand_tokens(f, &host, port, &user, alias);
     let (identity_files, identities_only) = match identity_file {
-        Some(f) => (vec![expand_home(f)], true),
-        None => (
-            cfg.identity_files.iter().map(|f| crate::sshconfig::expand_tokens(f, &host, port, &user)).collect(),
-            cfg.identities_only.unwrap_or(false),
-        ),
+        Some(f) => {
+            note("identityfile", expand_home(f).display().to_string(), "targets.toml");
+            (vec![expand_home(f)], true)
+        }
+        None => {
+            for f in &cfg.identity_files {
+                note("identityfile", tokens(&f.value).display().to_string(), &f.at);
+            }
+            if cfg.identity_files.is_empty() {
+                note("identityfile", "~/.ssh/id_rsa ~/.ssh/id_ecdsa ~/.ssh/id_ed25519".into(), "default");
+            }
+            (cfg.identity_files.iter().map(|f| tokens(&f.value)).collect(), cfg.identities_only.as_ref().is_some_and(|s| s.value))
+        }
     };
-    let known_hosts = known_hosts
-        .map(expand_home)
-        .or_else(|| cfg.user_known_hosts_file.as_deref().map(|f| crate::sshconfig::expand_tokens(f, &host, port, &user)));
+    let home_ssh = home_dir().unwrap_or_default().join(".ssh");
+    let known_hosts: Vec<PathBuf> = match (known_hosts, &cfg.user_known_hosts_files) {
+        (Some(k), _) => {
+            note("userknownhostsfile", expand_home(k).display().to_string(), "targets.toml");
+            vec![expand_home(k)]
+        }
+        (None, Some(s)) => {
+            let v: Vec<PathBuf> = s.value.iter().filter(|f| !f.eq_ignore_ascii_case("none")).map(|f| tokens(f)).collect();
+            note("userknownhostsfile", join_paths(&v), &s.at);
+            v
+        }
+        (None, None) => {
+            let v = vec![home_ssh.join("known_hosts"), home_ssh.join("known_hosts2")];
+            note("userknownhostsfile", join_paths(&v), "default");
+            v
+        }
+    };
+    let global_known_hosts: Vec<PathBuf> = match &cfg.global_known_hosts_files {
+        Some(s) => {
+            // Unlike the user files, ssh expands no tokens here.
+            let v: Vec<PathBuf> = s.value.iter().filter(|f| !f.eq_ignore_ascii_case("none")).map(|f| expand_home(f)).collect();
+            note("globalknownhostsfile", join_paths(&v), &s.at);
+            v
+        }
+        None => {
+            let dir = crate::sshconfig::system_dir();
+            let v = vec![dir.join("ssh_known_hosts"), dir.join("ssh_known_hosts2")];
+            note("globalknownhostsfile", join_paths(&v), "default");
+            v
+        }
+    };
+    let strict = cfg.strict_host_key_checking.as_ref().map_or("ask", |s| s.value.as_str()).to_string();
+    note("stricthostkeychecking", strict.clone(), &from(&cfg.strict_host_key_checking));
+    let proxy_jump = cfg.proxy_jump.as_ref().filter(|j| !j.value.eq_ignore_ascii_case("none")).map(|j| {
+        note("proxyjump", j.value.clone(), &j.at);
+        j.value.clone()
+    });
+    let proxy_command = cfg.proxy_command.as_ref().filter(|c| !c.value.eq_ignore_ascii_case("none")).map(|c| {
+        let cmd = crate::sshconfig::expand_tokens_str(&c.value, &host, port, &user, alias);
+        note("proxycommand", cmd.clone(), &c.at);
+        cmd
+    });
+    // Lowercased, as ssh does (known_hosts names are compared that way).
+    let host_key_alias = cfg.host_key_alias.as_ref().map(|a| {
+        note("hostkeyalias", a.value.to_lowercase(), &a.at);
+        a.value.to_lowercase()
+    });
+    let hash_known_hosts = cfg.hash_known_hosts.as_ref().is_some_and(|h| h.value);
+    note(
+        "hashknownhosts",
+        if hash_known_hosts { "yes" } else { "no" }.into(),
+        &cfg.hash_known_hosts.as_ref().map_or_else(|| "default".to_string(), |h| h.at.clone()),
+    );
+    let connect_timeout = cfg.connect_timeout.as_ref().map(|c| c.value);
+    note(
+        "connecttimeout",
+        connect_timeout.map_or_else(|| "10 (bst default)".to_string(), |c| c.to_string()),
+        &cfg.connect_timeout.as_ref().map_or_else(|| "default".to_string(), |c| c.at.clone()),
+    );
+    let use_agent = !cfg.identity_agent.as_ref().is_some_and(|a| a.value.eq_ignore_ascii_case("none"));
+    let mut ignored = cfg.ignored.clone();
+    if let Some(a) = cfg.identity_agent.as_ref().filter(|a| !matches!(a.value.to_ascii_lowercase().as_str(), "none" | "ssh_auth_sock")) {
+        ignored.push((format!("IdentityAgent {}", a.value), a.at.clone()));
+    }
     Ok(Ssh {
         alias: alias.to_string(),
         host,
@@ -79,20 +194,34 @@ pub fn resolve_ssh(
         user,
         identity_files,
         identities_only,
+        use_agent,
         known_hosts,
-        accept_new: matches!(cfg.strict_host_key_checking.as_deref(), Some("accept-new" | "no" | "off")),
-        hash_known_hosts: cfg.hash_known_hosts.unwrap_or(false),
-        proxy_jump: cfg.proxy_jump.filter(|j| !j.eq_ignore_ascii_case("none")),
-        connect_timeout: cfg.connect_timeout,
-        keepalive_secs: cfg.server_alive_interval.filter(|s| *s > 0).unwrap_or(15),
+        global_known_hosts,
+        host_key_alias,
+        accept_new: matches!(strict.as_str(), "accept-new" | "no" | "off" | "false"),
+        hash_known_hosts,
+        proxy_jump,
+        proxy_command,
+        connect_timeout,
+        keepalive_secs: cfg.server_alive_interval.as_ref().map(|s| s.value).filter(|s| *s > 0).unwrap_or(15),
+        address_family: cfg.address_family.as_ref().map(|a| a.value.clone()).filter(|a| a != "any"),
+        origins,
+        ignored,
     })
+}
+
+fn join_paths(v: &[PathBuf]) -> String {
+    if v.is_empty() {
+        return "none".into();
+    }
+    v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" ")
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Host {
     /// The same layout on this machine, driven through `sh`: the demo target, and tests.
     Local,
-    Ssh(Ssh),
+    Ssh(Box<Ssh>),
 }
 
 #[derive(Debug, Clone)]
@@ -172,10 +301,10 @@ pub fn resolve_target(config: &Config, name: &str) -> anyhow::Result<Target> {
         Host::Local
     } else {
         let key = if raw.user.is_none() && local_user().is_none() { "user" } else { "host" };
-        Host::Ssh(
+        Host::Ssh(Box::new(
             resolve_ssh(&host_s, raw.user.clone(), raw.port, raw.identity_file.as_deref(), raw.known_hosts.as_deref())
                 .map_err(|why| bad(key, format!("target `{name}`: {why}")))?,
-        )
+        ))
     };
 
     let base_raw = raw.base.clone().ok_or_else(|| bad("base", format!("target `{name}` has no `base`")))?;

@@ -27,18 +27,40 @@ pub fn show(p: &Printer, t: &Target, origins: Option<&std::collections::BTreeMap
     let (transport, auth, known_hosts) = match &t.host {
         Host::Local => ("local".to_string(), "-".to_string(), "-".to_string()),
         Host::Ssh(s) => (
-            format!("ssh {}@{}:{}{}", s.user, s.host, s.port, s.proxy_jump.as_ref().map_or(String::new(), |j| format!(" via {j}"))),
+            format!(
+                "ssh {}@{}:{}{}",
+                s.user,
+                s.host,
+                s.port,
+                s.proxy_jump
+                    .as_ref()
+                    .map(|j| format!(" via {j}"))
+                    .or_else(|| s.proxy_command.as_ref().map(|c| format!(" via ProxyCommand `{c}`")))
+                    .unwrap_or_default()
+            ),
             if s.identity_files.is_empty() {
-                "ssh-agent, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa".into()
+                format!("{}~/.ssh/id_rsa, id_ecdsa, id_ed25519", if s.identities_only || !s.use_agent { "" } else { "ssh-agent, then " })
             } else {
                 format!(
                     "{}{}",
-                    if s.identities_only { "" } else { "ssh-agent, then " },
+                    if s.identities_only || !s.use_agent { "" } else { "ssh-agent, then " },
                     s.identity_files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
                 )
             },
-            s.known_hosts.as_ref().map_or("~/.ssh/known_hosts (+ /etc/ssh/ssh_known_hosts)".into(), |p| p.display().to_string()),
+            s.known_hosts.iter().chain(&s.global_known_hosts).map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
         ),
+    };
+    let ssh = match &t.host {
+        Host::Local => serde_json::Value::Null,
+        Host::Ssh(s) => json!({
+            "host": s.host, "port": s.port, "user": s.user,
+            "identity_files": s.identity_files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "known_hosts": s.known_hosts.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "global_known_hosts": s.global_known_hosts.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "proxy_jump": s.proxy_jump, "proxy_command": s.proxy_command, "host_key_alias": s.host_key_alias,
+            "settings": s.origins.iter().map(|(k, v, at)| json!({"setting": k, "value": v, "from": at})).collect::<Vec<_>>(),
+            "not_used": s.ignored.iter().map(|(k, at)| json!({"directive": k, "at": at})).collect::<Vec<_>>(),
+        }),
     };
     let services: Vec<serde_json::Value> = t
         .services
@@ -58,6 +80,7 @@ pub fn show(p: &Printer, t: &Target, origins: Option<&std::collections::BTreeMap
         "forbidden_paths": t.forbidden_paths, "env_file": format!("{}/shared/{}", t.base, t.env_file),
         "required_env": t.required_env, "expect_env": t.expect_env.iter().map(|(k, v)| json!({"key": k, "value": v})).collect::<Vec<_>>(),
         "services": services,
+        "ssh": ssh,
         "origins": origins,
     });
     if p.json {
@@ -69,6 +92,14 @@ pub fn show(p: &Printer, t: &Target, origins: Option<&std::collections::BTreeMap
     p.out(format!("transport       {transport}"));
     p.out(format!("identity        {auth}"));
     p.out(format!("known_hosts     {known_hosts}"));
+    if let Host::Ssh(s) = &t.host {
+        for (k, v, at) in &s.origins {
+            p.out(format!("  ssh {k:<22} {v}  ({at})"));
+        }
+        for (k, at) in &s.ignored {
+            p.out(format!("  ssh {k:<22} not used by bst  ({at})"));
+        }
+    }
     p.out(format!("base            {}  ({})", t.base, from("base")));
     p.out(format!("source          {}  ({})", t.source.display(), from("source")));
     p.out(format!("keep_releases   {}  ({})", t.keep_releases, from("keep_releases")));

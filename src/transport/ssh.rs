@@ -7,14 +7,14 @@
 
 use std::io::{self, BufWriter, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use base64::Engine;
 #[cfg(unix)]
 use libc::{poll, pollfd, POLLIN, POLLOUT};
-use ssh2::{BlockDirections, Channel, CheckResult, ErrorCode, KnownHostFileKind, Session};
+use ssh2::{BlockDirections, Channel, ErrorCode, Session};
 #[cfg(windows)]
 use windows_sys::Win32::Networking::WinSock::{WSAPoll as poll, POLLIN, POLLOUT, SOCKET, WSAPOLLFD as pollfd};
 
@@ -35,8 +35,8 @@ pub struct SshTransport {
     abandoned: Vec<Channel>,
     /// The socket the session runs over (ssh2 only borrows its fd on some platforms).
     _tcp: TcpStream,
-    /// Set when connected through a ProxyJump hop: the thread pumping the tunnel.
-    _tunnel: Option<std::thread::JoinHandle<()>>,
+    /// Set when connected through ProxyJump hops or a ProxyCommand: what carries the stream.
+    _tunnel: Option<Tunnel>,
     label: String,
     verbose: u8,
     sent: u64,
@@ -381,10 +381,6 @@ fn root_message(e: &anyhow::Error) -> String {
     }
 }
 
-fn default_known_hosts() -> PathBuf {
-    home_dir().unwrap_or_default().join(".ssh").join("known_hosts")
-}
-
 /// The key type name at the start of an SSH public key blob.
 fn key_type(blob: &[u8]) -> Option<&str> {
     let len = u32::from_be_bytes(blob.get(..4)?.try_into().ok()?) as usize;
@@ -394,8 +390,15 @@ fn key_type(blob: &[u8]) -> Option<&str> {
 fn tcp_connect(s: &Ssh) -> anyhow::Result<TcpStream> {
     let conn_err = |cause: String| Error::Connect { host: s.host.clone(), port: s.port, cause };
     let timeout = s.connect_timeout.map_or(CONNECT_TIMEOUT, Duration::from_secs);
-    let addrs: Vec<_> =
-        (s.host.as_str(), s.port).to_socket_addrs().map_err(|e| conn_err(format!("cannot resolve host name (DNS): {e}")))?.collect();
+    let addrs: Vec<_> = (s.host.as_str(), s.port)
+        .to_socket_addrs()
+        .map_err(|e| conn_err(format!("cannot resolve host name (DNS): {e}")))?
+        .filter(|a| match s.address_family.as_deref() {
+            Some("inet") => a.is_ipv4(),
+            Some("inet6") => a.is_ipv6(),
+            _ => true,
+        })
+        .collect();
     let mut last = None;
     for a in &addrs {
         match TcpStream::connect_timeout(a, timeout) {
@@ -415,30 +418,126 @@ fn tcp_connect(s: &Ssh) -> anyhow::Result<TcpStream> {
     .into())
 }
 
-/// A connected, verified, authenticated session (blocking mode), over TCP or, with
-/// ProxyJump, over a direct-tcpip channel of the hop's own session.
-fn open_session(s: &Ssh, g: &Globals, depth: u32) -> anyhow::Result<(Session, TcpStream, Option<std::thread::JoinHandle<()>>)> {
-    let conn_err = |cause: String| Error::Connect { host: s.host.clone(), port: s.port, cause };
-    let (tcp, tunnel) = match &s.proxy_jump {
-        None => (tcp_connect(s)?, None),
-        Some(spec) => {
-            if depth >= 4 {
-                return Err(conn_err(format!("ProxyJump chain too deep at `{spec}`")).into());
-            }
-            let hop = spec.split(',').next().unwrap_or(spec);
-            let (user, alias, port) = crate::sshconfig::parse_jump(hop);
-            let jump = crate::settings::resolve_ssh(&alias, user, port, None, None)
-                .map_err(|why| conn_err(format!("ProxyJump `{hop}`: {why}")))?;
-            let (jsess, jtcp, jtunnel) = open_session(&jump, g, depth + 1)?;
-            let ch = jsess
-                .channel_direct_tcpip(&s.host, s.port, None)
-                .map_err(|e| conn_err(format!("jump host {}:{} could not reach it: {}", jump.host, jump.port, e.message())))?;
-            let (local, far) = loopback_pair()?;
-            let keepalive = jump.keepalive_secs;
-            let handle = std::thread::spawn(move || tunnel_pump(jsess, jtcp, ch, far, keepalive, jtunnel));
-            (local, Some(handle))
+/// What keeps a proxied stream alive: the thread pumping a hop's channel (which owns the
+/// hop's session and, through `_outer`, the hops before it), or a ProxyCommand process.
+pub(crate) struct Tunnel {
+    _pump: Option<std::thread::JoinHandle<()>>,
+    child: Option<std::process::Child>,
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
         }
+    }
+}
+
+type Opened = (Session, TcpStream, Option<Tunnel>);
+
+/// A connected, verified, authenticated session (blocking mode), over TCP, a ProxyCommand's
+/// stdio, or a chain of ProxyJump hops (each a direct-tcpip channel of the one before, each
+/// host key verified), in the order OpenSSH connects them.
+fn open_session(s: &Ssh, g: &Globals, depth: u32) -> anyhow::Result<Opened> {
+    let conn_err = |cause: String| Error::Connect { host: s.host.clone(), port: s.port, cause };
+    if depth >= 8 {
+        return Err(conn_err("ProxyJump/ProxyCommand chain too deep (a loop in the ssh config?)".into()).into());
+    }
+    note_ignored(s, g);
+    let (tcp, tunnel) = if let Some(spec) = &s.proxy_jump {
+        let hops = crate::sshconfig::jump_hops(spec);
+        let n = hops.len();
+        let hop_ssh = |i: usize, hop: &str| -> anyhow::Result<Ssh> {
+            let (user, alias, port) = crate::sshconfig::parse_jump(hop);
+            let mut h = crate::settings::resolve_ssh(&alias, user, port, None, None)
+                .map_err(|why| conn_err(format!("ProxyJump hop {}/{n} `{hop}`: {why}", i + 1)))?;
+            if i > 0 {
+                // As `ssh -J a,b` does: b is reached through a, whatever b's own config says.
+                h.proxy_jump = None;
+                h.proxy_command = None;
+            }
+            Ok(h)
+        };
+        let what = |i: usize, hop: &str, h: &Ssh| format!("ProxyJump hop {}/{n} `{hop}` ({}:{})", i + 1, h.host, h.port);
+        let first = hop_ssh(0, &hops[0])?;
+        let mut cur = open_session(&first, g, depth + 1).with_context(|| what(0, &hops[0], &first))?;
+        let mut cur_ka = first.keepalive_secs;
+        let mut cur_name = what(0, &hops[0], &first);
+        for (i, hop) in hops.iter().enumerate().skip(1) {
+            let h = hop_ssh(i, hop)?;
+            let (local, t) = through(cur, cur_ka, &h.host, h.port, &cur_name)?;
+            cur = handshake(local, Some(t), &h, g).with_context(|| what(i, hop, &h))?;
+            cur_ka = h.keepalive_secs;
+            cur_name = what(i, hop, &h);
+        }
+        let (local, t) = through(cur, cur_ka, &s.host, s.port, &cur_name)?;
+        (local, Some(t))
+    } else if let Some(cmd) = &s.proxy_command {
+        let (local, t) = proxy_command(cmd).map_err(|e| conn_err(format!("ProxyCommand `{cmd}`: {e:#}")))?;
+        (local, Some(t))
+    } else {
+        (tcp_connect(s)?, None)
     };
+    handshake(tcp, tunnel, s, g)
+}
+
+/// Under `-v`, once per connection: the ssh config directives that applied but that bst does not act on.
+fn note_ignored(s: &Ssh, g: &Globals) {
+    if g.verbose > 0 && !s.ignored.is_empty() {
+        let list: Vec<String> = s.ignored.iter().map(|(k, at)| format!("{k} ({at})")).collect();
+        eprintln!("bst: ssh config for {}: not used by bst: {}", s.alias, list.join(", "));
+    }
+}
+
+/// A stream to `host:port` opened by the session `via` (a direct-tcpip channel pumped by a
+/// thread that then owns `via`).
+fn through(via: Opened, keepalive: u32, host: &str, port: u16, via_name: &str) -> anyhow::Result<(TcpStream, Tunnel)> {
+    let (jsess, jtcp, jtunnel) = via;
+    let ch = jsess.channel_direct_tcpip(host, port, None).map_err(|e| Error::Connect {
+        host: host.to_string(),
+        port,
+        cause: format!("{via_name} could not reach it: {}", e.message()),
+    })?;
+    let (local, far) = loopback_pair()?;
+    let handle = std::thread::spawn(move || tunnel_pump(jsess, jtcp, ch, far, keepalive, jtunnel));
+    Ok((local, Tunnel { _pump: Some(handle), child: None }))
+}
+
+/// Runs a ProxyCommand the way ssh does (`$SHELL -c "exec …"`, stderr to the terminal), its
+/// stdin and stdout one end of a socket pair whose other end the session runs over (libssh2
+/// wants a socket; a pair needs no pumping thread).
+fn proxy_command(cmd: &str) -> anyhow::Result<(TcpStream, Tunnel)> {
+    #[cfg(windows)]
+    {
+        let _ = cmd;
+        anyhow::bail!("ProxyCommand is not supported by bst on Windows; use ProxyJump");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::io::{FromRawFd, IntoRawFd, OwnedFd};
+        use std::process::{Command, Stdio};
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().context("cannot create a socket pair")?;
+        let theirs = OwnedFd::from(theirs);
+        let shell = std::env::var("SHELL").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "/bin/sh".into());
+        let child = Command::new(shell)
+            .arg("-c")
+            .arg(format!("exec {cmd}"))
+            .stdin(Stdio::from(theirs.try_clone()?))
+            .stdout(Stdio::from(theirs))
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start it")?;
+        // SAFETY: the fd is a connected stream socket we own; TcpStream only reads, writes,
+        // polls and shuts it down, all of which a Unix socket supports.
+        let local = unsafe { TcpStream::from_raw_fd(ours.into_raw_fd()) };
+        Ok((local, Tunnel { _pump: None, child: Some(child) }))
+    }
+}
+
+/// The SSH handshake, host key check and login over an already connected stream.
+fn handshake(tcp: TcpStream, tunnel: Option<Tunnel>, s: &Ssh, g: &Globals) -> anyhow::Result<Opened> {
+    let conn_err = |cause: String| Error::Connect { host: s.host.clone(), port: s.port, cause };
     let mut sess = Session::new().context("cannot create an SSH session")?;
     // Like OpenSSH, ConnectTimeout also bounds the banner exchange: a port that accepts but
     // never speaks SSH must not hang the run.
@@ -446,7 +545,9 @@ fn open_session(s: &Ssh, g: &Globals, depth: u32) -> anyhow::Result<(Session, Tc
     sess.set_timeout(u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX));
     sess.set_compress(false);
     let known = read_known_hosts(s);
-    if let Some(prefs) = crate::known_hosts::preferred_methods(&crate::known_hosts::keys_for(&known, &s.host, s.port)) {
+    let name = crate::known_hosts::lookup_name(&s.host, s.port, s.host_key_alias.as_deref());
+    let entries = crate::known_hosts::entries_for(&known, &name);
+    if let Some(prefs) = crate::known_hosts::preferred_methods(&entries) {
         // Negotiate a host key type we can verify: libssh2 otherwise picks its own favourite
         // and a host known only by its RSA key would look unknown (or changed).
         let all = "ssh-ed25519,ecdsa-sha2-nistp256,ecdsa-sha2-nistp384,ecdsa-sha2-nistp521,rsa-sha2-512,rsa-sha2-256,ssh-rsa";
@@ -464,7 +565,7 @@ fn open_session(s: &Ssh, g: &Globals, depth: u32) -> anyhow::Result<(Session, Tc
     })?;
     // Authentication and the first channel may take longer (agents, slow PAM): 60 s.
     sess.set_timeout(60_000);
-    verify_host_key(&sess, s, g.accept_new_host_key || s.accept_new, &known)?;
+    verify_host_key(&sess, s, g.accept_new_host_key || s.accept_new, &name, &entries)?;
     authenticate(&sess, s)?;
     Ok((sess, tcp, tunnel))
 }
@@ -480,14 +581,7 @@ fn loopback_pair() -> anyhow::Result<(TcpStream, TcpStream)> {
 
 /// Copies bytes between the local end of the tunnel and the hop's direct-tcpip channel until
 /// either side closes. Owns the hop's session for as long as the tunnel lives.
-fn tunnel_pump(
-    jsess: Session,
-    jtcp: TcpStream,
-    mut ch: Channel,
-    mut local: TcpStream,
-    keepalive_secs: u32,
-    _outer: Option<std::thread::JoinHandle<()>>,
-) {
+fn tunnel_pump(jsess: Session, jtcp: TcpStream, mut ch: Channel, mut local: TcpStream, keepalive_secs: u32, _outer: Option<Tunnel>) {
     jsess.set_keepalive(true, keepalive_secs);
     jsess.set_blocking(false);
     let _ = local.set_nonblocking(true);
@@ -569,53 +663,55 @@ fn tunnel_pump(
     }
 }
 
-fn read_known_hosts(s: &Ssh) -> String {
-    let mut text = String::new();
-    let path = s.known_hosts.clone().unwrap_or_else(default_known_hosts);
-    text.push_str(&std::fs::read_to_string(&path).unwrap_or_default());
-    if s.known_hosts.is_none() {
-        text.push('\n');
-        text.push_str(&std::fs::read_to_string("/etc/ssh/ssh_known_hosts").unwrap_or_default());
-    }
-    text
+/// Every known_hosts file ssh would read, user files first: (shown path, text).
+fn read_known_hosts(s: &Ssh) -> Vec<(String, String)> {
+    s.known_hosts
+        .iter()
+        .chain(&s.global_known_hosts)
+        .filter_map(|p| std::fs::read(p).ok().map(|b| (p.display().to_string(), String::from_utf8_lossy(&b).into_owned())))
+        .collect()
 }
 
-fn verify_host_key(sess: &Session, s: &Ssh, accept_new: bool, known_text: &str) -> anyhow::Result<()> {
+fn verify_host_key(sess: &Session, s: &Ssh, accept_new: bool, name: &str, entries: &[crate::known_hosts::Entry]) -> anyhow::Result<()> {
+    use crate::known_hosts::Verdict;
     let (key, _) = sess.host_key().context("the server sent no host key")?;
     let fp = crate::known_hosts::fingerprint(key);
-    let path = s.known_hosts.clone().unwrap_or_else(default_known_hosts);
-    let shown = path.display().to_string();
     let kind = key_type(key).context("cannot read the host key type")?.to_string();
-    let known = crate::known_hosts::keys_for(known_text, &s.host, s.port);
-    if known.iter().any(|(_, blob)| blob.as_slice() == key) {
-        return Ok(());
+    let record_in = s.known_hosts.first().cloned();
+    let shown = record_in.as_ref().map_or_else(|| "known_hosts (UserKnownHostsFile none)".to_string(), |p| p.display().to_string());
+    let mut verdict = crate::known_hosts::judge(entries, &kind, key);
+    if s.host_key_alias.is_none() && s.port != 22 && matches!(verdict, Verdict::Unknown | Verdict::CertificateOnly(_)) {
+        // As ssh does ("found matching key w/out port"): a key filed under the bare host
+        // name is accepted for another port only if it is this very key; a different one
+        // there says nothing about this port.
+        let bare = crate::known_hosts::entries_for(&read_known_hosts(s), &s.host);
+        if crate::known_hosts::judge(&bare, &kind, key) == Verdict::Known {
+            verdict = Verdict::Known;
+        }
     }
-    // Cross-check with libssh2's own matcher (it also understands forms we may not).
-    let mut kh = sess.known_hosts()?;
-    for line in known_text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
-        let _ = kh.read_str(line, KnownHostFileKind::OpenSSH);
-    }
-    let libssh2_says = kh.check_port(&s.host, s.port, key);
-    if matches!(libssh2_says, CheckResult::Match) {
-        return Ok(());
-    }
-    let same_type: Vec<String> = known.iter().filter(|(k, _)| *k == kind).map(|(_, b)| crate::known_hosts::fingerprint(b)).collect();
-    if !same_type.is_empty() || matches!(libssh2_says, CheckResult::Mismatch) {
-        let expected = if same_type.is_empty() { "another key".to_string() } else { same_type.join(", ") };
-        return Err(Error::HostKeyChanged {
+    match verdict {
+        Verdict::Known => Ok(()),
+        Verdict::Revoked(at) => Err(Error::HostKeyRevoked { host: s.host.clone(), port: s.port, fingerprint: fp, at }.into()),
+        Verdict::Changed { expected, at } => Err(Error::HostKeyChanged {
             host: s.host.clone(),
             port: s.port,
-            fingerprint: format!("offered {fp}, expected {expected}"),
-            known_hosts: shown,
+            fingerprint: format!("offered {fp}, expected {}", expected.join(", ")),
+            known_hosts: at,
         }
-        .into());
+        .into()),
+        Verdict::CertificateOnly(at) => Err(Error::HostKeyCertificate { host: s.host.clone(), port: s.port, fingerprint: fp, at }.into()),
+        Verdict::Unknown => {
+            if !accept_new {
+                return Err(Error::HostKeyUnknown { host: s.host.clone(), port: s.port, fingerprint: fp, known_hosts: shown }.into());
+            }
+            let Some(path) = record_in else {
+                return Err(Error::HostKeyUnknown { host: s.host.clone(), port: s.port, fingerprint: fp, known_hosts: shown }.into());
+            };
+            append_known_host(&path, &crate::known_hosts::line(name, &kind, key, s.hash_known_hosts))?;
+            eprintln!("bst: recorded host key {fp} for {name} in {shown}");
+            Ok(())
+        }
     }
-    if !accept_new {
-        return Err(Error::HostKeyUnknown { host: s.host.clone(), port: s.port, fingerprint: fp, known_hosts: shown }.into());
-    }
-    append_known_host(&path, &crate::known_hosts::line(&s.host, s.port, &kind, key, s.hash_known_hosts))?;
-    eprintln!("bst: recorded host key {fp} for {}:{} in {shown}", s.host, s.port);
-    Ok(())
 }
 
 fn append_known_host(path: &Path, line: &str) -> anyhow::Result<()> {
@@ -682,7 +778,7 @@ fn authenticate(sess: &Session, s: &Ssh) -> anyhow::Result<()> {
         }
     };
     // On Windows libssh2 finds the OpenSSH agent's named pipe (or Pageant) by itself.
-    if !s.identities_only && (cfg!(windows) || std::env::var_os("SSH_AUTH_SOCK").is_some()) {
+    if !s.identities_only && s.use_agent && (cfg!(windows) || std::env::var_os("SSH_AUTH_SOCK").is_some()) {
         match sess.userauth_agent(&s.user) {
             Ok(()) if sess.authenticated() => return Ok(()),
             Ok(()) => tried.push("ssh-agent (no key accepted)".into()),
@@ -698,9 +794,11 @@ fn authenticate(sess: &Session, s: &Ssh) -> anyhow::Result<()> {
             return Ok(());
         }
     }
-    if !s.identities_only && s.identity_files.is_empty() {
+    // ssh's default names, in ssh's order, when no IdentityFile is given (IdentitiesOnly
+    // limits the agent, not these); the key types libssh2 cannot use are left out.
+    if s.identity_files.is_empty() {
         let ssh_dir = home_dir().unwrap_or_default().join(".ssh");
-        for name in ["id_ed25519", "id_ecdsa", "id_rsa"] {
+        for name in ["id_rsa", "id_ecdsa", "id_ed25519"] {
             let p = ssh_dir.join(name);
             if p.is_file() && try_key(&p, &mut tried) {
                 return Ok(());
