@@ -12,5 +12,6 @@ mod harness;
 mod integrity;
 mod model;
 mod ssh;
+mod ssh_oracle;
 mod systemd;
 mod watchdog;
