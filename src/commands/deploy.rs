@@ -267,7 +267,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
                 if out.status != 0 {
                     return Err(lock::cannot_prepare(target, &out.stderr_str()));
                 }
-                lock::not_locked(&mut *t, target, &owner, &head_text, &mut broke, p)?;
+                lock::not_locked(&mut *t, target, &head_text, &mut broke, p)?;
                 if attempts >= lock::ATTEMPTS {
                     return Err(Error::Locked { target: target.name.clone(), holder: "another run".into() }.into());
                 }

@@ -10,6 +10,7 @@ mod faults;
 mod gates;
 mod harness;
 mod integrity;
+mod locks;
 mod model;
 mod ssh;
 mod systemd;
