@@ -416,6 +416,32 @@ if [ -d "$B/{LOCK_DIR}" ] && mv "$B/{LOCK_DIR}" "$X" 2>/dev/null; then printf 'H
         )
 }
 
+/// Run over a new connection after the deploy's own dropped: waits, bounded, while this
+/// run's script is still at work on the server (the lock is this run's and the pid it
+/// registered lives; an armed watchdog does not count, it waits for the client), then prints
+/// `C <current>`, `M <release id's meta>`, `HELD` while the lock is still this run's, and
+/// `RUNNING` if the script had not finished by then.
+pub fn after_drop(base: &str, token: &str, id: &str, wait_secs: u64) -> String {
+    let mut s = base_var(base);
+    s.push_str(&owned_by(token));
+    let _ = write!(
+        s,
+        r#"L="$B/{LOCK_DIR}"
+busy() {{ bst_owned_by "$L" || return 1; a=$(cat "$L/active" 2>/dev/null); [ -n "$a" ] && [ "$a" != "$(cat "$L/watchdog.pid" 2>/dev/null)" ] && kill -0 "$a" 2>/dev/null; }}
+n=0; while busy && [ $n -lt {ticks} ]; do sleep 0.1 2>/dev/null || sleep 1; n=$((n+1)); done
+printf 'C %s\n' "$(readlink "$B/current" 2>/dev/null)"
+M="$B/releases/"{id}/{META}
+if [ -f "$M" ]; then printf 'M '; tr -d '\n' < "$M"; echo; fi
+if bst_owned_by "$L"; then echo HELD; fi
+if busy; then echo RUNNING; fi
+"#,
+        ticks = wait_secs * 10,
+        id = quote(id),
+        META = crate::release::META_FILE,
+    );
+    s
+}
+
 /// Writes a release's `.release-meta` without following a link at either name (a build could
 /// leave one): the temp name is removed and created with noclobber (`O_EXCL`), then renamed
 /// over the meta; `mv -T` replaces a link rather than writing through it or moving into the

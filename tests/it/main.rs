@@ -12,6 +12,7 @@ mod harness;
 mod integrity;
 mod locks;
 mod model;
+mod reconnect;
 mod ssh;
 mod systemd;
 mod watchdog;
