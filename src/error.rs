@@ -16,6 +16,9 @@ pub mod code {
     pub const LOCKED: i32 = 4;
     /// Could not connect, authenticate, or trust the host key.
     pub const CONNECT: i32 = 5;
+    /// The outcome is not known: the connection went after the upload, and the server could
+    /// not be asked afterwards what it did.
+    pub const UNKNOWN: i32 = 6;
     /// Interrupted by Ctrl-C (128 + SIGINT).
     pub const INTERRUPTED: i32 = 130;
 }
@@ -64,6 +67,10 @@ pub enum Error {
 
     #[error("{0}")]
     Failed(String),
+
+    /// Whether the server switched is not known: exit 6.
+    #[error("{0}")]
+    Unknown(String),
 }
 
 impl Error {
@@ -80,6 +87,7 @@ impl Error {
             Error::Interrupted => code::INTERRUPTED,
             Error::Unhealthy(_) => code::UNHEALTHY,
             Error::Failed(_) => code::FAILED,
+            Error::Unknown(_) => code::UNKNOWN,
         }
     }
 }

@@ -367,12 +367,79 @@ pub fn unlock(base: &str, token: &str) -> String {
     base_var(base) + &unlock_fragment(token)
 }
 
-/// `bst unlock`: prints the holder (if any) and breaks the lock.
-pub fn force_unlock(base: &str) -> String {
+/// The owner record names `token` (`$1` the lock directory), as a whole JSON member: a
+/// token that merely contains another must not match it.
+fn owned_by(token: &str) -> String {
+    let member = serde_json::to_string(token).unwrap_or_default();
+    format!("bst_owned_by() {{ grep -qF {} \"$1/owner\" 2>/dev/null; }}\n", quote(&format!("\"token\":{member}")))
+}
+
+/// Breaks a lock the client judged stale, only if it is still that lock (its owner record
+/// names `token`). The lock is first renamed to a name of this script's own, an atomic step
+/// only one breaker can take; a plain `rm -rf` by two clients that both saw the stale lock
+/// would let the second delete the fresh lock the first had just taken. What was renamed is
+/// checked again: if someone broke and retook the lock in between, theirs is put back, never
+/// deleted. Prints `BROKEN`, `GONE` (no lock any more), or `HELD <owner>` (not that lock).
+/// `nonce` makes the aside name this client's own (with the script's pid).
+pub fn break_stale(base: &str, token: &str, nonce: &str) -> String {
+    let mut s = base_var(base);
+    s.push_str(&owned_by(token));
+    let _ = write!(
+        s,
+        r#"trap '' PIPE HUP
+L="$B/{LOCK_DIR}"; X="$B/{LOCK_DIR}.broken.$$."{nonce}
+held() {{ printf 'HELD '; tr -d '\n' < "$1/owner" 2>/dev/null; echo; }}
+if [ ! -d "$L" ]; then echo GONE; exit 0; fi
+if ! bst_owned_by "$L"; then held "$L"; exit 0; fi
+if ! mv "$L" "$X" 2>/dev/null; then echo GONE; exit 0; fi
+if bst_owned_by "$X"; then rm -rf "$X"; echo BROKEN; exit 0; fi
+# -T: never into a lock directory that appeared meanwhile.
+if [ ! -e "$L" ]; then mv -T "$X" "$L" 2>/dev/null; fi
+if [ -d "$X" ]; then held "$X"; echo "a lock taken meanwhile was moved aside to $X and could not be put back: another was taken since" >&2; else held "$L"; fi
+"#,
+        nonce = quote(nonce)
+    );
+    s
+}
+
+/// `bst unlock`: breaks the lock whatever holds it, printing whose it was. Renamed first, so
+/// the holder printed is exactly the lock deleted, even if another run takes a fresh lock
+/// meanwhile.
+pub fn force_unlock(base: &str, nonce: &str) -> String {
     base_var(base)
         + &format!(
-            "if [ -d \"$B/{LOCK_DIR}\" ]; then printf 'HELD '; tr -d '\\n' < \"$B/{LOCK_DIR}/owner\" 2>/dev/null; echo; rm -rf \"$B/{LOCK_DIR}\"; else echo FREE; fi\n"
+            r#"trap '' PIPE HUP
+X="$B/{LOCK_DIR}.broken.$$."{nonce}
+if [ -d "$B/{LOCK_DIR}" ] && mv "$B/{LOCK_DIR}" "$X" 2>/dev/null; then printf 'HELD '; tr -d '\n' < "$X/owner" 2>/dev/null; echo; rm -rf "$X"; else echo FREE; fi
+"#,
+            nonce = quote(nonce)
         )
+}
+
+/// Run over a new connection after the deploy's own dropped: waits, bounded, while this
+/// run's script is still at work on the server (the lock is this run's and the pid it
+/// registered lives; an armed watchdog does not count, it waits for the client), then prints
+/// `C <current>`, `M <release id's meta>`, `HELD` while the lock is still this run's, and
+/// `RUNNING` if the script had not finished by then.
+pub fn after_drop(base: &str, token: &str, id: &str, wait_secs: u64) -> String {
+    let mut s = base_var(base);
+    s.push_str(&owned_by(token));
+    let _ = write!(
+        s,
+        r#"L="$B/{LOCK_DIR}"
+busy() {{ bst_owned_by "$L" || return 1; a=$(cat "$L/active" 2>/dev/null); [ -n "$a" ] && [ "$a" != "$(cat "$L/watchdog.pid" 2>/dev/null)" ] && kill -0 "$a" 2>/dev/null; }}
+n=0; while busy && [ $n -lt {ticks} ]; do sleep 0.1 2>/dev/null || sleep 1; n=$((n+1)); done
+printf 'C %s\n' "$(readlink "$B/current" 2>/dev/null)"
+M="$B/releases/"{id}/{META}
+if [ -f "$M" ]; then printf 'M '; tr -d '\n' < "$M"; echo; fi
+if bst_owned_by "$L"; then echo HELD; fi
+if busy; then echo RUNNING; fi
+"#,
+        ticks = wait_secs * 10,
+        id = quote(id),
+        META = crate::release::META_FILE,
+    );
+    s
 }
 
 /// Writes a release's `.release-meta` without following a link at either name (a build could
@@ -886,11 +953,41 @@ mod tests {
             read_state(evil),
             lock(evil, "{\"u\":\"$(x)\"}", true, &["/x'$(y)".into()]),
             unlock(evil, "t'ok"),
+            break_stale(evil, "t'ok", "n'$(x)"),
+            force_unlock(evil, "n'$(x)"),
             prune(evil, &[], "t", false),
         ] {
             assert!(script.starts_with("B='/srv/it'\\''s $(reboot)'\n"), "{script}");
             assert!(!script.contains("{\"u\":\"$(x)\"}'") || script.contains("'{\"u\":\"$(x)\"}'"));
         }
+    }
+
+    /// Only the lock judged stale is broken; a lock of another token, or none, is left.
+    #[cfg(unix)]
+    #[test]
+    fn breaking_a_stale_lock_takes_only_that_lock() {
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path().join("it's");
+        let lock = base.join(LOCK_DIR);
+        let run = |script: String| {
+            let out = std::process::Command::new("sh").arg("-c").arg(script).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let b = base.to_str().unwrap();
+        std::fs::create_dir_all(&lock).unwrap();
+        std::fs::write(lock.join("owner"), "{\"token\":\"tok-12\"}\n").unwrap();
+        // A token that only contains the judged one is another lock.
+        assert_eq!(run(break_stale(b, "tok-1", "n")), "HELD {\"token\":\"tok-12\"}\n");
+        assert!(lock.join("owner").exists());
+        assert_eq!(run(break_stale(b, "tok-12", "n")), "BROKEN\n");
+        assert!(!lock.exists());
+        assert_eq!(run(break_stale(b, "tok-12", "n")), "GONE\n");
+        assert_eq!(std::fs::read_dir(&base).unwrap().count(), 0, "nothing left aside");
+        std::fs::create_dir_all(&lock).unwrap();
+        std::fs::write(lock.join("owner"), "{\"token\":\"x\"}\n").unwrap();
+        assert_eq!(run(force_unlock(b, "n")), "HELD {\"token\":\"x\"}\n");
+        assert_eq!(run(force_unlock(b, "n")), "FREE\n");
+        assert_eq!(std::fs::read_dir(&base).unwrap().count(), 0);
     }
 
     #[cfg(unix)]

@@ -251,10 +251,9 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
             b.finish_and_clear();
         }
         match (r, prep) {
-            (Ok(out), Some(pr)) => break (pr, Some((out, stats))),
-            (Err(e), Some(pr)) => {
-                return fail(&mut *t, target, p, &held, pr, started, e);
-            }
+            (Ok(out), Some(pr)) => break (pr, Ok((out, stats))),
+            // The server may go on without us: what it did is found out below.
+            (Err(e), Some(pr)) => break (pr, Err(e)),
             (Err(e), None) => {
                 // The server may hold the lock for us with nobody reading: release it.
                 let _ = t.run(&crate::remote::unlock(&target.base, &held.token));
@@ -267,7 +266,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
                 if out.status != 0 {
                     return Err(lock::cannot_prepare(target, &out.stderr_str()));
                 }
-                lock::not_locked(&mut *t, target, &owner, &head_text, &mut broke, p)?;
+                lock::not_locked(&mut *t, target, &head_text, &mut broke, p)?;
                 if attempts >= lock::ATTEMPTS {
                     return Err(Error::Locked { target: target.name.clone(), holder: "another run".into() }.into());
                 }
@@ -283,23 +282,35 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
         Background::spawn(move || manifests.save(&generation, &encoded))
     });
     let mut phases = Phases { snapshot_ms, ..Phases::default() };
-    match after_upload(
-        &mut *t,
-        target,
-        p,
-        &link,
-        &held,
-        &mut prep,
-        &entries,
-        &encoded,
-        first,
-        build,
-        combined,
-        started,
-        upload_started,
-        &mut phases,
-    ) {
-        Ok((mut pruned, warnings, delta_used)) => {
+    let done = match first {
+        Ok(uploaded) => after_upload(
+            &mut *t,
+            target,
+            p,
+            &link,
+            &held,
+            &mut prep,
+            &entries,
+            &encoded,
+            Some(uploaded),
+            build,
+            combined,
+            started,
+            upload_started,
+            &mut phases,
+        ),
+        Err(e) => Err(e),
+    };
+    let done = match done {
+        Ok(d) => Ok((d, t)),
+        // Ok: the connection dropped, and over a new one the server says it switched.
+        Err(e) => fail(&mut *t, target, globals, p, &held, &prep, started, e).map(|(fresh, note)| {
+            let delta_used = prep.plan.as_ref().map(|(_, pl)| (pl.send.len(), pl.remove.len()));
+            ((Vec::new(), vec![note], delta_used), fresh)
+        }),
+    };
+    match done {
+        Ok(((mut pruned, warnings, delta_used), mut t)) => {
             let id = prep.meta.id.clone();
             let interrupted = crate::interrupt::check().is_err();
             if interrupted && !gated {
@@ -359,7 +370,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
             });
             Ok(())
         }
-        Err(e) => fail(&mut *t, target, p, &held, prep, started, e),
+        Err(e) => Err(e),
     }
 }
 
@@ -420,17 +431,21 @@ fn show_continuation(p: &Printer, script: &str) {
 }
 
 /// A failed deploy: the release is marked failed (unless it is live), the staging dir goes,
-/// the lock is released, and the error says where `current` still points.
+/// the lock is released, and the error says where `current` still points. When the cleanup
+/// cannot even be sent, the connection is gone and what the server did with the deploy is not
+/// known here (it may have finished and switched): see [`after_drop`].
+#[allow(clippy::too_many_arguments)]
 fn fail(
     t: &mut dyn Transport,
     target: &Target,
+    globals: &Globals,
     p: &Printer,
     held: &Held,
-    prep: Prepared,
+    prep: &Prepared,
     started: Instant,
     e: anyhow::Error,
-) -> anyhow::Result<()> {
-    let mut meta = prep.meta;
+) -> anyhow::Result<(Box<dyn Transport>, String)> {
+    let mut meta = prep.meta.clone();
     let id = meta.id.clone();
     meta.status = Status::Failed;
     meta.error = Some(format!("{e:#}").lines().next().unwrap_or("").to_string());
@@ -440,13 +455,101 @@ fn fail(
     audit.previous = prep.state.current.as_deref();
     audit.error = meta.error.clone();
     let script = crate::remote::abort_deploy(&target.base, &id, &serde_json::to_string(&meta)?, &audit.json(), &held.token);
+    let interrupted = crate::error::exit_code_of(&e) == crate::error::code::INTERRUPTED;
     match t.run(&script) {
         Ok(o) if o.status == 0 => {}
         Ok(o) => p.warn(format!("cleanup after the failed deploy did not finish: {}", o.stderr_str())),
+        Err(ce) if !interrupted => return after_drop(target, globals, p, held, prep, &script, e, &ce),
         Err(ce) => p.warn(format!("cleanup after the failed deploy did not run: {ce:#}")),
     }
     let now = prep.state.current.as_deref().map_or("nothing (first deploy)".to_string(), |c| format!("releases/{c}"));
     Err(e.context(format!("deploy of {id} to {} failed; current still points at {now}", target.name)))
+}
+
+/// How long a new connection waits for the dropped one's script to finish on the server (it
+/// may still be unpacking a large upload).
+const AFTER_DROP_WAIT_SECS: u64 = 60;
+
+/// The deploy's connection is gone, possibly after the server had everything it needed to
+/// finish: the upload script switches on its own once the stream is complete. So nothing is
+/// said about `current` until it has been read again, over a new connection (a few tries),
+/// once this run's script there has ended. Switched: `Ok` with the new connection (a gated
+/// deploy's health gate runs over it, its watchdog armed meanwhile) and a note. Not switched:
+/// the cleanup runs over the new connection and the error names `current` as read. Not
+/// reachable, or still at work: [`Error::Unknown`], exit 6.
+#[allow(clippy::too_many_arguments)]
+fn after_drop(
+    target: &Target,
+    globals: &Globals,
+    p: &Printer,
+    held: &Held,
+    prep: &Prepared,
+    abort: &str,
+    e: anyhow::Error,
+    cleanup: &anyhow::Error,
+) -> anyhow::Result<(Box<dyn Transport>, String)> {
+    let id = prep.meta.id.as_str();
+    let name = &target.name;
+    let lost = format!("{e:#}");
+    p.warn(format!("the connection to {} was lost ({lost}); reconnecting to read what the server did", target.host_label()));
+    let unknown = |why: String| -> anyhow::Error {
+        Error::Unknown(format!(
+            "deploy of {id} to {name}: the connection was lost ({lost}), and {why}; the server may have switched current to {id}; run `bst list {name}` to see where current points"
+        ))
+        .into()
+    };
+    let mut last = format!("{cleanup:#}");
+    let mut fresh = None;
+    for pause in [0, 1, 2, 4] {
+        std::thread::sleep(std::time::Duration::from_secs(pause));
+        if crate::interrupt::seen() {
+            break;
+        }
+        match transport::connect(target, globals) {
+            Ok(f) => {
+                fresh = Some(f);
+                break;
+            }
+            Err(ce) => last = format!("{ce:#}"),
+        }
+    }
+    let Some(mut f) = fresh else {
+        return Err(unknown(format!("could not reconnect ({last})")));
+    };
+    let out = match f.run(&crate::remote::after_drop(&target.base, &held.token, id, AFTER_DROP_WAIT_SECS)) {
+        Ok(o) if o.status == 0 => o,
+        Ok(o) => return Err(unknown(format!("the server could not be asked ({})", o.stderr_str()))),
+        Err(ae) => return Err(unknown(format!("the server could not be asked ({ae:#})"))),
+    };
+    let text = out.stdout_str();
+    let current =
+        text.lines().find_map(|l| l.strip_prefix("C ")).map(|c| c.trim_start_matches("releases/").to_string()).filter(|c| !c.is_empty());
+    let ok = text
+        .lines()
+        .find_map(|l| l.strip_prefix("M "))
+        .and_then(|m| serde_json::from_str::<Meta>(m).ok())
+        .is_some_and(|m| m.status == Status::Ok);
+    if current.as_deref() == Some(id) && ok {
+        let note = format!("the connection was lost at the end of the deploy ({lost}), but the server finished the deploy and switched current to {id} (read after reconnecting)");
+        p.warn(&note);
+        return Ok((f, note));
+    }
+    if text.lines().any(|l| l == "RUNNING") {
+        return Err(unknown(format!("after {AFTER_DROP_WAIT_SECS}s the server is still working on it")));
+    }
+    // Not switched, and nothing of this run is at work there any more: clean up from here.
+    match f.run(abort) {
+        Ok(o) if o.status == 0 => {}
+        Ok(o) => p.warn(format!("cleanup after the failed deploy did not finish: {}", o.stderr_str())),
+        Err(ce) => p.warn(format!("cleanup after the failed deploy did not run: {ce:#}")),
+    }
+    let now = match (&current, prep.state.current.as_deref()) {
+        (None, None) => "still nothing (first deploy)".to_string(),
+        (Some(c), Some(prev)) if c == prev => format!("still points at releases/{c}"),
+        (Some(c), _) => format!("points at releases/{c}"),
+        (None, Some(_)) => "is missing".to_string(),
+    };
+    Err(e.context(format!("deploy of {id} to {name} failed; current {now} (read from the server after reconnecting)")))
 }
 
 /// Refusals that need the server's state, the new id and meta, the delta plan, and the end of
@@ -549,8 +652,10 @@ fn prepare(
         let finish =
             crate::remote::finish_deploy(&target.base, &id, &serde_json::to_string(&ok_meta)?, &prune, &audit_json, &held.token, true);
         // The job registers while the lock is still held: the next deploy's lock waits for it.
+        // From here the stream has arrived whole: a write to a client that went away (the
+        // clock mark) must not kill the script between the upload and the switch.
         format!(
-            "{}{finish}{}{cache_job}{}",
+            "trap '' PIPE HUP\n{}{finish}{}{cache_job}{}",
             crate::remote::clock_mark("TU"),
             crate::remote::clock_mark("TS"),
             crate::remote::unlock_fragment(&held.token)

@@ -389,38 +389,60 @@ pub fn bst_with(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
 }
 
 /// A loopback TCP proxy in front of sshd: cuts the connection after `cut_after` bytes from
-/// the client, or throttles client→server traffic to `bytes_per_sec`, or cuts whatever is
-/// open when asked ([`cut_open`](Self::cut_open)).
+/// the client (exactly that many are forwarded), or throttles client→server traffic to
+/// `bytes_per_sec`, or stops forwarding the server's replies once the client has sent
+/// `freeze_after` bytes (the client then waits for an answer that never comes), or cuts
+/// whatever is open when asked ([`cut_open`](Self::cut_open)).
 pub struct Proxy {
     pub port: u16,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    refuse: std::sync::Arc<std::sync::atomic::AtomicBool>,
     open: OpenConns,
+    sent: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
 }
 
 /// Each proxied connection's id and both of its sockets, while it is open.
 type OpenConns = std::sync::Arc<std::sync::Mutex<Vec<(u64, TcpStream, TcpStream)>>>;
 
+#[derive(Clone, Copy, Default)]
+struct Faults {
+    cut_after: Option<u64>,
+    bytes_per_sec: Option<u64>,
+    idle: Option<Duration>,
+    freeze_after: Option<u64>,
+}
+
 impl Proxy {
     pub fn start(upstream: u16, cut_after: Option<u64>, bytes_per_sec: Option<u64>) -> Proxy {
-        Self::start_full(upstream, cut_after, bytes_per_sec, None)
+        Self::start_full(upstream, Faults { cut_after, bytes_per_sec, ..Faults::default() })
     }
 
     /// Cuts a connection when the client sends nothing for `idle` (a NAT or firewall that
     /// forgets quiet flows): only keepalives keep a long silent build alive through it.
     pub fn start_idle(upstream: u16, idle: Duration) -> Proxy {
-        Self::start_full(upstream, None, None, Some(idle))
+        Self::start_full(upstream, Faults { idle: Some(idle), ..Faults::default() })
     }
 
-    fn start_full(upstream: u16, cut_after: Option<u64>, bytes_per_sec: Option<u64>, idle: Option<Duration>) -> Proxy {
-        use std::sync::atomic::{AtomicBool, Ordering};
+    /// Forwards everything the client sends, but none of the server's replies once the
+    /// client has sent more than `after` bytes on that connection: the server finishes what
+    /// it was sent while the client waits, until the test cuts the connection.
+    pub fn start_freezing(upstream: u16, after: u64) -> Proxy {
+        Self::start_full(upstream, Faults { freeze_after: Some(after), ..Faults::default() })
+    }
+
+    fn start_full(upstream: u16, f: Faults) -> Proxy {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
         use std::sync::Arc;
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
+        let refuse = Arc::new(AtomicBool::new(false));
+        let (stop2, refuse2) = (stop.clone(), refuse.clone());
         let open: OpenConns = Arc::default();
         let open2 = open.clone();
+        let sent: Arc<std::sync::Mutex<Vec<u64>>> = Arc::default();
+        let sent2 = sent.clone();
         std::thread::spawn(move || {
             let mut next_id = 0u64;
             while !stop2.load(Ordering::SeqCst) {
@@ -428,6 +450,10 @@ impl Proxy {
                     std::thread::sleep(Duration::from_millis(5));
                     continue;
                 };
+                if refuse2.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
                 client.set_nonblocking(false).unwrap();
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
@@ -435,33 +461,58 @@ impl Proxy {
                 next_id += 1;
                 open2.lock().unwrap().push((id, client.try_clone().unwrap(), server.try_clone().unwrap()));
                 let open3 = open2.clone();
-                // server -> client: plain copy.
+                let slot = {
+                    let mut v = sent2.lock().unwrap();
+                    v.push(0);
+                    v.len() - 1
+                };
+                let sent3 = sent2.clone();
+                let total = Arc::new(AtomicU64::new(0));
+                let total2 = total.clone();
+                // server -> client: plain copy, or nothing once frozen.
                 std::thread::spawn(move || {
                     let (mut s, mut c) = (s2, c2);
-                    let _ = std::io::copy(&mut s, &mut c);
+                    let mut buf = [0u8; 16 * 1024];
+                    loop {
+                        let n = match std::io::Read::read(&mut s, &mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if f.freeze_after.is_some_and(|after| total2.load(Ordering::SeqCst) > after) {
+                            continue;
+                        }
+                        if std::io::Write::write_all(&mut c, &buf[..n]).is_err() {
+                            break;
+                        }
+                    }
                     let _ = c.shutdown(std::net::Shutdown::Both);
                 });
                 // client -> server: counted, cut or throttled.
                 std::thread::spawn(move || {
                     let (mut c, mut s) = (client, server);
-                    let _ = c.set_read_timeout(idle);
+                    let _ = c.set_read_timeout(f.idle);
                     let mut buf = [0u8; 16 * 1024];
-                    let mut total = 0u64;
                     let started = Instant::now();
                     loop {
                         let n = match std::io::Read::read(&mut c, &mut buf) {
                             Ok(0) | Err(_) => break,
                             Ok(n) => n,
                         };
-                        total += n as u64;
-                        if cut_after.is_some_and(|cut| total > cut) {
-                            break;
-                        }
+                        let before = total.load(Ordering::SeqCst);
+                        let n = match f.cut_after {
+                            Some(cut) if before + n as u64 > cut => (cut - before) as usize,
+                            _ => n,
+                        };
                         if std::io::Write::write_all(&mut s, &buf[..n]).is_err() {
                             break;
                         }
-                        if let Some(rate) = bytes_per_sec {
-                            let due = Duration::from_secs_f64(total as f64 / rate as f64);
+                        let now = total.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
+                        sent3.lock().unwrap()[slot] = now;
+                        if f.cut_after.is_some_and(|cut| now >= cut) {
+                            break;
+                        }
+                        if let Some(rate) = f.bytes_per_sec {
+                            let due = Duration::from_secs_f64(now as f64 / rate as f64);
                             if let Some(wait) = due.checked_sub(started.elapsed()) {
                                 std::thread::sleep(wait);
                             }
@@ -474,7 +525,7 @@ impl Proxy {
                 });
             }
         });
-        Proxy { port, stop, open }
+        Proxy { port, stop, refuse, open, sent }
     }
 
     /// Cuts every connection open now, both ends (a NAT or VPN that drops its flows), and goes
@@ -487,12 +538,54 @@ impl Proxy {
         }
         open.len()
     }
+
+    /// From now on, new connections are closed as soon as they are accepted (the server is
+    /// unreachable); open ones are left alone.
+    pub fn refuse_new(&self) {
+        self.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Bytes the client sent on each connection so far, in the order they were accepted.
+    pub fn client_bytes(&self) -> Vec<u64> {
+        self.sent.lock().unwrap().clone()
+    }
+
+    /// A copy of `config` that reaches the sshd on `sshd` through this proxy (its host key
+    /// recorded for the proxy's port too).
+    pub fn config_for(&self, sshd: &Sshd, config: &Path, name: &str) -> PathBuf {
+        std::fs::write(
+            &sshd.known_hosts,
+            format!("[127.0.0.1]:{} {}\n[127.0.0.1]:{} {}\n", sshd.port, sshd.host_key, self.port, sshd.host_key),
+        )
+        .unwrap();
+        let via = std::fs::read_to_string(config).unwrap().replace(&format!("port = {}", sshd.port), &format!("port = {}", self.port));
+        let path = config.with_file_name(name);
+        std::fs::write(&path, via).unwrap();
+        path
+    }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
     }
+}
+
+/// The owner record of a lock left by a dead process on this machine, in this boot: what bst
+/// breaks on its own. The machine id is recorded as bst records it (a keyed hash); pid
+/// 4194304 is above Linux's pid_max, certainly not running.
+pub fn dead_local_owner(user: &str) -> String {
+    use sha2::Digest;
+    let read = |p: &str| std::fs::read_to_string(p).unwrap().trim().to_string();
+    let machine: String = sha2::Sha256::digest(format!("bst-lock-owner:{}", read("/etc/machine-id")).as_bytes())
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    serde_json::json!({"user": user, "host": read("/proc/sys/kernel/hostname"), "pid": 4_194_304u32, "command": "deploy",
+        "started": "2026-01-01T00:00:00Z", "token": format!("bst-dead-{user}"), "machine_id": machine,
+        "boot_id": read("/proc/sys/kernel/random/boot_id"), "pid_start": "1"})
+    .to_string()
 }
 
 /// Incompressible bytes, deterministic per seed.

@@ -1718,13 +1718,8 @@ impl Model {
         if !self.base().join("releases").is_dir() || lock.exists() {
             return None;
         }
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
         std::fs::create_dir(&lock).unwrap();
-        // pid 4194304 is above Linux's pid_max: certainly not running.
-        let owner = format!(
-            "{{\"user\":\"ghost\",\"host\":\"{host}\",\"pid\":4194304,\"command\":\"deploy\",\"started\":\"2026-01-01T00:00:00Z\",\"token\":\"x\"}}"
-        );
-        std::fs::write(lock.join("owner"), owner).unwrap();
+        std::fs::write(lock.join("owner"), dead_local_owner("ghost")).unwrap();
         Some("fault: stale lock of a dead local pid".into())
     }
 
