@@ -43,6 +43,12 @@ pub struct RawTarget {
     pub env_file: Option<String>,
     pub required_env: Option<Vec<String>>,
     pub expect_env: Option<BTreeMap<String, String>>,
+    /// Whose `.env` rules the env file follows: `systemd` (`EnvironmentFile=`), `dotenv` (the
+    /// npm package) or `node` (`--env-file`). Default: `systemd` when the target declares
+    /// services, else `dotenv`.
+    pub env_dialect: Option<String>,
+    /// How many `.bak.*` copies of the env file `env set`/`unset` keep (default 10).
+    pub env_backups_keep: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -120,6 +126,8 @@ impl RawTarget {
             env_file: self.env_file.or(d.env_file),
             required_env: union(d.required_env, self.required_env),
             expect_env: self.expect_env.or(d.expect_env),
+            env_dialect: self.env_dialect.or(d.env_dialect),
+            env_backups_keep: self.env_backups_keep.or(d.env_backups_keep),
         }
     }
 }

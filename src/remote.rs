@@ -902,10 +902,25 @@ pub fn read_file(base: &str, rel: &str) -> String {
     base_var(base) + &format!("F=\"$B/\"{}\nif [ -f \"$F\" ]; then echo FOUND; cat \"$F\"; else echo MISSING; fi\n", quote(rel))
 }
 
-/// Writes stdin to `<base>/shared/<rel>` atomically with mode 0600, after a backup
-/// `<file>.bak.<stamp>` (never overwriting an earlier backup), then releases the lock.
-/// Prints `BACKUP <path>` when there was a file to back up.
-pub fn write_env(base: &str, rel: &str, stamp: &str, audit_json: &str, token: &str) -> String {
+/// Reads `<base>/<rel>` and counts its `.bak.*` backups: `FOUND <backups>` then the bytes, or
+/// `MISSING <backups>`.
+pub fn read_env(base: &str, rel: &str) -> String {
+    base_var(base)
+        + &format!(
+            "F=\"$B/\"{}\nif [ -L \"$F\" ]; then F=$(readlink -f \"$F\"); fi\nn=0; for b in \"$F\".bak.*; do [ -f \"$b\" ] && n=$((n+1)); done\n\
+             if [ -f \"$F\" ]; then echo \"FOUND $n\"; cat \"$F\"; else echo \"MISSING $n\"; fi\n",
+            quote(rel)
+        )
+}
+
+/// Writes stdin to `<base>/shared/<rel>` atomically, after a backup `<file>.bak.<stamp>`
+/// (never overwriting an earlier backup), keeping only the newest `keep` backups (old ones
+/// hold old secrets), then releases the lock. An existing file keeps its mode, owner and
+/// group: the temp file is a `cp -p` copy that is then overwritten; where the SSH user may
+/// not give it the original owner, the file is rewritten in place instead (still after the
+/// backup). A new file is 0600. Prints `BACKUP <path>` when there was a file to back up and
+/// `PRUNED <n>`, the backups removed.
+pub fn write_env(base: &str, rel: &str, stamp: &str, keep: usize, audit_json: &str, token: &str) -> String {
     let mut s = base_var(base);
     let _ = write!(
         s,
@@ -914,16 +929,33 @@ F="$B/shared/"{rel}
 if [ -L "$F" ]; then F=$(readlink -f "$F"); fi
 mkdir -p "$(dirname "$F")"
 umask 077
+T="$F.bst-tmp.$$"
 if [ -f "$F" ]; then
   bk="$F.bak.{stamp}"; n=1
   while [ -e "$bk" ]; do bk="$F.bak.{stamp}-$n"; n=$((n+1)); done
   cp -p "$F" "$bk"; chmod 600 "$bk"
-  printf 'BACKUP %s
-' "$bk"
+  printf 'BACKUP %s\n' "$bk"
+  cp -p "$F" "$T" 2>/dev/null || {{ rm -f "$T"; cp "$F" "$T"; }}
+  cat > "$T"
+  if [ "$(ls -ln "$T" | awk '{{print $1, $3, $4}}')" = "$(ls -ln "$F" | awk '{{print $1, $3, $4}}')" ]; then
+    mv -f "$T" "$F"
+  else
+    cat "$T" > "$F"; rm -f "$T"
+  fi
+else
+  cat > "$T"
+  chmod 600 "$T"
+  mv -f "$T" "$F"
 fi
-cat > "$F.bst-tmp.$$"
-chmod 600 "$F.bst-tmp.$$"
-mv -f "$F.bst-tmp.$$" "$F"
+# Names sort by time (`.bak.<stamp>`, then `-1`, `-2`…): all but the newest {keep} go.
+total=0; for b in "$F".bak.*; do [ -f "$b" ] && total=$((total+1)); done
+pr=0
+for b in "$F".bak.*; do
+  [ -f "$b" ] || continue
+  [ "$total" -gt {keep} ] || break
+  rm -f "$b"; total=$((total-1)); pr=$((pr+1))
+done
+printf 'PRUNED %s\n' "$pr"
 set +e
 "#,
         rel = quote(rel)

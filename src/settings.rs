@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::{Config, RawTarget};
+use crate::dotenv::Dialect;
 use crate::error::Error;
 
 /// Flags that apply to every command.
@@ -252,6 +253,9 @@ pub struct Target {
     pub env_file: String,
     pub required_env: Vec<String>,
     pub expect_env: Vec<(String, String)>,
+    pub env_dialect: Dialect,
+    /// At least 1: the backup `env set` just made is never pruned.
+    pub env_backups_keep: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -362,7 +366,22 @@ pub fn resolve_target(config: &Config, name: &str) -> anyhow::Result<Target> {
             return Err(bad("required_env", format!("invalid env key `{k}`")).into());
         }
     }
+    // The units a target declares are what reads the env file on the server, through
+    // `EnvironmentFile=`; without any, the app loads it itself, most often with npm `dotenv`.
+    let env_dialect = match raw.env_dialect.as_deref() {
+        None if services.is_empty() => Dialect::Dotenv,
+        None => Dialect::Systemd,
+        Some(d) => {
+            Dialect::parse(d).ok_or_else(|| bad("env_dialect", format!("invalid env_dialect `{d}`: use systemd, dotenv or node")))?
+        }
+    };
+    let env_backups_keep = raw.env_backups_keep.unwrap_or(10);
+    if env_backups_keep == 0 {
+        return Err(bad("env_backups_keep", "env_backups_keep must be at least 1".into()).into());
+    }
     Ok(Target {
+        env_dialect,
+        env_backups_keep,
         forbidden_paths,
         env_file,
         required_env,

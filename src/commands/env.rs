@@ -11,23 +11,35 @@ use serde_json::json;
 use super::lock::{self, Acquired};
 use super::Audit;
 use crate::config::Config;
-use crate::dotenv::{hidden_reasons, EnvFile};
+use crate::dotenv::{hidden_reasons, EnvFile, Refused};
 use crate::error::Error;
 use crate::remote;
 use crate::report::{md_cell, Gate, Printer};
 use crate::settings::{self, Globals, Target};
 use crate::transport::{self, Transport};
 
-/// Reads `<base>/<rel>` from the target; `None` when it does not exist.
+/// Reads `<base>/<rel>` from the target, as the target's dialect reads it; `None` when it
+/// does not exist.
 pub fn read_env(t: &mut dyn Transport, target: &Target, rel: &str) -> anyhow::Result<Option<EnvFile>> {
-    let out = t.run(&remote::read_file(&target.base, rel))?;
+    Ok(read_env_counted(t, target, rel)?.0)
+}
+
+/// [`read_env`] and how many `.bak.*` backups of the file exist.
+pub fn read_env_counted(t: &mut dyn Transport, target: &Target, rel: &str) -> anyhow::Result<(Option<EnvFile>, usize)> {
+    let out = t.run(&remote::read_env(&target.base, rel))?;
     if out.status != 0 {
         return Err(Error::Failed(format!("cannot read {}/{rel} on {}: {}", target.base, target.host_label(), out.stderr_str())).into());
     }
-    let text = String::from_utf8_lossy(&out.stdout);
-    match text.split_once('\n') {
-        Some(("FOUND", content)) => Ok(Some(EnvFile::parse(content))),
-        _ if text.starts_with("MISSING") => Ok(None),
+    // The file's bytes as they are: a lossy decoding would turn a non-UTF-8 value into U+FFFD
+    // and then write that back.
+    let bytes = out.stdout;
+    let nl = bytes.iter().position(|&b| b == b'\n').unwrap_or(bytes.len());
+    let head = String::from_utf8_lossy(&bytes[..nl]).into_owned();
+    let content = bytes.get(nl + 1..).unwrap_or_default().to_vec();
+    let count = |n: &str| n.trim().parse::<usize>().ok();
+    match head.split_once(' ') {
+        Some(("FOUND", n)) if count(n).is_some() => Ok((Some(EnvFile::parse(content, target.env_dialect)), count(n).unwrap_or(0))),
+        Some(("MISSING", n)) if count(n).is_some() => Ok((None, count(n).unwrap_or(0))),
         _ => Err(Error::Failed(format!("unexpected reply reading {}/{rel}", target.base)).into()),
     }
 }
@@ -59,9 +71,13 @@ pub fn baseline(file: Option<&EnvFile>, target: &Target) -> (bool, Vec<KeyReport
     let mut keys = Vec::new();
     for k in &target.required_env {
         let entry = file.and_then(|f| f.get(k));
+        let lookalike = file.and_then(|f| f.lookalike(k));
         let (status, hidden) = match entry {
-            None => ("missing", Vec::new()),
-            Some(e) if e.value.trim().is_empty() => ("empty", e.hidden.clone()),
+            None => match lookalike {
+                Some((_, why)) => ("hidden", vec![why]),
+                None => ("missing", Vec::new()),
+            },
+            Some(e) if e.value_str().trim().is_empty() => ("empty", e.hidden.clone()),
             Some(e) if !e.hidden.is_empty() => ("hidden", e.hidden.clone()),
             Some(_) => ("ok", Vec::new()),
         };
@@ -71,7 +87,7 @@ pub fn baseline(file: Option<&EnvFile>, target: &Target) -> (bool, Vec<KeyReport
     for (k, expected) in &target.expect_env {
         let status = match file.and_then(|f| f.get(k)) {
             None => "missing",
-            Some(e) if e.value == *expected && e.hidden.is_empty() => "match",
+            Some(e) if e.value == expected.as_bytes() && e.hidden.is_empty() => "match",
             Some(_) => "mismatch",
         };
         expects.push(ExpectReport { key: k.clone(), expected: expected.clone(), status });
@@ -83,18 +99,21 @@ pub fn baseline(file: Option<&EnvFile>, target: &Target) -> (bool, Vec<KeyReport
 pub fn check(target: &Target, globals: &Globals, p: &Printer, reports: &Path) -> anyhow::Result<()> {
     let mut t = transport::connect(target, globals)?;
     let rel = shared_rel(target);
-    let file = read_env(&mut *t, target, &rel)?;
+    let (file, backups) = read_env_counted(&mut *t, target, &rel)?;
     let (pass, keys, expects) = baseline(file.as_ref(), target);
     let path = format!("{}/{rel}", target.base);
     if file.is_none() {
         p.out(format!("{path}: missing"));
     }
+    p.out(format!("{path}: read as {}; {}", target.env_dialect.name(), backups_text(backups, target)));
     if target.required_env.is_empty() && target.expect_env.is_empty() {
         p.warn(format!("target `{}` declares no required_env or expect_env", target.name));
     }
     let mut md = format!(
-        "# Env baseline: {}\n\n- file: `{path}`\n- host: {}\n- checked: {}\n\n| key | status | notes |\n|---|---|---|\n",
+        "# Env baseline: {}\n\n- file: `{path}`\n- dialect: {}\n- backups: {}\n- host: {}\n- checked: {}\n\n| key | status | notes |\n|---|---|---|\n",
         target.name,
+        target.env_dialect.name(),
+        backups_text(backups, target),
         target.host_label(),
         crate::release::rfc3339(crate::release::now_unix())
     );
@@ -111,20 +130,28 @@ pub fn check(target: &Target, globals: &Globals, p: &Printer, reports: &Path) ->
         p.out(format!("{:<32} expect `{}`: {}", e.key, e.expected, e.status));
         md.push_str(&format!("| {} | expect `{}`: {} | |\n", md_cell(&e.key), md_cell(&e.expected), e.status));
     }
-    let doc = json!({"target": target.name, "host": target.host_label(), "file": path, "file_exists": file.is_some(), "keys": keys, "expect": expects});
+    let doc = json!({"target": target.name, "host": target.host_label(), "file": path, "file_exists": file.is_some(), "dialect": target.env_dialect.name(),
+        "backups": backups, "backups_keep": target.env_backups_keep, "keys": keys, "expect": expects});
     Gate { name: "env-baseline", key: "ENV_BASELINE_RESULT", reports }.finish(p, pass, doc, &md)
 }
 
 pub fn keys(target: &Target, globals: &Globals, p: &Printer) -> anyhow::Result<()> {
     let mut t = transport::connect(target, globals)?;
     let rel = shared_rel(target);
-    let file = read_env(&mut *t, target, &rel)?.ok_or_else(|| Error::Failed(format!("{}/{rel} does not exist", target.base)))?;
+    let (file, backups) = read_env_counted(&mut *t, target, &rel)?;
+    let file = file.ok_or_else(|| Error::Failed(format!("{}/{rel} does not exist", target.base)))?;
     let keys = file.keys();
     for k in &keys {
         p.out(k);
     }
-    p.json(&json!({"schema_version": 1, "target": target.name, "file": format!("{}/{rel}", target.base), "keys": keys}));
+    p.status(format!("{}/{rel}: {}", target.base, backups_text(backups, target)));
+    p.json(&json!({"schema_version": 1, "target": target.name, "file": format!("{}/{rel}", target.base), "keys": keys,
+        "backups": backups, "backups_keep": target.env_backups_keep}));
     Ok(())
+}
+
+fn backups_text(n: usize, target: &Target) -> String {
+    format!("{n} backup{} (env set keeps the newest {})", if n == 1 { "" } else { "s" }, target.env_backups_keep)
 }
 
 /// Reads a secret value: from a pipe as is (one trailing newline dropped), from a terminal
@@ -207,39 +234,57 @@ pub fn edit(target: &Target, globals: &Globals, p: &Printer, key: &str, value: O
         Acquired::Held(h, s) => (h, s),
         Acquired::NoBase => unreachable!("create = true"),
     };
-    let result = (|| -> anyhow::Result<Option<String>> {
+    let result = (|| -> anyhow::Result<(Option<String>, usize)> {
         let rel = shared_rel(target);
-        let mut file = read_env(&mut *t, target, &rel)?.unwrap_or_default();
+        let mut file = read_env(&mut *t, target, &rel)?.unwrap_or_else(|| EnvFile::empty(target.env_dialect));
+        let refused = |r: Refused| {
+            Error::Usage(format!(
+                "refusing to {command} {key} in {}/{rel}: {} (values are never shown); nothing was written",
+                target.base, r.0
+            ))
+        };
         match &value {
-            Some(v) => file.set(key, v),
+            Some(v) => file.set(key, v).map_err(refused)?,
             None => {
-                if !file.unset(key) {
+                if !file.unset(key).map_err(refused)? {
                     return Err(Error::Failed(format!("{key} is not set in {}/{rel}", target.base)).into());
                 }
             }
         }
-        let content = file.render();
+        let content = file.bytes().to_vec();
         let stamp = crate::release::format_id(crate::release::now_unix());
         let mut audit = Audit::new(command, &target.name, "ok");
         audit.error = None;
         let line = json!({"at": audit.at, "who": audit.who, "command": command, "target": target.name, "file": format!("{}/{rel}", target.base), "key": key, "result": "ok"}).to_string();
-        let out = t.run_with_input(&remote::write_env(&target.base, &target.env_file, &stamp, &line, &held.token), &mut |w| {
-            w.write_all(content.as_bytes())?;
-            Ok(())
-        })?;
+        let out = t.run_with_input(
+            &remote::write_env(&target.base, &target.env_file, &stamp, target.env_backups_keep, &line, &held.token),
+            &mut |w| {
+                w.write_all(&content)?;
+                Ok(())
+            },
+        )?;
         if out.status != 0 {
             return Err(Error::Failed(format!("writing {}/{rel} failed: {}", target.base, out.stderr_str())).into());
         }
-        Ok(out.stdout_str().lines().find_map(|l| l.strip_prefix("BACKUP ")).map(str::to_string))
+        let reply = out.stdout_str();
+        let pruned = reply.lines().find_map(|l| l.strip_prefix("PRUNED ")).and_then(|n| n.trim().parse::<usize>().ok()).unwrap_or(0);
+        Ok((reply.lines().find_map(|l| l.strip_prefix("BACKUP ")).map(str::to_string), pruned))
     })();
     match result {
-        Ok(backup) => {
+        Ok((backup, pruned)) => {
             let verb = if value.is_some() { "set" } else { "removed" };
             p.out(format!("{}: {verb} {key} in {}/shared/{}", target.name, target.base, target.env_file));
             if let Some(b) = &backup {
                 p.status(format!("backup: {b}"));
             }
-            p.json(&json!({"schema_version": 1, "target": target.name, "key": key, "action": verb, "backup": backup}));
+            if pruned > 0 {
+                p.status(format!(
+                    "removed {pruned} old backup{} (env_backups_keep = {})",
+                    if pruned == 1 { "" } else { "s" },
+                    target.env_backups_keep
+                ));
+            }
+            p.json(&json!({"schema_version": 1, "target": target.name, "key": key, "action": verb, "backup": backup, "backups_pruned": pruned}));
             Ok(())
         }
         Err(e) => {

@@ -6,6 +6,7 @@ mod after_switch;
 mod core;
 mod delta;
 mod ecosystem;
+mod envfile;
 mod faults;
 mod gates;
 mod harness;
