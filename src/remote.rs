@@ -931,8 +931,16 @@ mkdir -p "$(dirname "$F")"
 umask 077
 T="$F.bst-tmp.$$"
 if [ -f "$F" ]; then
-  bk="$F.bak.{stamp}"; n=1
-  while [ -e "$bk" ]; do bk="$F.bak.{stamp}-$n"; n=$((n+1)); done
+  # Names must keep sorting by age, or pruning deletes a newer backup than it keeps: the
+  # counter is zero-padded (`-10` after `-2`) and always one past the highest in use, never
+  # a name pruning freed earlier in the same second.
+  bk="$F.bak.{stamp}"; hi=0
+  for e in "$F.bak.{stamp}"-*; do
+    [ -e "$e" ] || continue
+    k=${{e##*-}}; k=$(expr "$k" + 0 2>/dev/null) || continue
+    [ "$k" -gt "$hi" ] && hi=$k
+  done
+  if [ -e "$bk" ] || [ "$hi" -gt 0 ]; then bk="$F.bak.{stamp}-$(printf '%04d' $((hi + 1)))"; fi
   cp -p "$F" "$bk"; chmod 600 "$bk"
   printf 'BACKUP %s\n' "$bk"
   cp -p "$F" "$T" 2>/dev/null || {{ rm -f "$T"; cp "$F" "$T"; }}
@@ -947,7 +955,7 @@ else
   chmod 600 "$T"
   mv -f "$T" "$F"
 fi
-# Names sort by time (`.bak.<stamp>`, then `-1`, `-2`…): all but the newest {keep} go.
+# Names sort by time (`.bak.<stamp>`, then `-0001`, `-0002`…): all but the newest {keep} go.
 total=0; for b in "$F".bak.*; do [ -f "$b" ] && total=$((total+1)); done
 pr=0
 for b in "$F".bak.*; do
@@ -1249,5 +1257,35 @@ mod tests {
         let switch = s.find("mv -T").unwrap();
         let prune = s.find("mv releases/20260101T000000Z \"$T\"/20260101T000000Z").unwrap();
         assert!(meta < switch && switch < prune);
+    }
+
+    #[test]
+    fn env_backups_made_in_one_second_are_pruned_oldest_first() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let b = dir.path().to_str().unwrap();
+        std::fs::create_dir_all(dir.path().join("shared")).unwrap();
+        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+        std::fs::write(dir.path().join("shared/.env"), "V=0\n").unwrap();
+        // Twelve writes with the same stamp (one second), each backing up the previous value.
+        for i in 1..=12 {
+            let mut c = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(write_env(b, ".env", "20261202T070000Z", 3, "{}", "tok"))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            c.stdin.take().unwrap().write_all(format!("V={i}\n").as_bytes()).unwrap();
+            assert!(c.wait().unwrap().success());
+        }
+        let mut kept: Vec<String> = std::fs::read_dir(dir.path().join("shared"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.contains(".bak."))
+            .map(|n| std::fs::read_to_string(dir.path().join("shared").join(&n)).unwrap())
+            .collect();
+        kept.sort();
+        assert_eq!(kept, vec!["V=10\n", "V=11\n", "V=9\n"], "the three newest backups stay");
     }
 }
