@@ -8,9 +8,10 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Digest;
 
-/// `host` for port 22, `[host]:port` otherwise: the name OpenSSH files keys under. Only that
-/// name is looked up (libssh2's own check falls back from `[host]:port` to `host`; ssh does
-/// not, so neither do we).
+/// `host` for port 22, `[host]:port` otherwise: the name OpenSSH files keys under. The bare
+/// host counts for another port only when it lists the very key offered (ssh's "matching key
+/// w/out port"); libssh2's own check also takes a different key there as "changed", so it is
+/// not used.
 pub fn pattern(host: &str, port: u16) -> String {
     if port == 22 {
         host.to_string()

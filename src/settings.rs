@@ -72,7 +72,6 @@ pub fn resolve_ssh(
     }
     let mut origins = Vec::new();
     let mut note = |k: &str, v: String, at: &str| origins.push((k.to_string(), v, at.to_string()));
-    let from = |s: &Option<crate::sshconfig::Set<String>>| s.as_ref().map_or_else(|| "default".to_string(), |s| s.at.clone());
     note("hostname", host.clone(), &cfg.hostname.as_ref().map_or_else(|| "the target's host".to_string(), |h| h.at.clone()));
     let port = match (port, &cfg.port) {
         (Some(p), _) => {
@@ -172,17 +171,9 @@ pub fn resolve_ssh(
         a.value.to_lowercase()
     });
     let hash_known_hosts = cfg.hash_known_hosts.as_ref().is_some_and(|h| h.value);
-    note(
-        "hashknownhosts",
-        if hash_known_hosts { "yes" } else { "no" }.into(),
-        &cfg.hash_known_hosts.as_ref().map_or_else(|| "default".to_string(), |h| h.at.clone()),
-    );
+    note("hashknownhosts", if hash_known_hosts { "yes" } else { "no" }.into(), &from(&cfg.hash_known_hosts));
     let connect_timeout = cfg.connect_timeout.as_ref().map(|c| c.value);
-    note(
-        "connecttimeout",
-        connect_timeout.map_or_else(|| "10 (bst default)".to_string(), |c| c.to_string()),
-        &cfg.connect_timeout.as_ref().map_or_else(|| "default".to_string(), |c| c.at.clone()),
-    );
+    note("connecttimeout", connect_timeout.map_or_else(|| "10 (bst default)".to_string(), |c| c.to_string()), &from(&cfg.connect_timeout));
     let use_agent = !cfg.identity_agent.as_ref().is_some_and(|a| a.value.eq_ignore_ascii_case("none"));
     let mut ignored = cfg.ignored.clone();
     if let Some(a) = cfg.identity_agent.as_ref().filter(|a| !matches!(a.value.to_ascii_lowercase().as_str(), "none" | "ssh_auth_sock")) {
@@ -209,6 +200,11 @@ pub fn resolve_ssh(
         origins,
         ignored,
     })
+}
+
+/// Where an ssh config value came from, for `config show`.
+fn from<T>(s: &Option<crate::sshconfig::Set<T>>) -> String {
+    s.as_ref().map_or_else(|| "default".to_string(), |s| s.at.clone())
 }
 
 fn join_paths(v: &[PathBuf]) -> String {

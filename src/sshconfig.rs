@@ -569,11 +569,7 @@ fn match_line(args: &[String], at: &str, ctx: &mut Ctx<'_>, cfg: &HostConfig) ->
                 i += 1;
                 match crit.as_str() {
                     "host" => {
-                        let h = if ctx.final_pass {
-                            ctx.host.to_string()
-                        } else {
-                            cfg.hostname.as_ref().map_or(ctx.host.to_string(), |h| h.value.replace("%h", ctx.original))
-                        };
+                        let h = if ctx.final_pass { ctx.host.to_string() } else { hostname_so_far(ctx, cfg) };
                         host_matches(std::slice::from_ref(arg), &h)
                     }
                     "originalhost" => host_matches(std::slice::from_ref(arg), ctx.original),
@@ -601,9 +597,14 @@ fn match_line(args: &[String], at: &str, ctx: &mut Ctx<'_>, cfg: &HostConfig) ->
     Ok(result)
 }
 
+/// The host name as far as the files read so far set it: `Match` sees an incomplete config.
+fn hostname_so_far(ctx: &Ctx<'_>, cfg: &HostConfig) -> String {
+    cfg.hostname.as_ref().map_or(ctx.host.to_string(), |h| h.value.replace("%h", ctx.original))
+}
+
 #[cfg(unix)]
 fn run_exec(cmd: &str, ctx: &Ctx<'_>, cfg: &HostConfig, _at: &str) -> Result<bool, String> {
-    let host = cfg.hostname.as_ref().map_or(ctx.host.to_string(), |h| h.value.replace("%h", ctx.original));
+    let host = hostname_so_far(ctx, cfg);
     let port = cfg.port.as_ref().map_or(22, |p| p.value);
     let user = cfg.user.as_ref().map(|u| u.value.clone()).or_else(crate::settings::local_user).unwrap_or_default();
     let expanded = expand_tokens_str(cmd, &host, port, &user, ctx.original);
@@ -727,7 +728,7 @@ Host *.internal !secret.internal
     StrictHostKeyChecking accept-new
 
 Host "quoted alias" jump
-    HostName=10.9.8.7
+    HostName=127.9.8.7
     ProxyJump admin@bastion:2200
     ProxyCommand nc %h %p
 
@@ -764,7 +765,7 @@ Host *
         assert_eq!(at("db.internal").1.user.unwrap().value, "ops");
         assert_eq!(at("db.internal").1.strict_host_key_checking.unwrap().value, "accept-new");
         assert_eq!(at("secret.internal").1.user.unwrap().value, "fallback");
-        assert_eq!(at("quoted alias").0, "10.9.8.7");
+        assert_eq!(at("quoted alias").0, "127.9.8.7");
         let (_, j) = at("jump");
         assert_eq!(j.proxy_jump.unwrap().value, "admin@bastion:2200");
         assert_eq!(j.proxy_command, None, "ProxyJump came first, so ProxyCommand is ignored");

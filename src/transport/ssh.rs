@@ -565,7 +565,7 @@ fn handshake(tcp: TcpStream, tunnel: Option<Tunnel>, s: &Ssh, g: &Globals) -> an
     })?;
     // Authentication and the first channel may take longer (agents, slow PAM): 60 s.
     sess.set_timeout(60_000);
-    verify_host_key(&sess, s, g.accept_new_host_key || s.accept_new, &name, &entries)?;
+    verify_host_key(&sess, s, g.accept_new_host_key || s.accept_new, &name, &entries, &known)?;
     authenticate(&sess, s)?;
     Ok((sess, tcp, tunnel))
 }
@@ -672,7 +672,15 @@ fn read_known_hosts(s: &Ssh) -> Vec<(String, String)> {
         .collect()
 }
 
-fn verify_host_key(sess: &Session, s: &Ssh, accept_new: bool, name: &str, entries: &[crate::known_hosts::Entry]) -> anyhow::Result<()> {
+/// `known`: the files' texts already read for `entries`, for the bare-name lookup.
+fn verify_host_key(
+    sess: &Session,
+    s: &Ssh,
+    accept_new: bool,
+    name: &str,
+    entries: &[crate::known_hosts::Entry],
+    known: &[(String, String)],
+) -> anyhow::Result<()> {
     use crate::known_hosts::Verdict;
     let (key, _) = sess.host_key().context("the server sent no host key")?;
     let fp = crate::known_hosts::fingerprint(key);
@@ -684,7 +692,7 @@ fn verify_host_key(sess: &Session, s: &Ssh, accept_new: bool, name: &str, entrie
         // As ssh does ("found matching key w/out port"): a key filed under the bare host
         // name is accepted for another port only if it is this very key; a different one
         // there says nothing about this port.
-        let bare = crate::known_hosts::entries_for(&read_known_hosts(s), &s.host);
+        let bare = crate::known_hosts::entries_for(known, &s.host);
         if crate::known_hosts::judge(&bare, &kind, key) == Verdict::Known {
             verdict = Verdict::Known;
         }

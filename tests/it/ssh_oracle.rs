@@ -125,7 +125,7 @@ fn compare(g: &Resolved, j: &serde_json::Value, alias: &str) -> Vec<String> {
 
 /// (what it shows, config, alias). `@D@` is replaced by a scratch directory.
 const CORPUS: &[(&str, &str, &str)] = &[
-    ("plain alias", "Host web\n  HostName 10.0.0.5\n  User deploy\n  Port 2222\n", "web"),
+    ("plain alias", "Host web\n  HostName 127.0.0.5\n  User deploy\n  Port 2222\n", "web"),
     ("%h in HostName, lowercased", "Host Web*\n  HostName %h.Example.COM\n", "WebApp"),
     ("Host is case-sensitive", "Host web\n  User a\nHost *\n  User b\n", "WEB"),
     ("patterns and negation", "Host *.internal !secret.internal\n  User ops\nHost *\n  User fallback\n", "secret.internal"),
@@ -151,7 +151,7 @@ const CORPUS: &[(&str, &str, &str)] = &[
     ("ProxyJump chain", "Host t\n  ProxyJump j1,admin@j2:2200\n  ProxyCommand nc %h %p\n", "t"),
     ("ProxyCommand first wins", "Host t\n  ProxyCommand nc %h %p\n  ProxyJump j1\n", "t"),
     ("ProxyJump none", "Host t\n  ProxyJump none\nHost *\n  ProxyJump j9\n", "t"),
-    ("equals and quotes", "Host=\"quoted alias\" q\n  HostName=10.1.1.1\n  User = \"u1\"\n", "q"),
+    ("equals and quotes", "Host=\"quoted alias\" q\n  HostName=127.1.1.1\n  User = \"u1\"\n", "q"),
     ("key=value", "Host kv\n  Port=2345\n", "kv"),
     ("HostKeyAlias, lowercased", "Host a\n  HostKeyAlias MyAlias\n", "a"),
     (
