@@ -129,9 +129,9 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ReportsArg {
-    /// Where evidence goes: <DIR>/gates/<gate>/<timestamp>.json|.md
-    #[arg(long, value_name = "DIR", default_value = "reports")]
-    pub reports: PathBuf,
+    /// Where evidence goes: <DIR>/gates/<gate>/<timestamp>.json|.md [default: reports/ next to targets.toml]
+    #[arg(long, value_name = "DIR")]
+    pub reports: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

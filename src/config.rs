@@ -24,6 +24,11 @@ pub struct RawTarget {
     pub shared_files: Option<Vec<String>>,
     pub shared_dirs: Option<Vec<String>>,
     pub exclude: Option<Vec<String>>,
+    /// gitignore-style patterns of files that ship although they look like secrets
+    /// (`.env*`, `*.pem`, `*.key`, private keys); see [`crate::withheld`].
+    pub include: Option<Vec<String>>,
+    /// Ship `source` by walking it although it is not inside a git work tree.
+    pub source_is_not_git: Option<bool>,
     pub install: Option<String>,
     pub build: Option<String>,
     /// Services restarted (and health-checked) after each deploy's switch.
@@ -115,6 +120,8 @@ impl RawTarget {
             shared_files: union(d.shared_files, self.shared_files),
             shared_dirs: union(d.shared_dirs, self.shared_dirs),
             exclude: union(d.exclude, self.exclude),
+            include: union(d.include, self.include),
+            source_is_not_git: self.source_is_not_git.or(d.source_is_not_git),
             install: self.install.or(d.install),
             build: self.build.or(d.build),
             restart: self.restart.or(d.restart),
@@ -135,7 +142,7 @@ impl RawTarget {
 /// Where each key of a target comes from: its own table, `[defaults]`, both (the unions and
 /// `services`), or neither (bst's built-in default).
 fn origins(own: &RawTarget, defaults: &RawTarget) -> BTreeMap<String, &'static str> {
-    const MERGED: [&str; 6] = ["forbidden_paths", "required_env", "shared_files", "shared_dirs", "exclude", "services"];
+    const MERGED: [&str; 7] = ["forbidden_paths", "required_env", "shared_files", "shared_dirs", "exclude", "include", "services"];
     let (o, d) = (serde_json::to_value(own).unwrap_or_default(), serde_json::to_value(defaults).unwrap_or_default());
     let Some(keys) = o.as_object() else { return BTreeMap::new() };
     keys.iter()

@@ -21,6 +21,7 @@ pub mod snapshot;
 pub mod sshconfig;
 pub mod transport;
 pub mod watchdog;
+pub mod withheld;
 
 use cli::{Cli, Command, ConfigCommand, DrillCommand, EnvCommand};
 use error::Error;
@@ -112,6 +113,8 @@ pub fn run(mut cli: Cli) -> anyhow::Result<()> {
     let path = config::discover(cli.global.config.as_deref())?;
     let config = config::Config::load(&path)?;
     let target = settings::resolve_target(&config, &target_names[0])?;
+    // Evidence lands next to targets.toml, whatever the current directory.
+    let reports_of = |r: &cli::ReportsArg| r.reports.clone().unwrap_or_else(|| target.reports.clone());
 
     match &cli.command {
         Command::Deploy { build, no_restart, .. } => commands::deploy::run(&target, &globals, &p, *build, !*no_restart),
@@ -121,14 +124,14 @@ pub fn run(mut cli: Cli) -> anyhow::Result<()> {
         }
         Command::Prune { keep, .. } => commands::prune::run(&target, &globals, &p, *keep),
         Command::Unlock { .. } => commands::unlock::run(&target, &globals, &p),
-        Command::Check { reports, .. } => commands::check::run(&target, &globals, &p, &reports.reports),
+        Command::Check { reports, .. } => commands::check::run(&target, &globals, &p, &reports_of(reports)),
         Command::Config { .. } => commands::config::show(&p, &target, config.origins.get(&target.name)),
         Command::Completions { .. } | Command::Man | Command::Init { .. } => unreachable!("handled above"),
         Command::Drill { command: DrillCommand::Rollback { reports, .. } } => {
-            commands::drill::rollback(&target, &globals, &p, &reports.reports)
+            commands::drill::rollback(&target, &globals, &p, &reports_of(reports))
         }
         Command::Env { command } => match command {
-            EnvCommand::Check { reports, .. } => commands::env::check(&target, &globals, &p, &reports.reports),
+            EnvCommand::Check { reports, .. } => commands::env::check(&target, &globals, &p, &reports_of(reports)),
             EnvCommand::Keys { .. } => commands::env::keys(&target, &globals, &p),
             EnvCommand::Set { key, .. } => {
                 let value = commands::env::read_value_for_set(key)?;
@@ -138,7 +141,7 @@ pub fn run(mut cli: Cli) -> anyhow::Result<()> {
             EnvCommand::Compare { left, right, keys, reports } => {
                 let (l, r) = (commands::env::parse_side(left)?, commands::env::parse_side(right)?);
                 settings::resolve_target(&config, &r.target)?;
-                commands::env::compare(&config, &globals, &p, &l, &r, keys, &reports.reports)
+                commands::env::compare(&config, &globals, &p, &l, &r, keys, &reports_of(reports))
             }
         },
         Command::Service(_) => {

@@ -233,6 +233,15 @@ pub struct Target {
     pub shared_files: Vec<String>,
     pub shared_dirs: Vec<String>,
     pub exclude: Vec<String>,
+    /// Patterns that ship although they look like secrets.
+    pub include: Vec<String>,
+    pub source_is_not_git: bool,
+    /// Where gate evidence goes unless `--reports` says otherwise: next to targets.toml, not
+    /// wherever the command happens to run.
+    pub reports: PathBuf,
+    /// bst's own byproducts on this machine (every local target's base, the reports folder):
+    /// never shipped when they lie inside `source`.
+    pub byproducts: Vec<PathBuf>,
     pub install: Option<String>,
     pub build: Option<String>,
     /// Declared services, sorted by name.
@@ -288,6 +297,12 @@ impl Target {
     }
 }
 
+/// Canonical where it exists (so it compares with the canonical `source`), else absolute.
+fn absolute_dir(p: &Path) -> PathBuf {
+    let p = if p.as_os_str().is_empty() { Path::new(".") } else { p };
+    std::fs::canonicalize(p).or_else(|_| std::path::absolute(p)).unwrap_or_else(|_| p.to_path_buf())
+}
+
 pub fn resolve_target(config: &Config, name: &str) -> anyhow::Result<Target> {
     let raw: &RawTarget = config.targets.get(name).ok_or_else(|| Error::UnknownTarget {
         name: name.to_string(),
@@ -316,6 +331,13 @@ pub fn resolve_target(config: &Config, name: &str) -> anyhow::Result<Target> {
 
     let source = config.dir().join(raw.source.as_deref().unwrap_or("."));
     let source = std::fs::canonicalize(&source).unwrap_or(source);
+    let config_dir = absolute_dir(config.dir());
+    let mut byproducts = vec![config_dir.join("reports")];
+    for other in config.targets.values() {
+        if let (Some("local"), Some(b)) = (other.host.as_deref(), other.base.as_deref()) {
+            byproducts.push(config_dir.join(b));
+        }
+    }
     let keep_releases = raw.keep_releases.unwrap_or(5);
     if keep_releases == 0 {
         return Err(bad("keep_releases", "keep_releases must be at least 1".into()).into());
@@ -395,6 +417,10 @@ pub fn resolve_target(config: &Config, name: &str) -> anyhow::Result<Target> {
         shared_files,
         shared_dirs,
         exclude: raw.exclude.clone().unwrap_or_default(),
+        include: raw.include.clone().unwrap_or_default(),
+        source_is_not_git: raw.source_is_not_git.unwrap_or(false),
+        reports: config_dir.join("reports"),
+        byproducts,
         install: raw.install.clone().filter(|s| !s.trim().is_empty()),
         build: raw.build.clone().filter(|s| !s.trim().is_empty()),
     })

@@ -197,11 +197,7 @@ pub fn check_source(source: &Path, exclude: &[String]) -> anyhow::Result<Gitigno
     if !source.is_dir() {
         bail!("source {} is not a directory", source.display());
     }
-    let mut b = GitignoreBuilder::new(source);
-    for pat in exclude {
-        b.add_line(None, pat).with_context(|| format!("invalid exclude pattern `{pat}`"))?;
-    }
-    Ok(b.build()?)
+    check_patterns(source, exclude, "exclude")
 }
 
 /// Names bst itself writes at the root of a release. A workspace entry of the same name would
@@ -209,16 +205,74 @@ pub fn check_source(source: &Path, exclude: &[String]) -> anyhow::Result<Gitigno
 /// shared `.env` with the meta JSON), so one is refused, never shipped.
 pub const BST_OWNED: &[&str] = &[crate::release::META_FILE, crate::release::META_TMP, crate::delta::UPLOAD_DIR];
 
-/// Lists what ships. `skip` are release paths that will be shared links (never shipped, so
-/// a local `.env` cannot reach the server); `exclude` are gitignore-style patterns.
-pub fn collect(source: &Path, exclude: &[String], skip: &[String]) -> anyhow::Result<Vec<Entry>> {
-    let excluded = check_source(source, exclude)?;
+/// What decides the listing beyond git's own rules.
+#[derive(Debug, Default, Clone)]
+pub struct Rules {
+    /// gitignore-style patterns excluded on top of `.gitignore`.
+    pub exclude: Vec<String>,
+    /// gitignore-style patterns that ship although [`crate::withheld`] would hold them back.
+    pub include: Vec<String>,
+    /// Release paths that never ship: the shared links (so a local `.env` cannot reach the
+    /// server), and bst's own byproducts inside the workspace (a local base, reports).
+    pub skip: Vec<String>,
+    /// Ship a plain directory (no git work tree) by walking it.
+    pub allow_no_git: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub entries: Vec<Entry>,
+    /// How many shipped files git does not track: a release holding any is not `dirty: false`.
+    pub untracked: usize,
+    /// Paths held back by [`crate::withheld`], with why; the user is told each one.
+    pub withheld: Vec<(String, &'static str)>,
+    /// Listed from a git work tree (else from a walk).
+    pub git: bool,
+}
+
+impl Listing {
+    pub fn bytes(&self, source: &Path) -> u64 {
+        self.entries.iter().map(|e| entry_size(source, e)).sum()
+    }
+}
+
+pub fn entry_size(source: &Path, e: &Entry) -> u64 {
+    e.stat.map(|st| st.size).or_else(|| std::fs::symlink_metadata(source.join(&e.path)).ok().map(|m| m.len())).unwrap_or(0)
+}
+
+/// The refusal for a source outside any git work tree, found without running git (the
+/// listing asks git itself later): a config kept in a home or temp folder once shipped that
+/// whole folder, SSH keys included.
+pub fn check_in_git(source: &Path, rules: &Rules) -> anyhow::Result<()> {
+    if rules.allow_no_git || source.ancestors().any(|d| d.join(".git").exists()) {
+        return Ok(());
+    }
+    Err(not_git(source, "no .git in it or any parent"))
+}
+
+fn not_git(source: &Path, why: &str) -> anyhow::Error {
+    crate::error::Error::Usage(format!(
+        "source {} is not inside a git work tree ({why}); bst ships what git would commit.\n  \
+         check `source` (relative to the config file's folder) or --config; to ship a plain folder, set `source_is_not_git = true` on the target",
+        source.display()
+    ))
+    .into()
+}
+
+/// Lists what ships.
+pub fn collect(source: &Path, rules: &Rules) -> anyhow::Result<Listing> {
+    let excluded = check_source(source, &rules.exclude)?;
+    let included = check_patterns(source, &rules.include, "include")?;
     let keep = |path: &str| -> bool {
         !path.split('/').any(|c| c == ".git")
-            && !skip.iter().any(|s| under(path, s))
-            && (exclude.is_empty() || !excluded.matched_path_or_any_parents(path, false).is_ignore())
+            && !rules.skip.iter().any(|s| under(path, s))
+            && (rules.exclude.is_empty() || !excluded.matched_path_or_any_parents(path, false).is_ignore())
     };
-    let mut entries = if in_git_work_tree(source) { from_git(source)? } else { from_walk(source, &excluded)? };
+    let git = in_git_work_tree(source);
+    if !git && !rules.allow_no_git {
+        return Err(not_git(source, "git does not see one"));
+    }
+    let (mut entries, untracked) = if git { from_git(source)? } else { (from_walk(source, &excluded)?, Vec::new()) };
     entries.retain(|e| keep(&e.path));
     if let Some(e) = entries.iter().find(|e| BST_OWNED.iter().any(|owned| under(&e.path, owned))) {
         bail!(crate::error::Error::Usage(format!(
@@ -226,12 +280,32 @@ pub fn collect(source: &Path, exclude: &[String], skip: &[String]) -> anyhow::Re
             e.path
         )));
     }
+    let mut withheld = Vec::new();
+    entries.retain(|e| {
+        let why = crate::withheld::reason(source, e).filter(|_| !included.matched_path_or_any_parents(&e.path, false).is_ignore());
+        if let Some(why) = why {
+            withheld.push((e.path.clone(), why));
+        }
+        why.is_none()
+    });
     entries.sort_by(|a, b| a.path.cmp(&b.path));
     entries.dedup_by(|a, b| a.path == b.path);
-    Ok(entries)
+    withheld.sort();
+    let untracked: std::collections::HashSet<String> = untracked.into_iter().collect();
+    let untracked = entries.iter().filter(|e| untracked.contains(&e.path)).count();
+    Ok(Listing { entries, untracked, withheld, git })
 }
 
-fn from_git(source: &Path) -> anyhow::Result<Vec<Entry>> {
+fn check_patterns(source: &Path, patterns: &[String], key: &str) -> anyhow::Result<Gitignore> {
+    let mut b = GitignoreBuilder::new(source);
+    for pat in patterns {
+        b.add_line(None, pat).with_context(|| format!("invalid {key} pattern `{pat}`"))?;
+    }
+    Ok(b.build()?)
+}
+
+/// The entries, and the paths among them that git does not track.
+fn from_git(source: &Path) -> anyhow::Result<(Vec<Entry>, Vec<String>)> {
     // The untracked listing walks the whole tree (0.25 s at 50,000 files): the tracked files
     // are stat'ed on the other cores meanwhile.
     let (tracked, others) = std::thread::scope(|scope| {
@@ -257,16 +331,18 @@ fn from_git(source: &Path) -> anyhow::Result<Vec<Entry>> {
     });
     let mut out = tracked.context("git ls-files failed")??;
     let others = others.context("git ls-files failed")?;
+    let mut untracked = Vec::new();
     for rec in others.split(|b| *b == 0).filter(|r| !r.is_empty()) {
         let path = utf8_name(rec)?;
         if path.ends_with('/') {
             continue; // a nested repository
         }
         if let Some(e) = entry_from_fs(source, path)? {
+            untracked.push(e.path.clone());
             out.push(e);
         }
     }
-    Ok(out)
+    Ok((out, untracked))
 }
 
 fn under(path: &str, dir: &str) -> bool {
@@ -919,7 +995,10 @@ mod tests {
              && ln -s a.txt link && mkdir build && echo x > build/out && echo i > ignored.txt && echo s > .env && mkdir sub && echo u > sub/new.txt \
              && git add .gitignore a.txt run.sh link && git -c user.name=t -c user.email=t@e commit -qm init && echo u > untracked.txt && echo z > zz.log",
         );
-        let e = collect(d.path(), &["*.log".to_string()], &[".env".to_string()]).unwrap();
+        let rules = Rules { exclude: vec!["*.log".into()], skip: vec![".env".into()], ..Rules::default() };
+        let listing = collect(d.path(), &rules).unwrap();
+        assert_eq!((listing.untracked, listing.git), (2, true));
+        let e = listing.entries;
         let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, vec![".gitignore", "a.txt", "link", "run.sh", "sub/new.txt", "untracked.txt"]);
         assert_eq!(e[2].kind, Kind::Symlink);
@@ -937,7 +1016,8 @@ mod tests {
             d.path(),
             "printf 'secret\\n' > .gitignore && echo s > secret && mkdir .git && echo x > .git/config && echo a > a && echo h > .hidden",
         );
-        let e = collect(d.path(), &[], &[]).unwrap();
+        assert!(collect(d.path(), &Rules::default()).unwrap_err().to_string().contains("is not inside a git work tree"));
+        let e = collect(d.path(), &Rules { allow_no_git: true, ..Rules::default() }).unwrap().entries;
         let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, vec![".gitignore", ".hidden", "a"]);
     }
@@ -961,7 +1041,7 @@ mod tests {
         std::fs::write(src.join("logo.png"), &noise).unwrap();
         let text: String = (0..60_000).map(|i| format!("export const v{i} = {i};\n")).collect();
         std::fs::write(src.join("mod.ts"), &text).unwrap();
-        let entries = collect(&src, &[], &[]).unwrap();
+        let entries = collect(&src, &Rules { allow_no_git: true, ..Rules::default() }).unwrap().entries;
         let mut tgz = Vec::new();
         let stats = stream_tar(&src, &entries, &[], &mut tgz, Framing::Gzip(1), &|_, _| {}).unwrap();
         assert_eq!(stats.bytes, (noise.len() + text.len()) as u64);
@@ -1041,7 +1121,7 @@ mod tests {
         std::fs::create_dir(&src).unwrap();
         let text: String = (0..400_000).map(|i| format!("export const v{i} = {i};\n")).collect();
         std::fs::write(src.join("mod.ts"), &text).unwrap();
-        let entries = collect(&src, &[], &[]).unwrap();
+        let entries = collect(&src, &Rules { allow_no_git: true, ..Rules::default() }).unwrap().entries;
         let mut raw = Vec::new();
         let stats = stream_tar(&src, &entries, &[], &mut raw, Framing::Tar, &|_, _| {}).unwrap();
         assert!(raw.len() > text.len() && raw.len() < text.len() + 4096, "bare tar is the content plus headers: {} bytes", raw.len());
@@ -1079,7 +1159,7 @@ mod tests {
             &format!("mkdir -p src/$(dirname {long}) && echo hi > src/{long} && printf x > src/x && chmod +x src/x && ln -s x src/l"),
         );
         let src = d.path().join("src");
-        let entries = collect(&src, &[], &[]).unwrap();
+        let entries = collect(&src, &Rules { allow_no_git: true, ..Rules::default() }).unwrap().entries;
         let mut buf = Vec::new();
         let stats = write_tar_gz(&src, &entries, &mut buf, 1, &mut |_, _| {}).unwrap();
         assert_eq!(stats.files, 3);

@@ -36,6 +36,8 @@ struct Summary<'a> {
     duration_ms: u64,
     pruned: Vec<String>,
     warnings: Vec<String>,
+    /// Files that looked like secrets and were not shipped.
+    withheld: Vec<String>,
     phases_ms: Phases,
     /// Only changed files were sent (the server kept a pristine copy of the last snapshot).
     delta: bool,
@@ -96,33 +98,25 @@ struct Prepared {
 
 pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart: bool) -> anyhow::Result<()> {
     let started = Instant::now();
-    let mut skip: Vec<String> = target.shared_files.iter().chain(&target.shared_dirs).cloned().collect();
-    // A local base inside the workspace (the demo's .bst-demo) must never ship itself.
-    if target.host == crate::settings::Host::Local {
-        if let Ok(inside) = std::path::Path::new(&target.base).strip_prefix(&target.source) {
-            let rel = inside.to_string_lossy().replace('\\', "/");
-            if !rel.is_empty() {
-                skip.push(rel);
-            }
-        }
-    }
+    let rules = listing_rules(target);
     let manifests = delta::ManifestCache::for_target(&format!("{}:{}", target.host_label(), target.base));
     let link = snapshot::LinkMemo::for_host(&target.host_label(), GZIP_LEVEL);
     // Refused here, before anything touches the server; later listing errors still leave it
     // unchanged (the lock is released), but may have created an empty base on a first deploy.
     snapshot::check_source(&target.source, &target.exclude)?;
+    snapshot::check_in_git(&target.source, &rules)?;
     // The listing and hashing, git's view of the workspace and the cached manifest run while
     // the connection is made and the remote command takes the lock and reports the state
     // (at 50,000 files each is tens to hundreds of milliseconds, as is a round trip): they
     // are waited for only where first needed.
     let mut scan = {
-        let (source, exclude, trace) = (target.source.clone(), target.exclude.clone(), p.verbose > 1);
+        let (source, trace) = (target.source.clone(), p.verbose > 1);
         Background::spawn(move || {
             let mut hashes = {
                 let source = source.clone();
                 Background::spawn(move || delta::HashCache::open(&source))
             };
-            let entries = snapshot::collect(&source, &exclude, &skip)?;
+            let snapshot::Listing { entries, untracked, withheld, git } = snapshot::collect(&source, &rules)?;
             crate::report::timing(trace, started, format_args!("listed {} files", entries.len()));
             let mut hashes = hashes.take().expect("taken once");
             let local = delta::local_manifest(&source, &entries, &mut hashes);
@@ -131,7 +125,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
             crate::report::timing(trace, started, "hashed (cache hits and changed files)");
             // Written while the deploy goes on; `Listed` holds the writer until the end.
             let saving = hashes.pending(&local, &encoded).map(|(file, data)| Background::spawn(move || delta::write_atomic(&file, &data)));
-            anyhow::Ok(Listed { entries, local, encoded, ms, saving: saving.into_iter().collect() })
+            anyhow::Ok(Listed { entries, local, encoded, ms, saving: saving.into_iter().collect(), untracked, withheld, git })
         })
     };
     let mut git = {
@@ -207,14 +201,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
                 Some(l) => l,
                 None => match scan.take().expect("the listing is taken once") {
                     Ok(l) => {
-                        p.status(format!(
-                            "deploying {} ({} files) to {} ({}:{})",
-                            target.source.display(),
-                            l.entries.len(),
-                            target.name,
-                            target.host_label(),
-                            target.base
-                        ));
+                        announce(target, p, &l);
                         listed.insert(l)
                     }
                     Err(e) => {
@@ -224,8 +211,11 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
                     }
                 },
             };
-            let git = git.get();
-            let pr = match prepare(target, p, state, remote, &l.local, git, &held, build, gated, started) {
+            // Untracked files that ship make the release differ from the commit as surely as
+            // an edit does.
+            let mut git = git.get().clone();
+            git.dirty = git.dirty.map(|d| d || l.untracked > 0);
+            let pr = match prepare(target, p, state, remote, &l.local, &git, &held, build, gated, started) {
                 Ok(pr) => pr,
                 Err(e) => {
                     refusal = Some(e);
@@ -274,7 +264,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
         }
     };
     let mut prep = prep;
-    let Listed { entries, encoded, ms: snapshot_ms, mut saving, .. } = listed.expect("a prepared deploy has its listing");
+    let Listed { entries, encoded, ms: snapshot_ms, mut saving, withheld, .. } = listed.expect("a prepared deploy has its listing");
     // What the server's manifest will say (by content), for the next deploy from here.
     let generation = prep.generation.clone();
     saving.push({
@@ -310,7 +300,9 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
         }),
     };
     match done {
-        Ok(((mut pruned, warnings, delta_used), mut t)) => {
+        Ok(((mut pruned, mut warnings, delta_used), mut t)) => {
+            let withheld: Vec<String> = withheld.into_iter().map(|(p, _)| p).collect();
+            warnings.extend(withheld.iter().map(|w| format!("not shipped (looks like a secret): {w}")));
             let id = prep.meta.id.clone();
             let interrupted = crate::interrupt::check().is_err();
             if interrupted && !gated {
@@ -363,6 +355,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
                 duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 pruned,
                 warnings,
+                withheld,
                 phases_ms: phases,
                 delta: delta_used.is_some(),
                 files_sent: delta_used.map_or(meta.files, |(sent, _)| sent as u64),
@@ -384,6 +377,82 @@ struct Listed {
     ms: u64,
     /// Cache files being written.
     saving: Vec<Background<()>>,
+    /// Shipped files git does not track.
+    untracked: usize,
+    /// Held back as secrets (named to the user).
+    withheld: Vec<(String, &'static str)>,
+    /// Listed from git (else a walk).
+    git: bool,
+}
+
+/// What never ships besides git's own ignore rules: the shared paths (the server's copy is
+/// linked in), and bst's byproducts inside the workspace: a local target's base (the demo's
+/// `.bst-demo/`) and the reports folder. Shipping those once made a deploy send 1,530 files
+/// instead of 303, and every later one fresh reports.
+fn listing_rules(target: &Target) -> snapshot::Rules {
+    let mut skip: Vec<String> = target.shared_files.iter().chain(&target.shared_dirs).cloned().collect();
+    for b in &target.byproducts {
+        if let Ok(inside) = b.strip_prefix(&target.source) {
+            let rel = inside.to_string_lossy().replace('\\', "/");
+            if !rel.is_empty() && !skip.contains(&rel) {
+                skip.push(rel);
+            }
+        }
+    }
+    snapshot::Rules { exclude: target.exclude.clone(), include: target.include.clone(), skip, allow_no_git: target.source_is_not_git }
+}
+
+/// What is about to ship, said before the bytes move, so a wrong folder is obvious: the root,
+/// the count and size, with `-v` (or for a folder git does not vouch for) the largest
+/// folders; and every file held back as a secret, by name.
+fn announce(target: &Target, p: &Printer, l: &Listed) {
+    let bytes: u64 = l.entries.iter().map(|e| snapshot::entry_size(&target.source, e)).sum();
+    p.status(format!(
+        "deploying {} ({} files, {}{}) to {} ({}:{})",
+        target.source.display(),
+        l.entries.len(),
+        human_bytes(bytes),
+        if l.git { String::new() } else { ", not a git work tree".to_string() },
+        target.name,
+        target.host_label(),
+        target.base
+    ));
+    if p.verbose > 0 || !l.git {
+        for (dir, files, size) in largest_folders(&target.source, &l.entries, 10) {
+            p.status(format!("  {:>10}  {files:>6} file{}  {dir}", human_bytes(size), if files == 1 { " " } else { "s" }));
+        }
+    }
+    for (path, why) in &l.withheld {
+        p.warn(format!("not shipping {path}: {why}; to ship it, add it to `include`"));
+    }
+}
+
+/// Folders by the bytes under them (all depths below), as `du` counts, for the first two
+/// levels (`apps/`, `apps/web/`): deep enough to tell a monorepo's apps apart, shallow enough
+/// that ten lines cover it. Files at the root count as `(top level)`.
+fn largest_folders(source: &std::path::Path, entries: &[snapshot::Entry], n: usize) -> Vec<(String, usize, u64)> {
+    let mut by: std::collections::BTreeMap<String, (usize, u64)> = std::collections::BTreeMap::new();
+    for e in entries {
+        let size = snapshot::entry_size(source, e);
+        let dirs: Vec<&str> = e.path.split('/').collect();
+        let dirs = &dirs[..dirs.len() - 1];
+        let mut keys = vec![];
+        if dirs.is_empty() {
+            keys.push("(top level)".to_string());
+        }
+        for depth in 1..=dirs.len().min(2) {
+            keys.push(format!("{}/", dirs[..depth].join("/")));
+        }
+        for k in keys {
+            let slot = by.entry(k).or_default();
+            slot.0 += 1;
+            slot.1 += size;
+        }
+    }
+    let mut v: Vec<(String, usize, u64)> = by.into_iter().map(|(k, (f, b))| (k, f, b)).collect();
+    v.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+    v.truncate(n);
+    v
 }
 
 /// Work started on a thread of its own and waited for where its result is first needed, or

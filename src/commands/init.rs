@@ -122,7 +122,51 @@ pub fn run(p: &Printer, path: Option<&Path>) -> anyhow::Result<()> {
     };
     std::io::Write::write_all(&mut f, text.as_bytes())?;
     p.out(format!("wrote {} ({} detected); try: bst deploy demo", dest.display(), d.manager));
+    let dir = dest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let added = ignore_byproducts(dir)?;
+    if !added.is_empty() {
+        p.out(format!("added {} to {}", added.join(" and "), dir.join(".gitignore").display()));
+    }
     Ok(())
+}
+
+/// bst's own byproducts next to targets.toml: the demo's local base and the gates' evidence.
+/// Deploys never ship them either way; ignoring them keeps `git status` (and so a release's
+/// `dirty`) about the project.
+const BYPRODUCTS: [&str; 2] = ["/.bst-demo/", "/reports/"];
+
+/// Appends the [`BYPRODUCTS`] lines `.gitignore` lacks; returns those added.
+fn ignore_byproducts(dir: &Path) -> anyhow::Result<Vec<&'static str>> {
+    let path = dir.join(".gitignore");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(Error::Usage(format!("cannot read {}: {e}", path.display())).into()),
+    };
+    let has = |line: &str| {
+        let bare = line.trim_matches('/');
+        text.lines().map(str::trim).any(|l| l.trim_matches('/') == bare)
+    };
+    let missing: Vec<&'static str> = BYPRODUCTS.iter().copied().filter(|l| !has(l)).collect();
+    if missing.is_empty() {
+        return Ok(missing);
+    }
+    let mut add = String::new();
+    if !text.is_empty() && !text.ends_with('\n') {
+        add.push('\n');
+    }
+    add.push_str("# bst: the demo target's local base and gate evidence\n");
+    for l in &missing {
+        add.push_str(l);
+        add.push('\n');
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&path)
+        .map_err(|e| Error::Usage(format!("cannot update {}: {e}", path.display())))?;
+    std::io::Write::write_all(&mut f, add.as_bytes())?;
+    Ok(missing)
 }
 
 #[cfg(test)]
@@ -149,6 +193,21 @@ mod tests {
         for name in ["demo", "staging"] {
             crate::settings::resolve_target(&c, name).unwrap();
         }
+    }
+
+    #[test]
+    fn gitignore_gains_the_byproducts_once_and_keeps_its_own_lines() {
+        let d = tempfile::tempdir().unwrap();
+        let g = d.path().join(".gitignore");
+        std::fs::write(&g, "node_modules/\nreports").unwrap();
+        assert_eq!(ignore_byproducts(d.path()).unwrap(), vec!["/.bst-demo/"]);
+        assert_eq!(
+            std::fs::read_to_string(&g).unwrap(),
+            "node_modules/\nreports\n# bst: the demo target's local base and gate evidence\n/.bst-demo/\n"
+        );
+        assert!(ignore_byproducts(d.path()).unwrap().is_empty());
+        let fresh = tempfile::tempdir().unwrap();
+        assert_eq!(ignore_byproducts(fresh.path()).unwrap(), vec!["/.bst-demo/", "/reports/"]);
     }
 
     #[test]

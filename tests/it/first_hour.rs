@@ -1,0 +1,195 @@
+//! The first hour of a new user (issue "The first hour"): what a deploy ships when the config
+//! sits in the wrong folder, secrets that look like secrets, bst's own byproducts, and what
+//! the deploy says before the bytes move.
+
+use std::path::Path;
+
+use crate::harness::{bst_with, sh, toml_str, Env, Workspace};
+
+/// Every path under a release, files and links, `/`-separated, sorted; bst's own meta left out.
+fn shipped(release: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![release.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let rel = e.path().strip_prefix(release).unwrap().to_string_lossy().into_owned();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else if rel != ".release-meta" {
+                out.push(rel);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_source_outside_git_is_refused_before_anything_is_touched() {
+    // A config kept in a home folder: `source = "."` is that folder, keys and all.
+    let home = tempfile::Builder::new().prefix("bst-home").tempdir().unwrap();
+    sh(home.path(), "mkdir -p .ssh notes && echo k > .ssh/id_ed25519 && echo n > notes/a.txt && echo b > notes/b.txt");
+    let base = home.path().join("srv");
+    let config = home.path().join("targets.toml");
+    std::fs::write(&config, format!("[targets.t]\nhost = \"local\"\nbase = {}\n", toml_str(&base))).unwrap();
+    let run = bst_with(&config, &["deploy", "t"], &[]).code(2);
+    let src = std::fs::canonicalize(home.path()).unwrap();
+    assert_eq!(
+        run.stderr,
+        format!(
+            "error: source {} is not inside a git work tree (no .git in it or any parent); bst ships what git would commit.\n  \
+             check `source` (relative to the config file's folder) or --config; to ship a plain folder, set `source_is_not_git = true` on the target\n",
+            src.display()
+        )
+    );
+    assert!(!base.exists(), "nothing may be created for a refused source");
+
+    // Asked for: the walk ships it, says so with the folders, and still holds the key back.
+    std::fs::write(&config, format!("[targets.t]\nhost = \"local\"\nbase = {}\nsource_is_not_git = true\n", toml_str(&base))).unwrap();
+    let run = bst_with(&config, &["deploy", "t"], &[]).ok();
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    let toml_len = std::fs::metadata(&config).unwrap().len();
+    assert_eq!(
+        lines[..4],
+        [
+            format!("deploying {} (3 files, {} B, not a git work tree) to t (local:{})", src.display(), toml_len + 4, base.display()).as_str(),
+            format!("  {:>10}       1 file   (top level)", format!("{toml_len} B")).as_str(),
+            "         4 B       2 files  notes/",
+            "warning: not shipping .ssh/id_ed25519: an SSH private key name (id_*); to ship it, add it to `include`",
+        ],
+        "{}",
+        run.stderr
+    );
+    let release = base.join("current");
+    assert_eq!(shipped(&release), ["notes/a.txt", "notes/b.txt", "targets.toml"]);
+}
+
+#[test]
+fn files_that_look_like_secrets_are_named_and_not_shipped_unless_included() {
+    let ws = Workspace::new();
+    ws.write("deploy/id_ed25519", "not really a key\n");
+    ws.write("deploy/id_ed25519.pub", "ssh-ed25519 AAAA test\n");
+    ws.write("apps/web/.env.production", "SECRET=1\n");
+    ws.write("certs/tls.key", "k\n");
+    ws.write("certs/ca.pem", "public ca\n");
+    ws.write("ops/deploy_key", "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaA==\n-----END OPENSSH PRIVATE KEY-----\n");
+    ws.write("apps/api/src/keys.ts", "// -----BEGIN OPENSSH PRIVATE KEY----- in a string is code\n");
+    sh(ws.path(), "git add -A && git -c user.name=t -c user.email=t@e commit -qm keys");
+    let env = Env::new(None, &ws, "include = [\"certs/ca.pem\"]");
+    let run = env.bst(&["deploy", "t", "--json"]).ok();
+    let warnings: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(
+        warnings,
+        [
+            "warning: not shipping apps/web/.env.production: an env file (the server's own copy belongs in shared_files); to ship it, add it to `include`",
+            "warning: not shipping certs/tls.key: a key or certificate file (*.pem, *.key); to ship it, add it to `include`",
+            "warning: not shipping deploy/id_ed25519: an SSH private key name (id_*); to ship it, add it to `include`",
+            "warning: not shipping ops/deploy_key: a private key (its first line says so); to ship it, add it to `include`",
+        ]
+    );
+    let doc = run.json();
+    assert_eq!(doc["withheld"], serde_json::json!(["apps/web/.env.production", "certs/tls.key", "deploy/id_ed25519", "ops/deploy_key"]));
+    let files = shipped(&env.base.join("current"));
+    for gone in ["apps/web/.env.production", "certs/tls.key", "deploy/id_ed25519", "ops/deploy_key"] {
+        assert!(!files.contains(&gone.to_string()), "{gone} shipped: {files:?}");
+    }
+    for kept in ["certs/ca.pem", "deploy/id_ed25519.pub", "apps/api/src/keys.ts"] {
+        assert!(files.contains(&kept.to_string()), "{kept} missing: {files:?}");
+    }
+}
+
+#[test]
+fn bst_byproducts_never_ship_and_untracked_files_make_a_release_dirty() {
+    // The guide's own steps: a demo deploy into ./.bst-demo, gate evidence in ./reports,
+    // both next to targets.toml inside the repository; then a deploy to another target.
+    let ws = Workspace::new();
+    sh(ws.path(), "rm untracked.txt");
+    let config = ws.path().join("targets.toml");
+    let base = tempfile::Builder::new().prefix("bst-base").tempdir().unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[targets.demo]\nhost = \"local\"\nbase = \".bst-demo\"\n\n[targets.t]\nhost = \"local\"\nbase = {}\n",
+            toml_str(&base.path().join("app"))
+        ),
+    )
+    .unwrap();
+    sh(ws.path(), "git add targets.toml && git -c user.name=t -c user.email=t@e commit -qm config");
+    // The harness keeps bst's hash cache next to the config, here inside the workspace.
+    let cache = tempfile::tempdir().unwrap();
+    let cache_env = [("BST_CACHE_DIR", cache.path().to_str().unwrap())];
+    bst_with(&config, &["deploy", "demo"], &cache_env).ok();
+    // Run from elsewhere: evidence still lands next to targets.toml, not in the cwd.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut c = crate::harness::bst_cmd(&config, &["env", "check", "demo"]);
+    let out = c.current_dir(elsewhere.path()).env("BST_CACHE_DIR", cache.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(ws.path().join("reports/gates/env-baseline").is_dir());
+    assert!(!elsewhere.path().join("reports").exists());
+
+    let run = bst_with(&config, &["deploy", "t"], &cache_env).ok();
+    let app = base.path().join("app");
+    let files = shipped(&app.join("current"));
+    assert!(files.iter().all(|f| !f.starts_with(".bst-demo/") && !f.starts_with("reports/")), "{files:?}");
+    let id = std::fs::read_link(app.join("current")).unwrap().to_string_lossy().trim_start_matches("releases/").to_string();
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(app.join("releases").join(&id).join(".release-meta")).unwrap()).unwrap();
+    assert_eq!(meta["dirty"], false, "{}", run.stderr);
+
+    // One untracked file that ships: the release is not the commit.
+    ws.write("notes.md", "draft\n");
+    bst_with(&config, &["deploy", "t"], &cache_env).ok();
+    let id = std::fs::read_link(app.join("current")).unwrap().to_string_lossy().trim_start_matches("releases/").to_string();
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(app.join("releases").join(&id).join(".release-meta")).unwrap()).unwrap();
+    assert_eq!(meta["dirty"], true);
+}
+
+#[test]
+fn deploy_says_what_it_ships_and_v_adds_the_largest_folders() {
+    let ws = Workspace::new();
+    ws.write("apps/web/big.bin", &"x".repeat(3000));
+    let env = Env::new(None, &ws, "");
+    let src = std::fs::canonicalize(ws.path()).unwrap();
+    let run = env.bst(&["deploy", "t"]).ok();
+    let head = format!("deploying {} (7 files, 3.1 KiB) to t (local:{})", src.display(), env.base.display());
+    assert_eq!(run.stderr.lines().next(), Some(head.as_str()), "{}", run.stderr);
+    assert_eq!(run.stderr.lines().nth(1).map(|l| l.starts_with("uploaded ")), Some(true), "no folder lines without -v:\n{}", run.stderr);
+    let run = env.bst(&["deploy", "t", "-v"]).ok();
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    let at = lines.iter().position(|l| *l == head).unwrap_or_else(|| panic!("{}", run.stderr));
+    assert_eq!(
+        lines[at + 1..at + 6],
+        [
+            "     2.9 KiB       2 files  apps/",
+            "     2.9 KiB       1 file   apps/web/",
+            "        90 B       4 files  (top level)",
+            "        20 B       1 file   apps/api/",
+            "        18 B       1 file   scripts/",
+        ],
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn init_ignores_the_demo_base_and_reports() {
+    let ws = Workspace::new();
+    let run = crate::harness::bst_cmd(Path::new("/nonexistent/targets.toml"), &["init"]);
+    let mut run = run;
+    run.env_remove("BST_CONFIG");
+    let out = run.current_dir(ws.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let root = std::fs::canonicalize(ws.path()).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "wrote {}/targets.toml (npm detected); try: bst deploy demo\nadded /.bst-demo/ and /reports/ to {}/.gitignore\n",
+            root.display(),
+            root.display()
+        )
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join(".gitignore")).unwrap(),
+        "node_modules/\nignored.txt\n.env\ndist/\n# bst: the demo target's local base and gate evidence\n/.bst-demo/\n/reports/\n"
+    );
+}
