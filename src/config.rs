@@ -187,6 +187,25 @@ impl Config {
     }
 
     pub fn parse(path: &Path, text: &str) -> anyhow::Result<Config> {
+        let shown = path.display().to_string();
+        let doc = toml_edit::ImDocument::parse(text).map_err(|e| {
+            let (line, col) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+            Error::Config { path: shown.clone(), line, col, msg: e.message().trim().to_string() }
+        })?;
+        // Every mistake at once: fixing one to be told of the next is the slow way.
+        let problems = crate::schema::check(&doc);
+        if let Some(((first, msg), rest)) = problems.split_first() {
+            let (line, col) = line_col(text, *first);
+            let mut msg = msg.clone();
+            for (at, m) in rest {
+                let (l, c) = line_col(text, *at);
+                msg.push_str(&format!("\n  {shown}:{l}:{c}: {m}"));
+            }
+            if !rest.is_empty() {
+                msg.push_str(&format!("\n  ({} problems)", problems.len()));
+            }
+            return Err(Error::Config { path: shown, line, col, msg }.into());
+        }
         let raw: RawFile = toml::from_str(text).map_err(|e| {
             let (line, col) = e.span().map_or((1, 1), |s| line_col(text, s.start));
             Error::Config { path: path.display().to_string(), line, col, msg: e.message().trim().to_string() }
@@ -249,7 +268,7 @@ pub fn valid_target_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
@@ -273,7 +292,11 @@ pub fn discover(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
             return Ok(candidate);
         }
     }
-    Err(Error::Usage(format!("no targets.toml in {} or any parent; pass --config <path> or set BST_CONFIG", cwd.display())).into())
+    Err(Error::Usage(format!(
+        "no targets.toml in {} or any parent\n  run `bst init` here to write one, or pass --config <path> (or set BST_CONFIG)",
+        cwd.display()
+    ))
+    .into())
 }
 
 #[cfg(test)]

@@ -31,8 +31,8 @@ pub enum Error {
     #[error("{path}:{line}:{col}: {msg}")]
     Config { path: String, line: usize, col: usize, msg: String },
 
-    #[error("unknown target `{name}` in {config} (known: {known})")]
-    UnknownTarget { name: String, config: String, known: String },
+    #[error("unknown target `{name}` in {config}{}", did_you_mean(name, known))]
+    UnknownTarget { name: String, config: String, known: Vec<String> },
 
     #[error("invalid release id `{0}`: expected UTC YYYYMMDDTHHMMSSZ, e.g. 20260220T051228Z")]
     BadReleaseId(String),
@@ -95,6 +95,27 @@ impl Error {
 /// The exit code for any error chain: the first [`Error`] found decides, else 1.
 pub fn exit_code_of(err: &anyhow::Error) -> i32 {
     err.chain().find_map(|e| e.downcast_ref::<Error>()).map_or(code::FAILED, Error::exit_code)
+}
+
+/// The candidate a mistyped word most likely meant: at most one edit (or a third of the
+/// word's length) away, counting a swap of neighbours as one, as `git` and `cargo` suggest.
+pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (word.chars().count() / 3).max(1);
+    candidates
+        .into_iter()
+        .map(|c| (strsim::damerau_levenshtein(word, c), c))
+        .filter(|(d, c)| *d <= limit && *c != word)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// `; did you mean `x`?` or, with no close candidate, the list to pick from.
+pub fn did_you_mean(word: &str, known: &[String]) -> String {
+    match closest(word, known.iter().map(String::as_str)) {
+        Some(c) => format!("; did you mean `{c}`?"),
+        None if known.is_empty() => " (it defines no targets; add a [targets.NAME] table)".to_string(),
+        None => format!(" (targets: {})", known.join(", ")),
+    }
 }
 
 /// `a, b, c` for messages.

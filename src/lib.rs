@@ -14,6 +14,7 @@ pub mod known_hosts;
 pub mod release;
 pub mod remote;
 pub mod report;
+pub mod schema;
 pub mod service;
 pub mod settings;
 pub mod shell;
@@ -84,7 +85,7 @@ pub fn run(mut cli: Cli) -> anyhow::Result<()> {
             EnvCommand::Compare { left, right, keys, .. } => {
                 for k in keys {
                     if !settings::valid_env_key(k) {
-                        return Err(Error::Usage(format!("invalid key `{k}` in --keys")).into());
+                        return Err(Error::Usage(format!("{} (in --keys)", settings::invalid_env_key(k))).into());
                     }
                 }
                 vec![commands::env::parse_side(left)?.target, commands::env::parse_side(right)?.target]
@@ -107,7 +108,7 @@ pub fn run(mut cli: Cli) -> anyhow::Result<()> {
     }
     if let Command::Env { command: EnvCommand::Set { key, .. } | EnvCommand::Unset { key, .. } } = &cli.command {
         if !settings::valid_env_key(key) {
-            return Err(Error::Usage(format!("invalid env key `{key}`")).into());
+            return Err(Error::Usage(settings::invalid_env_key(key)).into());
         }
     }
     let path = config::discover(cli.global.config.as_deref())?;
@@ -180,7 +181,28 @@ fn take_global_flags(words: Vec<String>, g: &mut cli::GlobalArgs) -> anyhow::Res
 /// `TARGET ACTION` or `TARGET SERVICE ACTION`.
 fn parse_service_words(words: &[String]) -> anyhow::Result<(Option<String>, commands::service::Action)> {
     use commands::service::Action;
+    const ACTIONS: [&str; 4] = ["status", "start", "stop", "restart"];
     let usage = || {
+        // The likeliest slip first: a mistyped command (`bst deploi staging`), then a
+        // mistyped action (`bst core-api-prod restrat`).
+        let subcommands = config::RESERVED_NAMES.iter().copied().filter(|c| *c != "help");
+        if let Some(cmd) = error::closest(&words[0], subcommands) {
+            let rest: Vec<&str> = words[1..].iter().map(String::as_str).collect();
+            return Error::Usage(format!(
+                "unknown command `{}`; did you mean `bst {cmd}{}{}`?",
+                words[0],
+                if rest.is_empty() { "" } else { " " },
+                rest.join(" ")
+            ));
+        }
+        let last = words.last().map_or("", String::as_str);
+        if words.len() > 1 {
+            if let Some(a) = error::closest(last, ACTIONS) {
+                return Error::Usage(format!(
+                    "unknown action `{last}`; did you mean `{a}`? (bst <TARGET> [<SERVICE>] status|start|stop|restart)"
+                ));
+            }
+        }
         Error::Usage(format!(
             "unknown command `{}`; expected a command (see --help) or `bst <TARGET> [<SERVICE>] status|start|stop|restart`",
             words.join(" ")

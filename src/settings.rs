@@ -307,7 +307,7 @@ pub fn resolve_target(config: &Config, name: &str) -> anyhow::Result<Target> {
     let raw: &RawTarget = config.targets.get(name).ok_or_else(|| Error::UnknownTarget {
         name: name.to_string(),
         config: config.path.display().to_string(),
-        known: config.targets.keys().cloned().collect::<Vec<_>>().join(", "),
+        known: config.targets.keys().cloned().collect(),
     })?;
     let bad = |key: &str, msg: String| config.error_at(name, key, msg);
 
@@ -381,7 +381,7 @@ pub fn resolve_target(config: &Config, name: &str) -> anyhow::Result<Target> {
     let expect_env: Vec<(String, String)> = raw.expect_env.clone().unwrap_or_default().into_iter().collect();
     for k in required_env.iter().chain(expect_env.iter().map(|(k, _)| k)) {
         if !valid_env_key(k) {
-            return Err(bad("required_env", format!("invalid env key `{k}`")).into());
+            return Err(bad("required_env", invalid_env_key(k)).into());
         }
     }
     // The units a target declares are what reads the env file on the server, through
@@ -544,6 +544,11 @@ pub fn normalise_base(base: &str) -> Result<String, &'static str> {
 /// Whether `path` is `dir` or inside it (both normalised).
 pub fn under(path: &str, dir: &str) -> bool {
     path == dir || path.starts_with(&format!("{}/", dir.trim_end_matches('/')))
+}
+
+/// What a user reads for a key [`valid_env_key`] refuses.
+pub fn invalid_env_key(k: &str) -> String {
+    format!("invalid env key `{k}`: a key is letters, digits, `_` and `.`, not starting with a digit, e.g. DATABASE_URL")
 }
 
 pub fn valid_env_key(k: &str) -> bool {

@@ -104,6 +104,7 @@ pub fn check(target: &Target, globals: &Globals, p: &Printer, reports: &Path) ->
     let path = format!("{}/{rel}", target.base);
     if file.is_none() {
         p.out(format!("{path}: missing"));
+        p.status(format!("  create it with: bst env set {} KEY   (the value is read from stdin)", target.name));
     }
     p.out(format!("{path}: read as {}; {}", target.env_dialect.name(), backups_text(backups, target)));
     if target.required_env.is_empty() && target.expect_env.is_empty() {
@@ -139,7 +140,12 @@ pub fn keys(target: &Target, globals: &Globals, p: &Printer) -> anyhow::Result<(
     let mut t = transport::connect(target, globals)?;
     let rel = shared_rel(target);
     let (file, backups) = read_env_counted(&mut *t, target, &rel)?;
-    let file = file.ok_or_else(|| Error::Failed(format!("{}/{rel} does not exist", target.base)))?;
+    let file = file.ok_or_else(|| {
+        Error::Failed(format!(
+            "{}/{rel} does not exist\n  create it with: bst env set {} KEY   (the value is read from stdin)",
+            target.base, target.name
+        ))
+    })?;
     let keys = file.keys();
     for k in &keys {
         p.out(k);
@@ -217,9 +223,19 @@ impl Drop for EchoOff {
 
 pub fn edit(target: &Target, globals: &Globals, p: &Printer, key: &str, value: Option<String>) -> anyhow::Result<()> {
     if !settings::valid_env_key(key) {
-        return Err(Error::Usage(format!("invalid env key `{key}`")).into());
+        return Err(Error::Usage(settings::invalid_env_key(key)).into());
     }
     if let Some(v) = &value {
+        if v.is_empty() {
+            if target.required_env.iter().any(|k| k == key) {
+                return Err(Error::Usage(format!(
+                    "refusing an empty value for {key}: target `{}` lists it in required_env, which must be non-empty; nothing was written",
+                    target.name
+                ))
+                .into());
+            }
+            p.warn(format!("{key} is set to an empty value (stdin was empty)"));
+        }
         let why = hidden_reasons(v);
         if !why.is_empty() {
             return Err(Error::Usage(format!("refusing the value for {key}: it has {} (values are never shown)", why.join(", "))).into());

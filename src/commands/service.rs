@@ -67,8 +67,11 @@ pub fn select<'a>(target: &'a Target, service: Option<&str>, action: Action) -> 
     }
     match service {
         Some(name) => target.service(name).map(|s| vec![s]).ok_or_else(|| {
-            Error::Usage(format!("unknown service `{name}` for target `{}` (known: {})", target.name, crate::error::Listed(&known())))
-                .into()
+            Error::Usage(match crate::error::closest(name, target.services.iter().map(|s| s.name.as_str())) {
+                Some(c) => format!("unknown service `{name}` for target `{}`; did you mean `{c}`?", target.name),
+                None => format!("unknown service `{name}` for target `{}` (known: {})", target.name, crate::error::Listed(&known())),
+            })
+            .into()
         }),
         None if action == Action::Status => Ok(target.services.iter().collect()),
         None => target.service("app").map(|s| vec![s]).ok_or_else(|| {

@@ -53,7 +53,8 @@ fn a_source_outside_git_is_refused_before_anything_is_touched() {
     assert_eq!(
         lines[..4],
         [
-            format!("deploying {} (3 files, {} B, not a git work tree) to t (local:{})", src.display(), toml_len + 4, base.display()).as_str(),
+            format!("deploying {} (3 files, {} B, not a git work tree) to t (local:{})", src.display(), toml_len + 4, base.display())
+                .as_str(),
             format!("  {:>10}       1 file   (top level)", format!("{toml_len} B")).as_str(),
             "         4 B       2 files  notes/",
             "warning: not shipping .ssh/id_ed25519: an SSH private key name (id_*); to ship it, add it to `include`",
@@ -133,14 +134,16 @@ fn bst_byproducts_never_ship_and_untracked_files_make_a_release_dirty() {
     let files = shipped(&app.join("current"));
     assert!(files.iter().all(|f| !f.starts_with(".bst-demo/") && !f.starts_with("reports/")), "{files:?}");
     let id = std::fs::read_link(app.join("current")).unwrap().to_string_lossy().trim_start_matches("releases/").to_string();
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(app.join("releases").join(&id).join(".release-meta")).unwrap()).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(app.join("releases").join(&id).join(".release-meta")).unwrap()).unwrap();
     assert_eq!(meta["dirty"], false, "{}", run.stderr);
 
     // One untracked file that ships: the release is not the commit.
     ws.write("notes.md", "draft\n");
     bst_with(&config, &["deploy", "t"], &cache_env).ok();
     let id = std::fs::read_link(app.join("current")).unwrap().to_string_lossy().trim_start_matches("releases/").to_string();
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(app.join("releases").join(&id).join(".release-meta")).unwrap()).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(app.join("releases").join(&id).join(".release-meta")).unwrap()).unwrap();
     assert_eq!(meta["dirty"], true);
 }
 
@@ -192,4 +195,119 @@ fn init_ignores_the_demo_base_and_reports() {
         std::fs::read_to_string(ws.path().join(".gitignore")).unwrap(),
         "node_modules/\nignored.txt\n.env\ndist/\n# bst: the demo target's local base and gate evidence\n/.bst-demo/\n/reports/\n"
     );
+}
+
+/// bst run in `dir` with no `--config`: what a user typing `bst …` in a folder gets.
+fn bst_in(dir: &Path, args: &[&str], stdin: Option<&str>) -> crate::harness::Run {
+    use std::io::Write;
+    let mut c = std::process::Command::new(std::env::var_os("BST_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_bst").into()));
+    c.args(args)
+        .current_dir(dir)
+        .env_remove("BST_CONFIG")
+        .env_remove("SSH_AUTH_SOCK")
+        .env("BST_SSH_CONFIG", "none")
+        .env("BST_CACHE_DIR", dir.join(".cache"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    crate::harness::Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn typos_get_did_you_mean_and_a_config_gets_every_problem_at_once() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = std::fs::canonicalize(d.path()).unwrap();
+    let run = bst_in(&dir, &["list", "staging"], None).code(2);
+    assert_eq!(
+        run.stderr,
+        format!(
+            "error: no targets.toml in {} or any parent\n  run `bst init` here to write one, or pass --config <path> (or set BST_CONFIG)\n",
+            dir.display()
+        )
+    );
+    let base = dir.join("srv");
+    std::fs::write(
+        dir.join("targets.toml"),
+        format!(
+            "[targets.staging]\nhost = \"local\"\nbase = {}\n[targets.staging.services.redis]\nunit = \"redis-server.service\"\n[targets.prod]\nhost = \"local\"\nbase = \"/srv/p\"\n",
+            toml_str(&base)
+        ),
+    )
+    .unwrap();
+    let cfg = dir.join("targets.toml");
+    let cases: [(&[&str], String); 5] = [
+        (&["list", "stagin"], format!("error: unknown target `stagin` in {}; did you mean `staging`?\n", cfg.display())),
+        (&["list", "qa"], format!("error: unknown target `qa` in {} (targets: prod, staging)\n", cfg.display())),
+        (&["deploi", "staging"], "error: unknown command `deploi`; did you mean `bst deploy staging`?\n".into()),
+        (
+            &["staging", "restrat"],
+            "error: unknown action `restrat`; did you mean `restart`? (bst <TARGET> [<SERVICE>] status|start|stop|restart)\n".into(),
+        ),
+        (&["staging", "redsi", "status"], "error: unknown service `redsi` for target `staging`; did you mean `redis`?\n".into()),
+    ];
+    for (args, want) in cases {
+        let run = bst_in(&dir, args, None).code(2);
+        assert_eq!(run.stderr, want, "bst {args:?}");
+    }
+    assert!(!base.exists());
+
+    std::fs::write(
+        &cfg,
+        "[targets.a]\nhost = \"local\"\nbase = \"/srv/a\"\nkeep_relases = 3\nport = \"22\"\nsource_is_not_git = \"yes\"\n[targets.b]\nhots = \"x\"\n",
+    )
+    .unwrap();
+    let run = bst_in(&dir, &["config", "validate"], None).code(2);
+    let c = cfg.display();
+    assert_eq!(
+        run.stderr,
+        format!(
+            "error: {c}:4:1: unknown key `keep_relases` in [targets.a]; did you mean `keep_releases`?\n  \
+             {c}:5:8: port must be a number from 1 to 65535, e.g. `port = 22`\n  \
+             {c}:6:21: source_is_not_git must be true or false, e.g. `source_is_not_git = true`\n  \
+             {c}:8:1: unknown key `hots` in [targets.b]; did you mean `host`?\n  (4 problems)\n"
+        )
+    );
+}
+
+#[test]
+fn env_messages_say_what_to_do_next() {
+    let ws = Workspace::new();
+    let env = Env::new(None, &ws, "required_env = [\"DATABASE_URL\"]");
+    env.bst(&["deploy", "t"]).ok();
+    let run = env.bst(&["env", "keys", "t"]).code(1);
+    assert_eq!(
+        run.stderr,
+        format!(
+            "error: {}/shared/.env does not exist\n  create it with: bst env set t KEY   (the value is read from stdin)\n",
+            env.base.display()
+        )
+    );
+    let run = env.bst(&["env", "check", "t"]).code(1);
+    assert!(run.stderr.contains("  create it with: bst env set t KEY   (the value is read from stdin)\n"), "{}", run.stderr);
+    let run = env.bst(&["env", "set", "t", "2FA"]).code(2);
+    assert_eq!(
+        run.stderr,
+        "error: invalid env key `2FA`: a key is letters, digits, `_` and `.`, not starting with a digit, e.g. DATABASE_URL\n"
+    );
+    // An empty required value is refused before anything is touched; another only warned of.
+    let run = env.bst(&["env", "set", "t", "DATABASE_URL"]).code(2);
+    assert_eq!(
+        run.stderr,
+        "error: refusing an empty value for DATABASE_URL: target `t` lists it in required_env, which must be non-empty; nothing was written\n"
+    );
+    assert!(!env.base.join("shared/.env").exists());
+    let run = env.bst(&["env", "set", "t", "OPTIONAL"]).ok();
+    assert!(run.stderr.starts_with("warning: OPTIONAL is set to an empty value (stdin was empty)\n"), "{}", run.stderr);
+    assert_eq!(std::fs::read_to_string(env.base.join("shared/.env")).unwrap(), "OPTIONAL=\n");
 }
