@@ -8,6 +8,7 @@ mod delta;
 mod ecosystem;
 mod envfile;
 mod faults;
+mod first_hour_check;
 mod gates;
 mod harness;
 mod integrity;

@@ -1,0 +1,181 @@
+//! Issue 21, items 4, 5, 6, 10 and 11: `bst check` passes only what a deploy can then do,
+//! and the first-hour messages (wrong user, a live lock, a silent host) say what to do next.
+//! Against the real sshd; every row and message is asserted whole.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::harness::*;
+
+/// A row of the `check` table, as it prints it.
+fn row(check: &str, result: &str, detail: &str) -> String {
+    format!("{check:<16} {result:<4}  {detail}")
+}
+
+/// The printed row for `check`, which must be there.
+#[track_caller]
+fn row_of<'a>(stdout: &'a str, check: &str) -> &'a str {
+    let prefix = format!("{check:<16} ");
+    stdout.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no `{check}` row:\n{stdout}"))
+}
+
+fn check(env: &Env, extra_args: &[&str], vars: &[(&str, &str)]) -> Run {
+    let reports = env.dir.path().join("reports");
+    let mut args = vec!["check", "t", "--reports", reports.to_str().unwrap()];
+    args.extend(extra_args);
+    bst_with(&env.config, &args, vars)
+}
+
+/// Item 4: a base under a regular file cannot be created, so neither `base` nor `writable`
+/// may pass (both did: the walk up to an existing directory stepped over the file).
+#[test]
+fn a_base_under_a_regular_file_fails_base_and_leaves_writable_unchecked() {
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    let env = Env::with_base_name(Some(&sshd), &ws, "blocker/app", "");
+    let blocker = env.dir.path().join("blocker");
+    std::fs::write(&blocker, "a file where a folder should be\n").unwrap();
+    let run = check(&env, &[], &[]).code(1);
+    let (base, blocker) = (env.base.display().to_string(), blocker.display().to_string());
+    assert_eq!(
+        row_of(&run.stdout, "base"),
+        row(
+            "base",
+            "FAIL",
+            &format!("{base} cannot be created: {blocker} is a regular file, not a directory; choose a base under a directory, or move that file away")
+        )
+    );
+    assert_eq!(row_of(&run.stdout, "writable"), row("writable", "SKIP", &format!("not checked: {blocker} is not a directory")));
+    assert_eq!(run.stdout.lines().last(), Some("CHECK_RESULT=FAIL"));
+    // What check refused, deploy cannot do either.
+    bst_with(&env.config, &["deploy", "t"], &[]).code(1);
+}
+
+/// Unmounts on drop, also when an assertion fails first.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Item 4: writability is tested by creating an entry, and a read-only mount says so (it read
+/// `writable FAIL … writable by root`).
+#[test]
+fn a_read_only_mount_is_named_as_such_and_a_writable_base_passes_for_real() {
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    let env = Env::with_base_name(Some(&sshd), &ws, "ro/app", "");
+    let ro = env.dir.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let user = whoami();
+
+    let run = check(&env, &[], &[]).ok();
+    let (base, ro_s) = (env.base.display().to_string(), ro.display().to_string());
+    assert_eq!(row_of(&run.stdout, "base"), row("base", "PASS", &format!("{base} does not exist yet; the first deploy creates it")));
+    assert_eq!(
+        row_of(&run.stdout, "writable"),
+        row("writable", "PASS", &format!("{ro_s} writable by `{user}` (an entry was created and removed)"))
+    );
+    assert_eq!(row_of(&run.stdout, "build tools"), row("build tools", "SKIP", "no install or build command configured"));
+    assert_eq!(std::fs::read_dir(&ro).unwrap().count(), 0, "the test entry was left behind");
+
+    if user != "root" {
+        println!("skipped the read-only half: mounting needs root, and this runs as {user}");
+        return;
+    }
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"]).arg(&ro).output().unwrap();
+    if !mounted.status.success() {
+        println!("skipped the read-only half: mount failed: {}", String::from_utf8_lossy(&mounted.stderr).trim());
+        return;
+    }
+    let _unmount = Mounted(ro.clone());
+    let run = check(&env, &[], &[]).code(1);
+    assert_eq!(row_of(&run.stdout, "base"), row("base", "PASS", &format!("{base} does not exist yet")));
+    assert_eq!(
+        row_of(&run.stdout, "writable"),
+        row(
+            "writable",
+            "FAIL",
+            &format!(
+                "{ro_s} is not writable by `{user}`: Read-only file system (a read-only mount: remount it read-write, or choose a base on a writable file system)"
+            )
+        )
+    );
+    assert_eq!(run.stdout.lines().last(), Some("CHECK_RESULT=FAIL"));
+}
+
+/// Item 5: `install`/`build` tools are looked up in the login shell the build runs them in,
+/// with their versions. Here the tools exist only on the PATH a login profile sets (as nvm
+/// and corepack do): `HOME` for the SSH session points at a folder with such a profile.
+#[test]
+fn build_tools_are_probed_in_the_builds_login_shell_with_versions() {
+    let sshd = Sshd::start_with("PermitUserEnvironment yes");
+    let ws = Workspace::new();
+    let home = tempfile::Builder::new().prefix("bst-home").tempdir().unwrap();
+    let h = home.path();
+    std::fs::create_dir(h.join("bin")).unwrap();
+    std::fs::write(h.join(".profile"), "PATH=\"$HOME/bin:$PATH\"\n").unwrap();
+    for (tool, version) in [("pnpm", "9.12.3"), ("node", "v20.11.1")] {
+        std::fs::write(h.join("bin").join(tool), format!("#!/bin/sh\necho {version}\n")).unwrap();
+        sh(h, &format!("chmod +x bin/{tool}"));
+    }
+    let keys = sshd.dir.path().join("authorized_keys");
+    let key = std::fs::read_to_string(&keys).unwrap();
+    std::fs::write(&keys, format!("environment=\"HOME={}\" {key}", h.display())).unwrap();
+    let env = Env::new(Some(&sshd), &ws, "install = \"pnpm install --frozen-lockfile\"\nbuild = \"NODE_ENV=production node build.js\"");
+    let bin = h.join("bin").display().to_string();
+
+    let run = check(&env, &[], &[]).ok();
+    assert_eq!(
+        row_of(&run.stdout, "build tools"),
+        row("build tools", "PASS", &format!("pnpm 9.12.3 ({bin}/pnpm), node v20.11.1 ({bin}/node) in the login shell `/bin/sh -l`"))
+    );
+
+    std::fs::remove_file(h.join("bin/pnpm")).unwrap();
+    let run = check(&env, &[], &[]).code(1);
+    assert_eq!(row_of(&run.stdout, "tools"), row("tools", "PASS", "tar, gzip, sh present"));
+    assert_eq!(
+        row_of(&run.stdout, "build tools"),
+        row(
+            "build tools",
+            "FAIL",
+            &format!(
+                "pnpm not found in the login shell `/bin/sh -l` that --build runs install and build in: install it on the server, or add its folder to PATH in that shell's login profile (e.g. ~/.profile); found node v20.11.1 ({bin}/node)"
+            )
+        )
+    );
+    // The same shell, the same verdict: the build fails on that very tool.
+    bst_with(&env.config, &["deploy", "t", "--build"], &[]).code(1).stderr_has("pnpm: not found");
+}
+
+/// Item 6: an unknown host key is said once, with the fingerprint and the flag, and every
+/// later row is "not checked" for that reason (they read `SKIP not reachable`).
+#[test]
+fn an_unknown_host_key_is_said_once_and_the_rest_is_not_checked() {
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    let env = Env::new(Some(&sshd), &ws, "");
+    std::fs::write(&sshd.known_hosts, "").unwrap();
+    let listed = sh(sshd.dir.path(), "ssh-keygen -E sha256 -lf host_ed25519.pub");
+    let fp = listed.split_whitespace().nth(1).unwrap().to_string();
+    assert!(fp.starts_with("SHA256:"), "{listed}");
+
+    let run = check(&env, &[], &[]).code(1);
+    let mut want = vec![
+        row("config", "PASS", "target `t` resolved"),
+        row("reachable", "PASS", "TCP and SSH handshake ok"),
+        row("host key", "FAIL", &format!("host key unknown: rerun with --accept-new-host-key after checking {fp}")),
+    ];
+    for c in ["auth", "base", "forbidden paths", "writable", "free disk", "tools", "build tools", "lock", "env baseline", "service units"] {
+        want.push(row(c, "SKIP", "not checked: host key unknown"));
+    }
+    want.push("CHECK_RESULT=FAIL".into());
+    assert_eq!(run.stdout.lines().collect::<Vec<_>>(), want);
+
+    // Doing what it says works.
+    let run = check(&env, &["--accept-new-host-key"], &[]).ok();
+    assert_eq!(row_of(&run.stdout, "host key"), row("host key", "PASS", "known"));
+    assert_eq!(run.stdout.lines().last(), Some("CHECK_RESULT=PASS"));
+}
