@@ -55,8 +55,9 @@ pub enum Error {
     #[error("host key for {host}:{port} ({fingerprint}) is not listed; only a @cert-authority line vouches for this host ({at})\n  bst cannot check host certificates (libssh2 has no support for them); add the host's own key to known_hosts")]
     HostKeyCertificate { host: String, port: u16, fingerprint: String, at: String },
 
-    #[error("authentication as `{user}` on {host}:{port} failed; tried: {tried}")]
-    Auth { user: String, host: String, port: u16, tried: String },
+    /// `from`: which line chose that user, and how to change it.
+    #[error("authentication as `{user}` on {host}:{port} failed; tried: {tried}\n  {from}")]
+    Auth { user: String, host: String, port: u16, tried: String, from: String },
 
     /// Something is inactive or unhealthy: exit 3, like `systemctl status`.
     #[error("{0}")]

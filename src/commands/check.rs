@@ -73,7 +73,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, reports: &Path) -> a
             push("reachable", pf(true), target.host_label());
             if let crate::settings::Host::Ssh(s) = &target.host {
                 push("host key", "PASS", "known".into());
-                push("auth", "PASS", format!("as `{}`", s.user));
+                push("auth", "PASS", format!("as `{}` ({})", s.user, s.user_from));
             } else {
                 push("host key", "SKIP", "local transport".into());
                 push("auth", "SKIP", "local transport".into());

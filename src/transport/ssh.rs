@@ -450,8 +450,12 @@ fn open_session(s: &Ssh, g: &Globals, depth: u32) -> anyhow::Result<Opened> {
         let n = hops.len();
         let hop_ssh = |i: usize, hop: &str| -> anyhow::Result<Ssh> {
             let (user, alias, port) = crate::sshconfig::parse_jump(hop);
+            let from_spec = user.is_some();
             let mut h = crate::settings::resolve_ssh(&alias, user, port, None, None)
                 .map_err(|why| conn_err(format!("ProxyJump hop {}/{n} `{hop}`: {why}", i + 1)))?;
+            if from_spec {
+                h.user_from = crate::settings::UserFrom::Jump(hop.to_string());
+            }
             if i > 0 {
                 // As `ssh -J a,b` does: b is reached through a, whatever b's own config says.
                 h.proxy_jump = None;
@@ -816,5 +820,12 @@ fn authenticate(sess: &Session, s: &Ssh) -> anyhow::Result<()> {
     if tried.is_empty() {
         tried.push("nothing: no identity file, no ssh-agent, no ~/.ssh/id_* key".into());
     }
-    Err(Error::Auth { user: s.user.clone(), host: s.host.clone(), port: s.port, tried: tried.join("; ") }.into())
+    Err(Error::Auth {
+        user: s.user.clone(),
+        host: s.host.clone(),
+        port: s.port,
+        tried: tried.join("; "),
+        from: format!("the user `{}` comes from {}; if it is the wrong account, {}", s.user, s.user_from, s.user_from.fix()),
+    }
+    .into())
 }

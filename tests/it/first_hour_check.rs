@@ -26,6 +26,12 @@ fn check(env: &Env, extra_args: &[&str], vars: &[(&str, &str)]) -> Run {
     bst_with(&env.config, &args, vars)
 }
 
+fn set_config(env: &Env, from: &str, to: &str) {
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    assert!(text.contains(from), "{from} not in {text}");
+    std::fs::write(&env.config, text.replacen(from, to, 1)).unwrap();
+}
+
 /// Item 4: a base under a regular file cannot be created, so neither `base` nor `writable`
 /// may pass (both did: the walk up to an existing directory stepped over the file).
 #[test]
@@ -178,4 +184,68 @@ fn an_unknown_host_key_is_said_once_and_the_rest_is_not_checked() {
     let run = check(&env, &["--accept-new-host-key"], &[]).ok();
     assert_eq!(row_of(&run.stdout, "host key"), row("host key", "PASS", "known"));
     assert_eq!(run.stdout.lines().last(), Some("CHECK_RESULT=PASS"));
+}
+
+/// Item 10: a user that cannot log in is traced to the line that chose it: a target's
+/// `user =`, `[defaults]`, an ssh config `User`, or nothing (the local user name).
+#[test]
+fn a_wrong_user_names_the_line_that_chose_it() {
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    let env = Env::new(Some(&sshd), &ws, "");
+    let me = whoami();
+    let cfg = env.config.display().to_string();
+    let port = sshd.port;
+    // [targets.t], host, port, user: line 4.
+    assert_eq!(std::fs::read_to_string(&env.config).unwrap().lines().nth(3), Some(format!("user = \"{me}\"").as_str()));
+    let run = check(&env, &[], &[]).ok();
+    assert_eq!(row_of(&run.stdout, "auth"), row("auth", "PASS", &format!("as `{me}` (`user =` at {cfg}:4)")));
+
+    let last_line = |run: &Run| run.stderr.lines().last().unwrap_or("").to_string();
+    let first_line = |run: &Run| run.stderr.lines().next().unwrap_or("").to_string();
+    let tail = |user: &str, from: &str, fix: &str| format!("  the user `{user}` comes from {from}; if it is the wrong account, {fix}");
+    let change = "change it there";
+
+    set_config(&env, &format!("user = \"{me}\""), "user = \"bst-nobody\"");
+    let run = bst_with(&env.config, &["list", "t"], &[]).code(5);
+    assert!(
+        first_line(&run).starts_with(&format!("error: authentication as `bst-nobody` on 127.0.0.1:{port} failed; tried: key ")),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(last_line(&run), tail("bst-nobody", &format!("`user =` at {cfg}:4"), change));
+    assert_eq!(run.stderr.lines().count(), 2, "{}", run.stderr);
+    let run = check(&env, &[], &[]).code(1);
+    let auth = row_of(&run.stdout, "auth");
+    assert!(auth.starts_with(&row("auth", "FAIL", "authentication as `bst-nobody` on ")), "{auth}");
+    assert!(
+        auth.ends_with(&format!("; the user `bst-nobody` comes from `user =` at {cfg}:4; if it is the wrong account, {change}")),
+        "{auth}"
+    );
+    assert_eq!(row_of(&run.stdout, "base"), row("base", "SKIP", "not checked: authentication failed"));
+
+    // From [defaults]: that line, not the target's table.
+    let text = std::fs::read_to_string(&env.config).unwrap().replace("user = \"bst-nobody\"\n", "");
+    std::fs::write(&env.config, format!("[defaults]\nuser = \"bst-nobody\"\n{text}")).unwrap();
+    let run = bst_with(&env.config, &["list", "t"], &[]).code(5);
+    assert_eq!(last_line(&run), tail("bst-nobody", &format!("`user =` at {cfg}:2"), change));
+
+    // From an ssh config `User` line.
+    std::fs::write(&env.config, &text).unwrap();
+    let ssh_config = env.dir.path().join("ssh_config");
+    std::fs::write(&ssh_config, "# team hosts\nHost 127.0.0.1\n  User bst-nobody\n").unwrap();
+    let sc = ssh_config.display().to_string();
+    let run = bst_with(&env.config, &["list", "t"], &[("BST_SSH_CONFIG", &sc)]).code(5);
+    assert_eq!(last_line(&run), tail("bst-nobody", &format!("`User` at {sc}:3"), change));
+
+    // From nowhere: the local user name.
+    let run = bst_with(&env.config, &["list", "t"], &[("USER", "bst-nobody")]).code(5);
+    assert_eq!(
+        last_line(&run),
+        tail(
+            "bst-nobody",
+            "the local user name: no `user =` in targets.toml, no `User` in the ssh config",
+            "set `user = \"…\"` in the target"
+        )
+    );
 }
