@@ -40,6 +40,11 @@ pub enum Error {
     #[error("target `{target}` is locked by {holder}\n  if that run is gone, break the lock with: bst unlock {target}")]
     Locked { target: String, holder: String },
 
+    /// The holder runs on this machine right now: breaking its lock would let two runs
+    /// deploy at once, so `bst unlock` is not offered.
+    #[error("target `{target}` is locked by {holder}\n  that run is still going on this machine: wait for it to finish, or stop it (kill {pid}) and run again")]
+    LockedLive { target: String, holder: String, pid: u32 },
+
     #[error("cannot connect to {host}:{port}: {cause}")]
     Connect { host: String, port: u16, cause: String },
 
@@ -78,7 +83,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) | Error::Config { .. } | Error::UnknownTarget { .. } | Error::BadReleaseId(_) => code::USAGE,
-            Error::Locked { .. } => code::LOCKED,
+            Error::Locked { .. } | Error::LockedLive { .. } => code::LOCKED,
             Error::Connect { .. }
             | Error::HostKeyUnknown { .. }
             | Error::HostKeyChanged { .. }

@@ -249,3 +249,35 @@ fn a_wrong_user_names_the_line_that_chose_it() {
         )
     );
 }
+
+/// Item 10: a lock whose holder is running on this machine right now is never offered to
+/// `bst unlock` (that would let two runs deploy at once): wait for it, or stop it.
+#[test]
+fn a_live_local_lock_holder_is_waited_for_or_stopped_never_unlocked() {
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    let env = Env::new(Some(&sshd), &ws, "");
+    env.bst(&["deploy", "t", "-q"]).ok();
+    let mut holder = Command::new("sleep").arg("120").spawn().unwrap();
+    let pid = holder.id();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let start = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(19).unwrap().to_string();
+    let mut record: serde_json::Value = serde_json::from_str(&dead_local_owner("ann")).unwrap();
+    record["pid"] = pid.into();
+    record["pid_start"] = start.into();
+    std::fs::create_dir(env.base.join(".bst-lock")).unwrap();
+    std::fs::write(env.base.join(".bst-lock/owner"), format!("{record}\n")).unwrap();
+    let host = record["host"].as_str().unwrap().to_string();
+
+    let run = env.bst(&["deploy", "t"]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let run = run.code(4);
+    assert_eq!(
+        run.stderr,
+        format!(
+            "error: target `t` is locked by `deploy` run by ann@{host} (pid {pid}) since 2026-01-01T00:00:00Z\n  that run is still going on this machine: wait for it to finish, or stop it (kill {pid}) and run again\n"
+        )
+    );
+    assert!(env.base.join(".bst-lock/owner").exists(), "a live holder's lock was touched");
+}
