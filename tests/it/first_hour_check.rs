@@ -2,7 +2,9 @@
 //! and the first-hour messages (wrong user, a live lock, a silent host) say what to do next.
 //! Against the real sshd; every row and message is asserted whole.
 
-use std::path::PathBuf;
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::harness::*;
@@ -280,4 +282,97 @@ fn a_live_local_lock_holder_is_waited_for_or_stopped_never_unlocked() {
         )
     );
     assert!(env.base.join(".bst-lock/owner").exists(), "a live holder's lock was touched");
+}
+
+/// A port that accepts connections and never says a word: the silent host.
+struct Silent {
+    port: u16,
+}
+
+impl Silent {
+    fn start() -> Silent {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in l.incoming().flatten().take(16) {
+                // Kept open, read and never answered, until the client gives up.
+                let mut r = s.try_clone().unwrap();
+                held.push(s);
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 1024];
+                    while matches!(r.read(&mut buf), Ok(n) if n > 0) {}
+                });
+            }
+        });
+        Silent { port }
+    }
+}
+
+fn sq(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// `bst --config <config> <args>` on a pseudo-terminal (util-linux `script`), as a person at a
+/// terminal runs it: what the terminal showed, `\r\n` made `\n`.
+fn on_tty(config: &Path, args: &[&str], vars: &[(&str, &str)], redirect: &str) -> (i32, String) {
+    let bin = std::env::var("BST_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_bst").to_string());
+    let mut line = format!("{} --config {}", sq(&bin), sq(&config.display().to_string()));
+    for a in args {
+        line.push(' ');
+        line.push_str(&sq(a));
+    }
+    line.push_str(redirect);
+    let mut c = Command::new("script");
+    c.args(["-qec", &line, "/dev/null"])
+        .env_remove("SSH_AUTH_SOCK")
+        .env_remove("BST_CONFIG")
+        .env_remove("BST_SSH_PASSPHRASE")
+        .env_remove("CI")
+        .env("BST_CACHE_DIR", config.parent().unwrap().join("bst-cache"))
+        .stdin(std::process::Stdio::null());
+    for (k, v) in vars {
+        c.env(k, v);
+    }
+    let out = c.output().expect("script (util-linux) runs");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n"))
+}
+
+/// Item 11: on a terminal, a connection that has not finished its handshake after a second
+/// says what it is waiting for; not in CI, not with -q, never on stdout, and not at all
+/// when the answer comes sooner.
+#[test]
+fn a_silent_host_says_connecting_on_a_terminal_after_a_second() {
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    let silent = Silent::start();
+    let env = Env::new(Some(&sshd), &ws, "");
+    set_config(&env, &format!("port = {}", sshd.port), &format!("port = {}", silent.port));
+    let ssh_config = env.dir.path().join("ssh_config");
+    std::fs::write(&ssh_config, "Host *\n  ConnectTimeout 3\n").unwrap();
+    let sc = ssh_config.display().to_string();
+    let vars = [("BST_SSH_CONFIG", sc.as_str())];
+    let p = silent.port;
+    let failed = format!("error: cannot connect to 127.0.0.1:{p}: SSH handshake failed: no SSH greeting within 3s\n");
+
+    let (code, shown) = on_tty(&env.config, &["list", "t"], &vars, "");
+    assert_eq!((code, shown.as_str()), (5, format!("connecting to 127.0.0.1:{p}…\n{failed}").as_str()));
+
+    // --json: the line goes to stderr only, stdout stays one document (here: nothing).
+    let out = env.dir.path().join("stdout.json");
+    let (code, shown) = on_tty(&env.config, &["list", "t", "--json"], &vars, &format!(" > {}", sq(&out.display().to_string())));
+    assert_eq!((code, shown.as_str()), (5, format!("connecting to 127.0.0.1:{p}…\n{failed}").as_str()));
+    assert!(!std::fs::read_to_string(&out).unwrap().contains("connecting"));
+
+    let in_ci: Vec<(&str, &str)> = vars.iter().copied().chain([("CI", "true")]).collect();
+    assert_eq!(on_tty(&env.config, &["list", "t"], &in_ci, ""), (5, failed.clone()), "CI");
+    assert_eq!(on_tty(&env.config, &["list", "t", "-q"], &vars, ""), (5, failed.clone()), "-q");
+    // No terminal: no line.
+    assert_eq!(bst_with(&env.config, &["list", "t"], &vars).code(5).stderr, failed);
+
+    // An answer within the second (the real sshd): nothing is said.
+    set_config(&env, &format!("port = {p}"), &format!("port = {}", sshd.port));
+    let (code, shown) = on_tty(&env.config, &["list", "t"], &vars, "");
+    assert_eq!(code, 0, "{shown}");
+    assert!(!shown.contains("connecting to"), "{shown}");
 }
