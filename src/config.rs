@@ -249,6 +249,24 @@ impl Config {
         line_col(&text, start + off)
     }
 
+    /// The line where `key = …` is written in the table `[table]` (`defaults`, or
+    /// `targets.<name>`, quoted or not), before the next table header.
+    pub fn line_of(&self, table: &str, key: &str) -> Option<usize> {
+        let text = std::fs::read_to_string(&self.path).ok()?;
+        let quoted = table.split_once('.').map(|(a, b)| format!("[{a}.\"{b}\"]"));
+        let mut inside = false;
+        for (i, l) in text.lines().enumerate() {
+            let l = l.trim_start();
+            if l.starts_with('[') {
+                let h = l.split('#').next().unwrap_or("").trim_end();
+                inside = h == format!("[{table}]") || quoted.as_deref() == Some(h);
+            } else if inside && l.strip_prefix(key).is_some_and(|r| r.trim_start().starts_with('=')) {
+                return Some(i + 1);
+            }
+        }
+        None
+    }
+
     pub fn error_at(&self, target: &str, key: &str, msg: impl Into<String>) -> Error {
         let (line, col) = self.locate(target, key);
         Error::Config { path: self.path.display().to_string(), line, col, msg: msg.into() }
@@ -398,6 +416,20 @@ mod tests {
                 Ok(())
             })
             .unwrap();
+    }
+
+    #[test]
+    fn line_of_stays_inside_its_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("targets.toml");
+        std::fs::write(&p, "[defaults]\nuser = \"d\"\n[targets.a]\nhost = \"h\"\n[targets.\"b\"] # x\nusername = 1\nuser= \"b\"\n")
+            .unwrap();
+        let c = Config::load(&p);
+        assert!(c.is_err(), "username is not a key");
+        let c = Config { path: p, targets: Default::default(), origins: Default::default() };
+        assert_eq!(c.line_of("defaults", "user"), Some(2));
+        assert_eq!(c.line_of("targets.a", "user"), None);
+        assert_eq!(c.line_of("targets.b", "user"), Some(7));
     }
 
     #[test]

@@ -40,6 +40,11 @@ pub enum Error {
     #[error("target `{target}` is locked by {holder}\n  if that run is gone, break the lock with: bst unlock {target}")]
     Locked { target: String, holder: String },
 
+    /// The holder runs on this machine right now: breaking its lock would let two runs
+    /// deploy at once, so `bst unlock` is not offered.
+    #[error("target `{target}` is locked by {holder}\n  that run is still going on this machine: wait for it to finish, or stop it (kill {pid}) and run again")]
+    LockedLive { target: String, holder: String, pid: u32 },
+
     #[error("cannot connect to {host}:{port}: {cause}")]
     Connect { host: String, port: u16, cause: String },
 
@@ -55,8 +60,9 @@ pub enum Error {
     #[error("host key for {host}:{port} ({fingerprint}) is not listed; only a @cert-authority line vouches for this host ({at})\n  bst cannot check host certificates (libssh2 has no support for them); add the host's own key to known_hosts")]
     HostKeyCertificate { host: String, port: u16, fingerprint: String, at: String },
 
-    #[error("authentication as `{user}` on {host}:{port} failed; tried: {tried}")]
-    Auth { user: String, host: String, port: u16, tried: String },
+    /// `from`: which line chose that user, and how to change it.
+    #[error("authentication as `{user}` on {host}:{port} failed; tried: {tried}\n  {from}")]
+    Auth { user: String, host: String, port: u16, tried: String, from: String },
 
     /// Something is inactive or unhealthy: exit 3, like `systemctl status`.
     #[error("{0}")]
@@ -77,7 +83,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) | Error::Config { .. } | Error::UnknownTarget { .. } | Error::BadReleaseId(_) => code::USAGE,
-            Error::Locked { .. } => code::LOCKED,
+            Error::Locked { .. } | Error::LockedLive { .. } => code::LOCKED,
             Error::Connect { .. }
             | Error::HostKeyUnknown { .. }
             | Error::HostKeyChanged { .. }

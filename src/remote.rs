@@ -842,8 +842,10 @@ cd "$B"
     s
 }
 
-/// Facts for `bst check`, one `KEY value` line each.
-pub fn preflight(base: &str, units: &[(String, String)], forbidden: &[String]) -> String {
+/// Facts for `bst check`, one `KEY value` line each. `tools`: the commands `install` and
+/// `build` start, looked up in the login shell the build runs them in ([`build`]), with
+/// their versions (see [`probe_fragment`]).
+pub fn preflight(base: &str, units: &[(String, String)], forbidden: &[String], tools: &[String]) -> String {
     let mut s = base_var(base);
     s.push_str(crate::service::USER_ENV);
     s.push_str(REAL_PATH);
@@ -853,12 +855,18 @@ pub fn preflight(base: &str, units: &[(String, String)], forbidden: &[String]) -
     }
     s.push_str(
         r#"if [ -L "$B" ]; then echo "BASE symlink $(readlink -f "$B")"; elif [ -d "$B" ]; then echo "BASE dir"; elif [ -e "$B" ]; then echo "BASE other"; else echo "BASE absent"; fi
-p="$B"; while [ ! -d "$p" ]; do p=$(dirname "$p"); done
+p="$B"; while [ ! -e "$p" ] && [ ! -L "$p" ]; do p=$(dirname "$p"); done
+if [ "$p" != "$B" ] && [ ! -d "$p" ]; then
+  if [ -L "$p" ]; then k=symlink; elif [ -f "$p" ]; then k=file; else k=other; fi
+  printf 'BLOCKED %s %s\n' "$k" "$p"
+  p=$(dirname "$p")
+fi
 printf 'REAL %s
 ' "$(cd "$p" && pwd -P)"
 printf 'EXISTING %s
 ' "$p"
-if [ -w "$p" ]; then echo "WRITABLE yes"; else echo "WRITABLE no"; fi
+t="$p/.bst-check.$$"
+if e=$(mkdir "$t" 2>&1); then rmdir "$t"; echo "WRITABLE yes"; else printf 'WRITABLE no %s\n' "${e##*: }"; fi
 df -Pk "$p" 2>/dev/null | awk 'NR > 1 { for (i = NF; i >= 5; i--) if ($i ~ /^[0-9]+%$/ && $(i-1) ~ /^[0-9]+$/) { print "FREE_KB " $(i-1); exit } }'
 for c in tar gzip sh; do if command -v "$c" >/dev/null 2>&1; then echo "TOOL $c yes"; else echo "TOOL $c no"; fi; done
 if [ -d "$B/.bst-lock" ]; then printf 'LOCK '; tr -d '
@@ -868,7 +876,40 @@ if [ -d "$B/.bst-lock" ]; then printf 'LOCK '; tr -d '
     for (name, ctl_unit) in units {
         let _ = writeln!(s, "printf 'UNIT %s %s\\n' {} \"$({ctl_unit} 2>/dev/null)\"", quote(name));
     }
+    s.push_str(&probe_fragment(tools));
     s
+}
+
+/// Tools whose version is worth showing, and the flag that prints it. Only these are run:
+/// any other command word is only looked up, never executed.
+const VERSIONED: &[&str] = &["node", "pnpm", "npm", "yarn", "bun", "deno"];
+
+/// `LOGIN_SHELL <path>`, then per tool `PROBE BSTTOOL <name>`, the path `command -v` gives
+/// (none: not found), `PROBE BSTVER`, its version. Runs in `"${SHELL:-/bin/sh}" -lc` as the
+/// build does, so a tool put on PATH by a login profile (nvm, corepack, ~/.local/bin) is
+/// found exactly when the build will find it. Every line is prefixed `PROBE ` so what a
+/// profile prints cannot pass for another fact.
+fn probe_fragment(tools: &[String]) -> String {
+    if tools.is_empty() {
+        return String::new();
+    }
+    let mut inner = String::new();
+    for t in tools {
+        let q = quote(t);
+        let _ = write!(inner, "echo BSTTOOL {q}; command -v {q}; echo BSTVER; ");
+        if VERSIONED.contains(&t.as_str()) {
+            let _ = write!(inner, "{q} -v </dev/null 2>/dev/null; ");
+        }
+    }
+    inner.push_str("echo BSTEND");
+    format!(
+        r#"printf 'LOGIN_SHELL %s
+' "${{SHELL:-/bin/sh}}"
+if command -v timeout >/dev/null 2>&1; then bst_t="timeout 30"; else bst_t=; fi
+$bst_t "${{SHELL:-/bin/sh}}" -lc {} </dev/null 2>/dev/null | sed 's/^/PROBE /'
+"#,
+        quote(&inner)
+    )
 }
 
 /// `background`: the deletion goes on after the command returns (a deploy's operator is
@@ -1239,7 +1280,7 @@ mod tests {
     #[cfg(unix)]
     #[test]
     fn free_space_is_read_from_the_capacity_column() {
-        let line = preflight("/b", &[], &[]).lines().find(|l| l.starts_with("df -Pk")).unwrap().to_string();
+        let line = preflight("/b", &[], &[], &[]).lines().find(|l| l.starts_with("df -Pk")).unwrap().to_string();
         let awk = line.split_once("| ").unwrap().1;
         for (df, want) in [
             ("Filesystem 1024-blocks Used Available Capacity Mounted on\n/dev/sda1 100 60 40 60% /\n", "FREE_KB 40"),

@@ -53,8 +53,45 @@ pub struct Ssh {
     pub address_family: Option<String>,
     /// For `config show`: (setting, value, where it came from).
     pub origins: Vec<(String, String, String)>,
+    /// Where `user` came from, for the message when that user cannot log in.
+    pub user_from: UserFrom,
     /// Directives that applied but that bst does not act on (keyword, `file:line`), said under `-v`.
     pub ignored: Vec<(String, String)>,
+}
+
+/// What set the SSH user: a wrong account is the commonest first-hour failure, and the fix
+/// is in whichever file said it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UserFrom {
+    /// targets.toml: `path:line` where known, else the file.
+    Config(String),
+    /// An ssh config `User` line (`path:line`).
+    SshConfig(String),
+    /// A ProxyJump spec's `user@`.
+    Jump(String),
+    /// Nothing: the local user name.
+    Local,
+}
+
+impl std::fmt::Display for UserFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UserFrom::Config(at) => write!(f, "`user =` at {at}"),
+            UserFrom::SshConfig(at) => write!(f, "`User` at {at}"),
+            UserFrom::Jump(spec) => write!(f, "the ProxyJump hop `{spec}`"),
+            UserFrom::Local => f.write_str("the local user name: no `user =` in targets.toml, no `User` in the ssh config"),
+        }
+    }
+}
+
+impl UserFrom {
+    /// The next step when `user` is the wrong account.
+    pub fn fix(&self) -> &'static str {
+        match self {
+            UserFrom::Local => "set `user = \"…\"` in the target",
+            _ => "change it there",
+        }
+    }
 }
 
 /// One SSH endpoint: explicit values (targets.toml, or a ProxyJump spec) win over
@@ -87,19 +124,19 @@ pub fn resolve_ssh(
             22
         }
     };
-    let user = match (user, &cfg.user) {
+    let (user, user_from) = match (user, &cfg.user) {
         (Some(u), _) => {
             note("user", u.clone(), "targets.toml");
-            u
+            (u, UserFrom::Config("targets.toml".into()))
         }
         (None, Some(u)) => {
             note("user", u.value.clone(), &u.at);
-            u.value.clone()
+            (u.value.clone(), UserFrom::SshConfig(u.at.clone()))
         }
         (None, None) => match local_user() {
             Some(u) => {
                 note("user", u.clone(), "default (local user)");
-                u
+                (u, UserFrom::Local)
             }
             None => return Err("no `user` and $USER is not set".into()),
         },
@@ -198,6 +235,7 @@ pub fn resolve_ssh(
         keepalive_secs: cfg.server_alive_interval.as_ref().map(|s| s.value).filter(|s| *s > 0).unwrap_or(15),
         address_family: cfg.address_family.as_ref().map(|a| a.value.clone()).filter(|a| a != "any"),
         origins,
+        user_from,
         ignored,
     })
 }
@@ -316,10 +354,17 @@ pub fn resolve_target(config: &Config, name: &str) -> anyhow::Result<Target> {
         Host::Local
     } else {
         let key = if raw.user.is_none() && local_user().is_none() { "user" } else { "host" };
-        Host::Ssh(Box::new(
-            resolve_ssh(&host_s, raw.user.clone(), raw.port, raw.identity_file.as_deref(), raw.known_hosts.as_deref())
-                .map_err(|why| bad(key, format!("target `{name}`: {why}")))?,
-        ))
+        let mut ssh = resolve_ssh(&host_s, raw.user.clone(), raw.port, raw.identity_file.as_deref(), raw.known_hosts.as_deref())
+            .map_err(|why| bad(key, format!("target `{name}`: {why}")))?;
+        if matches!(ssh.user_from, UserFrom::Config(_)) {
+            let table = match config.origins.get(name).and_then(|o| o.get("user")) {
+                Some(&"[defaults]") => "defaults".to_string(),
+                _ => format!("targets.{name}"),
+            };
+            let path = config.path.display();
+            ssh.user_from = UserFrom::Config(config.line_of(&table, "user").map_or_else(|| path.to_string(), |l| format!("{path}:{l}")));
+        }
+        Host::Ssh(Box::new(ssh))
     };
 
     let base_raw = raw.base.clone().ok_or_else(|| bad("base", format!("target `{name}` has no `base`")))?;

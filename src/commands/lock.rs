@@ -239,7 +239,7 @@ pub fn not_locked(t: &mut dyn Transport, target: &Target, text: &str, broke: &mu
     let locked = |holder: String| -> anyhow::Result<()> { Err(Error::Locked { target: target.name.clone(), holder }.into()) };
     let Some(h) = holder else { return locked(desc) };
     let why = match judge(&h, &identity(), &pid_start) {
-        Verdict::Alive => return locked(desc),
+        Verdict::Alive => return Err(Error::LockedLive { target: target.name.clone(), holder: desc, pid: h.pid }.into()),
         Verdict::InDoubt(why) => return locked(format!("{desc}\n  not broken automatically: {why}")),
         Verdict::Stale(_) if *broke => return locked(desc),
         Verdict::Stale(why) => why,

@@ -210,9 +210,46 @@ fn interrupted(e: &anyhow::Error) -> bool {
     interrupt::seen() || e.chain().any(|c| matches!(c.downcast_ref::<Error>(), Some(Error::Interrupted)))
 }
 
+/// How long a connection may stay silent before a human at a terminal is told what it waits for.
+const NOTICE_AFTER: Duration = Duration::from_secs(1);
+
+/// The pending `connecting to host:port…` line: at most one connection is being opened at a
+/// time, and the passphrase prompt deep inside authentication must be able to cancel it.
+static NOTICE: std::sync::Mutex<Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>> = std::sync::Mutex::new(None);
+
+/// Arms the line for a human watching a terminal (not CI, not `-q`; stderr, so `--json` on
+/// stdout is untouched): a host that never answers is otherwise ten seconds of nothing.
+fn notice_start(s: &Ssh, g: &Globals) {
+    let p = crate::report::Printer::new(g);
+    if !p.tty || p.quiet {
+        return;
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let line = format!("connecting to {}:{}…", s.host, s.port);
+    let h = std::thread::spawn(move || {
+        if rx.recv_timeout(NOTICE_AFTER) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+            eprintln!("{line}");
+        }
+    });
+    *NOTICE.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((tx, h));
+}
+
+/// Cancels the line if it is not out yet, and waits until it is out if it is being printed,
+/// so it never lands after (or inside) what follows.
+fn notice_stop() {
+    let pending = NOTICE.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    if let Some((tx, h)) = pending {
+        drop(tx);
+        let _ = h.join();
+    }
+}
+
 impl SshTransport {
     pub fn connect(s: &Ssh, g: &Globals) -> anyhow::Result<Self> {
-        let (sess, tcp, tunnel) = open_session(s, g, 0)?;
+        notice_start(s, g);
+        let opened = open_session(s, g, 0);
+        notice_stop();
+        let (sess, tcp, tunnel) = opened?;
         let socket = raw_socket(&tcp);
         sess.set_keepalive(true, s.keepalive_secs);
         sess.set_timeout(0);
@@ -450,8 +487,12 @@ fn open_session(s: &Ssh, g: &Globals, depth: u32) -> anyhow::Result<Opened> {
         let n = hops.len();
         let hop_ssh = |i: usize, hop: &str| -> anyhow::Result<Ssh> {
             let (user, alias, port) = crate::sshconfig::parse_jump(hop);
+            let from_spec = user.is_some();
             let mut h = crate::settings::resolve_ssh(&alias, user, port, None, None)
                 .map_err(|why| conn_err(format!("ProxyJump hop {}/{n} `{hop}`: {why}", i + 1)))?;
+            if from_spec {
+                h.user_from = crate::settings::UserFrom::Jump(hop.to_string());
+            }
             if i > 0 {
                 // As `ssh -J a,b` does: b is reached through a, whatever b's own config says.
                 h.proxy_jump = None;
@@ -467,7 +508,7 @@ fn open_session(s: &Ssh, g: &Globals, depth: u32) -> anyhow::Result<Opened> {
         for (i, hop) in hops.iter().enumerate().skip(1) {
             let h = hop_ssh(i, hop)?;
             let (local, t) = through(cur, cur_ka, &h.host, h.port, &cur_name)?;
-            cur = handshake(local, Some(t), &h, g).with_context(|| what(i, hop, &h))?;
+            cur = handshake(local, Some(t), &h, g, false).with_context(|| what(i, hop, &h))?;
             cur_ka = h.keepalive_secs;
             cur_name = what(i, hop, &h);
         }
@@ -479,7 +520,7 @@ fn open_session(s: &Ssh, g: &Globals, depth: u32) -> anyhow::Result<Opened> {
     } else {
         (tcp_connect(s)?, None)
     };
-    handshake(tcp, tunnel, s, g)
+    handshake(tcp, tunnel, s, g, depth == 0)
 }
 
 /// Under `-v`, once per connection: the ssh config directives that applied but that bst does not act on.
@@ -535,8 +576,10 @@ fn proxy_command(cmd: &str) -> anyhow::Result<(TcpStream, Tunnel)> {
     }
 }
 
-/// The SSH handshake, host key check and login over an already connected stream.
-fn handshake(tcp: TcpStream, tunnel: Option<Tunnel>, s: &Ssh, g: &Globals) -> anyhow::Result<Opened> {
+/// The SSH handshake, host key check and login over an already connected stream. `last`:
+/// this is the target itself (not a ProxyJump hop), whose finished handshake ends the wait
+/// the `connecting to …` line is about.
+fn handshake(tcp: TcpStream, tunnel: Option<Tunnel>, s: &Ssh, g: &Globals, last: bool) -> anyhow::Result<Opened> {
     let conn_err = |cause: String| Error::Connect { host: s.host.clone(), port: s.port, cause };
     let mut sess = Session::new().context("cannot create an SSH session")?;
     // Like OpenSSH, ConnectTimeout also bounds the banner exchange: a port that accepts but
@@ -555,7 +598,11 @@ fn handshake(tcp: TcpStream, tunnel: Option<Tunnel>, s: &Ssh, g: &Globals) -> an
         let _ = sess.method_pref(ssh2::MethodType::HostKey, &format!("{prefs},{}", rest.join(",")));
     }
     sess.set_tcp_stream(tcp.try_clone().context("cannot share the socket")?);
-    sess.handshake().map_err(|e| {
+    let greeted = sess.handshake();
+    if last {
+        notice_stop();
+    }
+    greeted.map_err(|e| {
         let why = if e.code() == ErrorCode::Session(-9) {
             format!("no SSH greeting within {}s", timeout.as_secs())
         } else {
@@ -747,6 +794,8 @@ fn passphrase_for(path: &Path) -> Option<String> {
     if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
         return None;
     }
+    // A hop's key may be asked for while the target's notice is still pending: not mid-prompt.
+    notice_stop();
     eprint!("passphrase for {}: ", path.display());
     let _quiet = crate::commands::env::EchoOff::new();
     let mut line = String::new();
@@ -816,5 +865,12 @@ fn authenticate(sess: &Session, s: &Ssh) -> anyhow::Result<()> {
     if tried.is_empty() {
         tried.push("nothing: no identity file, no ssh-agent, no ~/.ssh/id_* key".into());
     }
-    Err(Error::Auth { user: s.user.clone(), host: s.host.clone(), port: s.port, tried: tried.join("; ") }.into())
+    Err(Error::Auth {
+        user: s.user.clone(),
+        host: s.host.clone(),
+        port: s.port,
+        tried: tried.join("; "),
+        from: format!("the user `{}` comes from {}; if it is the wrong account, {}", s.user, s.user_from, s.user_from.fix()),
+    }
+    .into())
 }

@@ -9,6 +9,7 @@ mod ecosystem;
 mod envfile;
 mod faults;
 mod first_hour;
+mod first_hour_check;
 mod gates;
 mod harness;
 mod integrity;
