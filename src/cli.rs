@@ -36,13 +36,18 @@ pub struct GlobalArgs {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
-    /// Print only errors
+    /// Print only errors and warnings (a gate's `…_RESULT=` line still goes to stdout)
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
 
     /// Trust and record the host key of a host not yet in known_hosts
     #[arg(long, global = true)]
     pub accept_new_host_key: bool,
+
+    /// Colour PASS/FAIL, `error:` and `warning:` [auto: on a terminal, unless NO_COLOR is set
+    /// or --json is given]
+    #[arg(long, global = true, value_name = "WHEN", default_value = "auto")]
+    pub color: clap::ColorChoice,
 }
 
 #[derive(Debug, Subcommand)]

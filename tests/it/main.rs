@@ -17,4 +17,5 @@ mod reconnect;
 mod ssh;
 mod ssh_oracle;
 mod systemd;
+mod terminal;
 mod watchdog;

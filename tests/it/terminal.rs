@@ -1,0 +1,157 @@
+//! Issue 21, shell and terminal conventions: `--json` error documents, completion of target
+//! and service names, colour, verbosity, the `list` header and the man page.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::harness::*;
+
+fn bin() -> PathBuf {
+    std::env::var_os("BST_TEST_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_bst")), PathBuf::from)
+}
+
+/// `sh -c` quoting for a command line handed to `script`.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Item 8: with `--json` every failure is a document on stdout, the `error:` line stays on
+/// stderr, and a command that printed its own document gets no second one.
+#[test]
+fn json_errors_are_one_document_for_every_failure() {
+    let ws = Workspace::new();
+    let env = Env::new(None, &ws, "required_env = [\"OPS_DB_URL\"]");
+    let doc = |kind: &str, message: &str, code: i32| serde_json::json!({"schema_version": 1, "error": {"kind": kind, "message": message, "exit_code": code}});
+    // clap's own parse errors, --json anywhere on the line.
+    let run = env.bst(&["deploy", "--json"]).code(2);
+    assert_eq!(run.json(), doc("usage", "the following required arguments were not provided:\n  <TARGET>", 2));
+    assert!(run.stderr.starts_with("error: the following required arguments were not provided:\n  <TARGET>\n"), "{}", run.stderr);
+    let run = env.bst(&["--json", "list", "t", "--bogus"]).code(2);
+    assert_eq!(run.json(), doc("usage", "unexpected argument '--bogus' found (tip: to pass '--bogus' as a value, use '-- --bogus')", 2));
+    // Errors bst finds, in every form of the command line.
+    let known = format!("unknown target `nosuch` in {} (known: t)", env.config.display());
+    for args in [&["list", "nosuch", "--json"][..], &["--json", "nosuch", "status"], &["nosuch", "status", "--json"]] {
+        let run = env.bst(args).code(2);
+        assert_eq!(run.json(), doc("unknown_target", &known, 2), "{args:?}");
+        assert_eq!(run.stderr, format!("error: {known}\n"));
+    }
+    let run = env.bst(&["t", "status", "--bogus", "--json"]).code(2);
+    assert_eq!(run.json(), doc("usage", "unknown option `--bogus`", 2));
+    let run = env.bst(&["rollback", "t", "--release-id", "yesterday", "--json"]).code(2);
+    assert_eq!(
+        run.json(),
+        doc("bad_release_id", "invalid release id `yesterday`: expected UTC YYYYMMDDTHHMMSSZ, e.g. 20260220T051228Z", 2)
+    );
+    let run = env.bst(&["rollback", "t", "--json"]).code(1);
+    let j = run.json();
+    assert_eq!((j["error"]["kind"].as_str(), j["error"]["exit_code"].as_i64()), (Some("failed"), Some(1)));
+    assert_eq!(run.stderr, format!("error: {}\n", j["error"]["message"].as_str().unwrap()));
+    // Exit 5 from an SSH target nobody listens for.
+    let port = free_port();
+    let unreachable = env.dir.path().join("unreachable.toml");
+    std::fs::write(&unreachable, format!("[targets.u]\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"x\"\nbase = \"/srv/x\"\n")).unwrap();
+    let run = bst_with(&unreachable, &["list", "u", "--json"], &[]).code(5);
+    let j = run.json();
+    assert_eq!((j["error"]["kind"].as_str(), j["error"]["exit_code"].as_i64()), (Some("connect"), Some(5)));
+    assert!(j["error"]["message"].as_str().unwrap().starts_with(&format!("cannot connect to 127.0.0.1:{port}: connection refused")));
+    assert_eq!(run.stderr, format!("error: {}\n", j["error"]["message"].as_str().unwrap()));
+    // A gate prints its own FAIL document and exits 1: that document, and no second one.
+    let reports = env.dir.path().join("reports");
+    let run = env.bst(&["env", "check", "t", "--json", "--reports", reports.to_str().unwrap()]).code(1);
+    let j = run.json();
+    assert_eq!((j["result"].as_str(), j.get("error")), (Some("FAIL"), None), "{}", run.stdout);
+    assert!(run.stderr.ends_with("error: env-baseline gate failed\n"), "{}", run.stderr);
+    // Without --json, a failure prints nothing on stdout.
+    let run = env.bst(&["list", "nosuch"]).code(2);
+    assert_eq!((run.stdout.as_str(), run.stderr), ("", format!("error: {known}\n")));
+}
+
+/// Runs bst on a pseudo-terminal (`script`), stdout and stderr both on it; returns what the
+/// terminal showed, `\r\n` made `\n`.
+fn on_tty(config: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut line = vec![sh_quote(bin().to_str().unwrap()), "--config".into(), sh_quote(config.to_str().unwrap())];
+    line.extend(args.iter().map(|a| sh_quote(a)));
+    let mut c = Command::new("script");
+    c.args(["-qec", &line.join(" "), "/dev/null"])
+        .env_remove("NO_COLOR")
+        .env_remove("CI")
+        .env_remove("BST_CONFIG")
+        .env("TERM", "xterm")
+        .env("BST_SSH_CONFIG", "none")
+        .env("BST_CACHE_DIR", config.parent().unwrap().join("bst-cache"))
+        .stdin(std::process::Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().expect("script (util-linux) runs");
+    String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n")
+}
+
+const GREEN: &str = "\x1b[1m\x1b[32m";
+const YELLOW: &str = "\x1b[1m\x1b[33m";
+const RED: &str = "\x1b[1m\x1b[31m";
+const RESET: &str = "\x1b[0m";
+
+/// Item 13: colour on a terminal only, `--color` and `NO_COLOR` obeyed, none with `--json`.
+#[test]
+fn colour_on_a_terminal_never_in_pipes_or_json() {
+    let ws = Workspace::new();
+    let env = Env::new(None, &ws, "");
+    let reports = env.dir.path().join("reports");
+    let check = ["check", "t", "--reports", reports.to_str().unwrap()];
+    let config_row = format!("config           {GREEN}PASS{RESET}  target `t` resolved\n");
+    let skip_row = format!("host key         {YELLOW}SKIP{RESET}  local transport\n");
+    let tty = on_tty(&env.config, &check, &[]);
+    assert!(tty.contains(&config_row) && tty.contains(&skip_row), "{tty:?}");
+    // The machine-read result line is never painted.
+    assert!(tty.ends_with("\nCHECK_RESULT=PASS\n"), "{tty:?}");
+    let tty = on_tty(&env.config, &["list", "nosuch"], &[]);
+    assert_eq!(tty, format!("{RED}error:{RESET} unknown target `nosuch` in {} (known: t)\n", env.config.display()));
+    std::fs::create_dir_all(&env.base).unwrap();
+    std::fs::write(env.base.join("current"), "not a link").unwrap();
+    let tty = on_tty(&env.config, &["list", "t"], &[]);
+    assert!(tty.starts_with(&format!("{YELLOW}warning:{RESET} {}/current is not a symlink", env.base.display())), "{tty:?}");
+    std::fs::remove_file(env.base.join("current")).unwrap();
+    // Off: NO_COLOR (any non-empty value), --color never, --json; on: an empty NO_COLOR.
+    for (args, vars) in [
+        (&check[..], &[("NO_COLOR", "1")][..]),
+        (&[&check[..], &["--color", "never"]].concat()[..], &[]),
+        (&[&check[..], &["--json"]].concat()[..], &[]),
+        (&[&check[..], &["--json", "--color", "always"]].concat()[..], &[]),
+        (&["list", "nosuch", "--json"][..], &[]),
+    ] {
+        let tty = on_tty(&env.config, args, vars);
+        assert!(!tty.contains('\x1b') && tty.contains("PASS") || args.contains(&"nosuch"), "{args:?} {vars:?}: {tty:?}");
+        assert!(!tty.contains('\x1b'), "{args:?} {vars:?}: {tty:?}");
+    }
+    assert!(on_tty(&env.config, &check, &[("NO_COLOR", "")]).contains(&config_row));
+    // In a pipe: plain, unless asked for.
+    let piped = bst_with(&env.config, &check, &[]).ok();
+    assert!(piped.stdout.contains("config           PASS  target `t` resolved\n") && !piped.stdout.contains('\x1b'), "{piped:?}");
+    let run = bst_with(&env.config, &[&check[..], &["--color=always"]].concat(), &[("NO_COLOR", "1")]).ok();
+    assert!(run.stdout.contains(&config_row), "{:?}", run.stdout);
+    let run = bst_with(&env.config, &["nosuch", "status", "--color", "always"], &[]).code(2);
+    assert!(run.stderr.starts_with(&format!("{RED}error:{RESET} unknown target")), "{:?}", run.stderr);
+}
+
+/// Item 14, `-q`: nothing but errors, warnings and a gate's result line.
+#[test]
+fn quiet_prints_only_errors_and_the_result_line() {
+    let ws = Workspace::new();
+    let env = Env::new(None, &ws, "required_env = [\"OPS_DB_URL\"]");
+    let run = env.bst(&["deploy", "t", "-q"]).ok();
+    assert_eq!((run.stdout.as_str(), run.stderr.as_str()), ("", ""));
+    let run = env.bst(&["list", "t", "-q"]).ok();
+    assert_eq!((run.stdout.as_str(), run.stderr.as_str()), ("", ""));
+    std::fs::write(env.base.join("shared/.env"), "OPS_DB_URL=postgres://db\n").unwrap();
+    let reports = env.dir.path().join("reports");
+    let run = env.bst(&["env", "check", "t", "-q", "--reports", reports.to_str().unwrap()]).ok();
+    assert_eq!((run.stdout.as_str(), run.stderr.as_str()), ("ENV_BASELINE_RESULT=PASS\n", ""));
+    let run = env.bst(&["list", "nosuch", "-q"]).code(2);
+    assert_eq!(
+        (run.stdout, run.stderr),
+        (String::new(), format!("error: unknown target `nosuch` in {} (known: t)\n", env.config.display()))
+    );
+    // Without -q the same commands do talk.
+    assert!(!env.bst(&["list", "t"]).ok().stdout.is_empty());
+}
