@@ -32,7 +32,7 @@ pub struct GlobalArgs {
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// Show each remote command (-vv: in full)
+    /// Show each remote command on one line (-vv: each script in full)
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
