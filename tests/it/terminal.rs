@@ -184,3 +184,36 @@ fn verbose_shows_each_command_on_one_line_and_vv_in_full() {
     );
     assert!(!run.stderr.contains("-vv shows them"), "{}", run.stderr);
 }
+
+/// Item 15: `list` has a header row and says what its markers mean.
+#[test]
+fn list_has_a_header_and_a_legend() {
+    let ws = Workspace::new();
+    let env = Env::new(None, &ws, "");
+    env.bst(&["deploy", "t", "-q"]).ok();
+    ws.write("package.json", "{\"name\":\"changed\"}\n");
+    env.bst(&["deploy", "t", "-q"]).ok();
+    let j = env.bst(&["list", "t", "--json"]).ok().json();
+    let rels = j["releases"].as_array().unwrap();
+    let row = |r: &serde_json::Value, mark: &str, dirty: &str| {
+        let s = |k: &str| r[k].as_str().unwrap().to_string();
+        format!(
+            "{mark} {}  ok       {}  {:<9}  main            {}",
+            s("id"),
+            s("created_at"),
+            format!("{}{dirty}", &s("commit")[..8]),
+            s("deployed_by")
+        )
+    };
+    let run = env.bst(&["list", "t"]).ok();
+    assert_eq!(
+        run.stdout.lines().collect::<Vec<_>>(),
+        vec![
+            format!("t: {} on local (current: {})", env.base.display(), env.current_id()),
+            "  RELEASE           STATUS   CREATED               COMMIT     BRANCH          DEPLOYED BY".to_string(),
+            row(&rels[0], "*", "+"),
+            row(&rels[1], " ", ""),
+            "* = current release, + = deployed with uncommitted changes (dirty)".to_string(),
+        ]
+    );
+}
