@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod complete;
 pub mod config;
 #[cfg(test)]
 mod corpus_tests;
@@ -52,8 +53,7 @@ fn dispatch(cli: &Cli, globals: &Globals, p: &Printer) -> anyhow::Result<()> {
     // Commands that need no target.
     match &cli.command {
         Command::Completions { shell } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(*shell, &mut cmd, "bst", &mut std::io::stdout());
+            complete::print_script(*shell);
             return Ok(());
         }
         Command::Man => {

@@ -11,6 +11,9 @@ fn main() {
     }
     bst::interrupt::install();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(code) = bst::complete::helper(&args) {
+        std::process::exit(code);
+    }
     let cli = match parse(&args) {
         Ok(cli) => cli,
         Err(e) => std::process::exit(parse_failed(&args, e)),

@@ -66,6 +66,68 @@ fn json_errors_are_one_document_for_every_failure() {
     assert_eq!((run.stdout.as_str(), run.stderr), ("", format!("error: {known}\n")));
 }
 
+/// Item 12: bash completes target and service names from targets.toml, in a real bash.
+#[test]
+fn bash_completes_target_and_service_names() {
+    let d = tempfile::tempdir().unwrap();
+    let config = d.path().join("targets.toml");
+    std::fs::write(
+        &config,
+        "[targets.staging]\nhost = \"local\"\nbase = \"/srv/a\"\n[targets.stage-eu]\nhost = \"local\"\nbase = \"/srv/b\"\n\
+         [targets.stage-eu.services.app]\nunit = \"app.service\"\n[targets.stage-eu.services.redis]\nunit = \"redis-server.service\"\n\
+         [targets.prod]\nhost = \"local\"\nbase = \"/srv/c\"\n",
+    )
+    .unwrap();
+    // `bst` on PATH is the binary under test, whatever its file is called.
+    let path_dir = d.path().join("bin");
+    std::fs::create_dir(&path_dir).unwrap();
+    std::os::unix::fs::symlink(bin(), path_dir.join("bst")).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["bst", "deploy", "st"], "stage-eu staging"),
+        (&["bst", "check", "p"], "prod"),
+        (&["bst", "-v", "prune", "--keep", "3", "sta"], "stage-eu staging"),
+        (&["bst", "env", "set", "pr"], "prod"),
+        (&["bst", "env", "compare", "staging", "stag"], "stage-eu staging"),
+        (&["bst", "drill", "rollback", "s"], "stage-eu staging"),
+        (&["bst", "config", "show", "stage-"], "stage-eu"),
+        (&["bst", "st"], "stage-eu staging"),
+        (&["bst", "stage-eu", ""], "app redis restart start status stop"),
+        (&["bst", "stage-eu", "re"], "redis restart"),
+        (&["bst", "stage-eu", "redis", "st"], "start status stop"),
+        (&["bst", "prod", "s"], "start status stop"),
+        // The static completion still answers what targets.toml does not decide.
+        (&["bst", "deploy", "--no"], "--no-restart"),
+        (&["bst", "env", "ch"], "check"),
+    ];
+    let mut script = String::from("source <(bst completions bash)\n");
+    script.push_str(
+        "c() { COMP_WORDS=(\"$@\"); COMP_CWORD=$(( $# - 1 )); COMPREPLY=(); \
+         _bst_names bst \"${COMP_WORDS[COMP_CWORD]}\" \"${COMP_WORDS[COMP_CWORD-1]}\"; echo \"${COMPREPLY[*]}\"; }\n",
+    );
+    for (words, _) in cases {
+        script.push_str(&format!("c {}\n", words.iter().map(|w| sh_quote(w)).collect::<Vec<_>>().join(" ")));
+    }
+    // From another directory, the config named on the line.
+    script.push_str(&format!(
+        "cd {} && c bst --config {} list pro\n",
+        sh_quote(elsewhere.path().to_str().unwrap()),
+        sh_quote(config.to_str().unwrap())
+    ));
+    let out = Command::new("bash")
+        .args(["--norc", "--noprofile", "-c", &script])
+        .current_dir(d.path())
+        .env("PATH", format!("{}:{}", path_dir.display(), std::env::var("PATH").unwrap_or_default()))
+        .env_remove("BST_CONFIG")
+        .output()
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let mut expected: Vec<&str> = cases.iter().map(|(_, want)| *want).collect();
+    expected.push("prod");
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), expected, "stderr: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// Runs bst on a pseudo-terminal (`script`), stdout and stderr both on it; returns what the
 /// terminal showed, `\r\n` made `\n`.
 fn on_tty(config: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
