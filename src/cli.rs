@@ -122,6 +122,7 @@ pub enum Command {
     },
     /// Print a shell completion script
     Completions {
+        /// bash, zsh, fish, powershell or elvish
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
@@ -143,16 +144,30 @@ pub struct ReportsArg {
 pub enum EnvCommand {
     /// Required keys non-empty and clean, expected values as configured: ENV_BASELINE_RESULT
     Check {
+        /// Target name from targets.toml
         target: String,
         #[command(flatten)]
         reports: ReportsArg,
     },
     /// Set KEY to a value read from stdin (never from the command line); backup first
-    Set { target: String, key: String },
+    Set {
+        /// Target name from targets.toml
+        target: String,
+        /// Env key, e.g. OPS_DB_URL
+        key: String,
+    },
     /// Remove KEY; backup first
-    Unset { target: String, key: String },
+    Unset {
+        /// Target name from targets.toml
+        target: String,
+        /// Env key, e.g. OPS_DB_URL
+        key: String,
+    },
     /// List the key names (never values)
-    Keys { target: String },
+    Keys {
+        /// Target name from targets.toml
+        target: String,
+    },
     /// Compare keys between two env files without revealing values: ENV_PARITY_RESULT
     Compare {
         /// TARGET or TARGET:PATH (PATH relative to the base, e.g. staging:current/app/.env)
@@ -170,7 +185,10 @@ pub enum EnvCommand {
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Print a target's resolved settings (defaults merged, paths expanded)
-    Show { target: String },
+    Show {
+        /// Target name from targets.toml
+        target: String,
+    },
     /// Load the file and resolve every target; report every problem
     Validate,
 }
@@ -179,6 +197,7 @@ pub enum ConfigCommand {
 pub enum DrillCommand {
     /// Roll back, health-check, roll forward, health-check: ROLLBACK_DRILL_RESULT
     Rollback {
+        /// Target name from targets.toml
         target: String,
         #[command(flatten)]
         reports: ReportsArg,

@@ -12,6 +12,7 @@ pub mod dotenv;
 pub mod error;
 pub mod interrupt;
 pub mod known_hosts;
+pub mod manpage;
 pub mod release;
 pub mod remote;
 pub mod report;
@@ -57,8 +58,7 @@ fn dispatch(cli: &Cli, globals: &Globals, p: &Printer) -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Man => {
-            let cmd = <Cli as clap::CommandFactory>::command();
-            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            manpage::render(&mut std::io::stdout())?;
             return Ok(());
         }
         Command::Init { path } => return commands::init::run(p, path.as_deref()),

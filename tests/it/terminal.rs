@@ -279,3 +279,121 @@ fn list_has_a_header_and_a_legend() {
         ]
     );
 }
+
+/// Item 16: `bst man` is one reference page that groff and man render without a warning.
+#[test]
+fn man_page_is_a_complete_reference_without_warnings() {
+    let d = tempfile::tempdir().unwrap();
+    let out = Command::new(bin()).arg("man").output().unwrap();
+    assert!(out.status.success());
+    let roff = String::from_utf8(out.stdout).unwrap();
+    let page = d.path().join("bst.1");
+    std::fs::write(&page, &roff).unwrap();
+    let groff = Command::new("groff").args(["-man", "-ww", "-z", "-Tutf8"]).arg(&page).output().expect("groff (groff-base) runs");
+    assert!(groff.status.success() && groff.stderr.is_empty(), "groff: {}", String::from_utf8_lossy(&groff.stderr));
+    let man = Command::new("man")
+        .args(["--warnings", "-l"])
+        .arg(&page)
+        .env("MANWIDTH", "100")
+        .env("MANPAGER", "cat")
+        .env("LC_ALL", "C.UTF-8")
+        .output()
+        .expect("man (man-db) runs");
+    assert!(man.status.success() && man.stderr.is_empty(), "man: {}", String::from_utf8_lossy(&man.stderr));
+    let text = String::from_utf8_lossy(&man.stdout).to_string();
+    let headings: Vec<&str> =
+        text.lines().filter(|l| l.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && !l.starts_with("bst")).collect();
+    assert_eq!(
+        headings,
+        [
+            "NAME",
+            "SYNOPSIS",
+            "DESCRIPTION",
+            "OPTIONS",
+            "COMMANDS",
+            "EXIT STATUS",
+            "ENVIRONMENT",
+            "FILES",
+            "CONFIGURATION",
+            "EXAMPLES",
+            "SEE ALSO"
+        ]
+    );
+    for cmd in [
+        "bst deploy [OPTIONS] <TARGET>",
+        "bst list [OPTIONS] <TARGET>",
+        "bst rollback [OPTIONS] <TARGET>",
+        "bst prune [OPTIONS] <TARGET>",
+        "bst unlock [OPTIONS] <TARGET>",
+        "bst env check [OPTIONS] <TARGET>",
+        "bst env set [OPTIONS] <TARGET> <KEY>",
+        "bst env unset [OPTIONS] <TARGET> <KEY>",
+        "bst env keys [OPTIONS] <TARGET>",
+        "bst env compare [OPTIONS] --keys <KEYS> <LEFT> <RIGHT>",
+        "bst drill rollback [OPTIONS] <TARGET>",
+        "bst check [OPTIONS] <TARGET>",
+        "bst init [OPTIONS]",
+        "bst config show [OPTIONS] <TARGET>",
+        "bst config validate [OPTIONS]",
+        "bst completions [OPTIONS] <SHELL>",
+        "bst man [OPTIONS]",
+        "bst TARGET [SERVICE] status|start|stop|restart",
+    ] {
+        assert!(text.contains(&format!("\n   {cmd}\n")), "no `{cmd}` in the man page:\n{text}");
+    }
+    let items = |section: &str| -> Vec<String> {
+        let head = if section.contains(' ') { format!(".SH \"{section}\"\n") } else { format!(".SH {section}\n") };
+        roff.split(&head)
+            .nth(1)
+            .unwrap_or_else(|| panic!("no {head:?}"))
+            .split("\n.SH ")
+            .next()
+            .unwrap()
+            .split(".TP\n")
+            .skip(1)
+            .map(|i| i.lines().next().unwrap().replace("\\fB", "").replace("\\fI", "").replace("\\fR", "").replace("\\-", "-"))
+            .collect()
+    };
+    assert_eq!(items("EXIT STATUS"), ["0", "1", "2", "3", "4", "5", "6", "130"]);
+    let vars = items("ENVIRONMENT");
+    for v in ["BST_CONFIG", "BST_SSH_CONFIG", "BST_SSH_PASSPHRASE", "BST_CACHE_DIR", "NO_COLOR", "CI", "SSH_AUTH_SOCK"] {
+        assert!(vars.iter().any(|i| i == v), "{v} not in ENVIRONMENT: {vars:?}");
+    }
+    let keys = items("CONFIGURATION");
+    for k in [
+        "host",
+        "port",
+        "user",
+        "identity_file",
+        "known_hosts",
+        "base",
+        "source",
+        "keep_releases",
+        "shared_files",
+        "shared_dirs",
+        "exclude",
+        "install",
+        "build",
+        "forbidden_paths",
+        "env_file",
+        "required_env",
+        "expect_env",
+        "env_dialect",
+        "env_backups_keep",
+        "restart",
+        "health_timeout",
+        "settle",
+        "confirm_margin",
+        "unit",
+        "scope",
+        "sudo",
+        "health",
+    ] {
+        assert!(keys.iter().any(|i| i == k), "{k} not in CONFIGURATION: {keys:?}");
+    }
+    assert!(items("FILES").iter().any(|i| i == "current") && items("FILES").iter().any(|i| i == "targets.toml"));
+    assert!(items("EXAMPLES").len() >= 5);
+    // Every page it points at exists on a machine with OpenSSH and systemd; none is a bst-*(1).
+    let refs: Vec<&str> = text.split_whitespace().filter(|w| w.contains("(1)") || w.contains("(5)") || w.contains("(8)")).collect();
+    assert_eq!(refs, ["bst(1)", "bst(1)", "ssh(1),", "ssh_config(5),", "sshd(8),", "systemctl(1),", "systemd.exec(5)", "bst(1)"]);
+}
