@@ -32,17 +32,22 @@ pub struct GlobalArgs {
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// Show each remote command (-vv: in full)
+    /// Show each remote command on one line (-vv: each script in full)
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
-    /// Print only errors
+    /// Print only errors (a gate's `…_RESULT=` line still goes to stdout)
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
 
     /// Trust and record the host key of a host not yet in known_hosts
     #[arg(long, global = true)]
     pub accept_new_host_key: bool,
+
+    /// Colour PASS/FAIL, `error:` and `warning:` [auto: on a terminal, unless NO_COLOR is set
+    /// or --json is given]
+    #[arg(long, global = true, value_name = "WHEN", default_value = "auto")]
+    pub color: clap::ColorChoice,
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,6 +122,7 @@ pub enum Command {
     },
     /// Print a shell completion script
     Completions {
+        /// bash, zsh, fish, powershell or elvish
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
@@ -138,16 +144,30 @@ pub struct ReportsArg {
 pub enum EnvCommand {
     /// Required keys non-empty and clean, expected values as configured: ENV_BASELINE_RESULT
     Check {
+        /// Target name from targets.toml
         target: String,
         #[command(flatten)]
         reports: ReportsArg,
     },
     /// Set KEY to a value read from stdin (never from the command line); backup first
-    Set { target: String, key: String },
+    Set {
+        /// Target name from targets.toml
+        target: String,
+        /// Env key, e.g. OPS_DB_URL
+        key: String,
+    },
     /// Remove KEY; backup first
-    Unset { target: String, key: String },
+    Unset {
+        /// Target name from targets.toml
+        target: String,
+        /// Env key, e.g. OPS_DB_URL
+        key: String,
+    },
     /// List the key names (never values)
-    Keys { target: String },
+    Keys {
+        /// Target name from targets.toml
+        target: String,
+    },
     /// Compare keys between two env files without revealing values: ENV_PARITY_RESULT
     Compare {
         /// TARGET or TARGET:PATH (PATH relative to the base, e.g. staging:current/app/.env)
@@ -165,7 +185,10 @@ pub enum EnvCommand {
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Print a target's resolved settings (defaults merged, paths expanded)
-    Show { target: String },
+    Show {
+        /// Target name from targets.toml
+        target: String,
+    },
     /// Load the file and resolve every target; report every problem
     Validate,
 }
@@ -174,6 +197,7 @@ pub enum ConfigCommand {
 pub enum DrillCommand {
     /// Roll back, health-check, roll forward, health-check: ROLLBACK_DRILL_RESULT
     Rollback {
+        /// Target name from targets.toml
         target: String,
         #[command(flatten)]
         reports: ReportsArg,

@@ -98,6 +98,36 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The stable name of this failure in `--json` error documents (docs/json.md). Never
+    /// rename one: scripts match on them.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Usage(_) => "usage",
+            Error::Config { .. } => "config",
+            Error::UnknownTarget { .. } => "unknown_target",
+            Error::BadReleaseId(_) => "bad_release_id",
+            Error::Locked { .. } | Error::LockedLive { .. } => "locked",
+            Error::Connect { .. } => "connect",
+            Error::HostKeyUnknown { .. } => "host_key_unknown",
+            Error::HostKeyChanged { .. } => "host_key_changed",
+            Error::HostKeyRevoked { .. } => "host_key_revoked",
+            Error::HostKeyCertificate { .. } => "host_key_certificate",
+            Error::Auth { .. } => "auth",
+            Error::Unhealthy(_) => "unhealthy",
+            Error::Interrupted => "interrupted",
+            Error::Failed(_) => "failed",
+            Error::Unknown(_) => "unknown",
+        }
+    }
+}
+
+/// The `kind` for any error chain: the first [`Error`] found decides, else `failed` (exit 1,
+/// like [`exit_code_of`]).
+pub fn kind_of(err: &anyhow::Error) -> &'static str {
+    err.chain().find_map(|e| e.downcast_ref::<Error>()).map_or("failed", Error::kind)
+}
+
 /// The exit code for any error chain: the first [`Error`] found decides, else 1.
 pub fn exit_code_of(err: &anyhow::Error) -> i32 {
     err.chain().find_map(|e| e.downcast_ref::<Error>()).map_or(code::FAILED, Error::exit_code)

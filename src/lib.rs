@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod complete;
 pub mod config;
 #[cfg(test)]
 mod corpus_tests;
@@ -11,6 +12,7 @@ pub mod dotenv;
 pub mod error;
 pub mod interrupt;
 pub mod known_hosts;
+pub mod manpage;
 pub mod release;
 pub mod remote;
 pub mod report;
@@ -29,34 +31,42 @@ use error::Error;
 use report::Printer;
 use settings::Globals;
 
-pub fn run(mut cli: Cli) -> anyhow::Result<()> {
-    if let Command::Service(words) = &mut cli.command {
-        *words = take_global_flags(std::mem::take(words), &mut cli.global)?;
-    }
+/// Runs a parsed command line; reports a failure (`error:` on stderr, and with `--json` an
+/// error document on stdout) and returns the exit code.
+pub fn run(mut cli: Cli) -> i32 {
+    let taken = match &mut cli.command {
+        Command::Service(words) => take_global_flags(std::mem::take(words), &mut cli.global).map(|w| *words = w),
+        _ => Ok(()),
+    };
     let globals = Globals {
         json: cli.global.json,
         verbose: cli.global.verbose,
         quiet: cli.global.quiet,
         accept_new_host_key: cli.global.accept_new_host_key,
+        color: cli.global.color,
     };
     let p = Printer::new(&globals);
+    match taken.and_then(|()| dispatch(&cli, &globals, &p)) {
+        Ok(()) => error::code::OK,
+        Err(e) => p.fail(&e),
+    }
+}
 
+fn dispatch(cli: &Cli, globals: &Globals, p: &Printer) -> anyhow::Result<()> {
     // Commands that need no target.
     match &cli.command {
         Command::Completions { shell } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(*shell, &mut cmd, "bst", &mut std::io::stdout());
+            complete::print_script(*shell);
             return Ok(());
         }
         Command::Man => {
-            let cmd = <Cli as clap::CommandFactory>::command();
-            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            manpage::render(&mut std::io::stdout())?;
             return Ok(());
         }
-        Command::Init { path } => return commands::init::run(&p, path.as_deref()),
+        Command::Init { path } => return commands::init::run(p, path.as_deref()),
         Command::Config { command: ConfigCommand::Validate } => {
             let path = config::discover(cli.global.config.as_deref())?;
-            return commands::config::validate(&p, &path);
+            return commands::config::validate(p, &path);
         }
         _ => {}
     }
@@ -118,36 +128,36 @@ pub fn run(mut cli: Cli) -> anyhow::Result<()> {
     let reports_of = |r: &cli::ReportsArg| r.reports.clone().unwrap_or_else(|| target.reports.clone());
 
     match &cli.command {
-        Command::Deploy { build, no_restart, .. } => commands::deploy::run(&target, &globals, &p, *build, !*no_restart),
-        Command::List { .. } => commands::list::run(&target, &globals, &p),
+        Command::Deploy { build, no_restart, .. } => commands::deploy::run(&target, globals, p, *build, !*no_restart),
+        Command::List { .. } => commands::list::run(&target, globals, p),
         Command::Rollback { release_id, no_restart, .. } => {
-            commands::rollback::run(&target, &globals, &p, release_id.as_deref(), !*no_restart)
+            commands::rollback::run(&target, globals, p, release_id.as_deref(), !*no_restart)
         }
-        Command::Prune { keep, .. } => commands::prune::run(&target, &globals, &p, *keep),
-        Command::Unlock { .. } => commands::unlock::run(&target, &globals, &p),
-        Command::Check { reports, .. } => commands::check::run(&target, &globals, &p, &reports_of(reports)),
-        Command::Config { .. } => commands::config::show(&p, &target, config.origins.get(&target.name)),
+        Command::Prune { keep, .. } => commands::prune::run(&target, globals, p, *keep),
+        Command::Unlock { .. } => commands::unlock::run(&target, globals, p),
+        Command::Check { reports, .. } => commands::check::run(&target, globals, p, &reports_of(reports)),
+        Command::Config { .. } => commands::config::show(p, &target, config.origins.get(&target.name)),
         Command::Completions { .. } | Command::Man | Command::Init { .. } => unreachable!("handled above"),
         Command::Drill { command: DrillCommand::Rollback { reports, .. } } => {
-            commands::drill::rollback(&target, &globals, &p, &reports_of(reports))
+            commands::drill::rollback(&target, globals, p, &reports_of(reports))
         }
         Command::Env { command } => match command {
-            EnvCommand::Check { reports, .. } => commands::env::check(&target, &globals, &p, &reports_of(reports)),
-            EnvCommand::Keys { .. } => commands::env::keys(&target, &globals, &p),
+            EnvCommand::Check { reports, .. } => commands::env::check(&target, globals, p, &reports_of(reports)),
+            EnvCommand::Keys { .. } => commands::env::keys(&target, globals, p),
             EnvCommand::Set { key, .. } => {
                 let value = commands::env::read_value_for_set(key)?;
-                commands::env::edit(&target, &globals, &p, key, Some(value))
+                commands::env::edit(&target, globals, p, key, Some(value))
             }
-            EnvCommand::Unset { key, .. } => commands::env::edit(&target, &globals, &p, key, None),
+            EnvCommand::Unset { key, .. } => commands::env::edit(&target, globals, p, key, None),
             EnvCommand::Compare { left, right, keys, reports } => {
                 let (l, r) = (commands::env::parse_side(left)?, commands::env::parse_side(right)?);
                 settings::resolve_target(&config, &r.target)?;
-                commands::env::compare(&config, &globals, &p, &l, &r, keys, &reports_of(reports))
+                commands::env::compare(&config, globals, p, &l, &r, keys, &reports_of(reports))
             }
         },
         Command::Service(_) => {
             let (service, action) = service_args.expect("parsed above");
-            commands::service::run(&target, &globals, &p, service.as_deref(), action)
+            commands::service::run(&target, globals, p, service.as_deref(), action)
         }
     }
 }
@@ -156,6 +166,9 @@ pub fn run(mut cli: Cli) -> anyhow::Result<()> {
 /// (`bst core-api-prod status --json`): pick those out here.
 fn take_global_flags(words: Vec<String>, g: &mut cli::GlobalArgs) -> anyhow::Result<Vec<String>> {
     let mut rest = Vec::new();
+    // The first problem is reported, but only after every word is read: a `--json` after
+    // a bad option still asks for the error as a document.
+    let mut problem: Option<String> = None;
     let mut it = words.into_iter();
     while let Some(w) = it.next() {
         match w.as_str() {
@@ -163,19 +176,38 @@ fn take_global_flags(words: Vec<String>, g: &mut cli::GlobalArgs) -> anyhow::Res
             "-q" | "--quiet" => g.quiet = true,
             "--verbose" => g.verbose += 1,
             "--accept-new-host-key" => g.accept_new_host_key = true,
-            "--config" => g.config = Some(it.next().ok_or_else(|| Error::Usage("--config needs a path".into()))?.into()),
+            "--config" => match it.next() {
+                Some(v) => g.config = Some(v.into()),
+                None => problem = problem.or(Some("--config needs a path".into())),
+            },
             v if v.starts_with("--config=") => g.config = Some(v["--config=".len()..].into()),
+            "--color" => match it.next().as_deref().map(parse_color) {
+                Some(Ok(c)) => g.color = c,
+                Some(Err(e)) => problem = problem.or(Some(e)),
+                None => problem = problem.or(Some("--color needs auto, always or never".into())),
+            },
+            v if v.starts_with("--color=") => match parse_color(&v["--color=".len()..]) {
+                Ok(c) => g.color = c,
+                Err(e) => problem = problem.or(Some(e)),
+            },
             v if v.len() > 1 && v.starts_with('-') && !v.starts_with("--") && v[1..].chars().all(|c| c == 'v') => {
                 g.verbose += u8::try_from(v.len() - 1).unwrap_or(u8::MAX);
             }
-            v if v.starts_with('-') => return Err(Error::Usage(format!("unknown option `{v}`")).into()),
+            v if v.starts_with('-') => problem = problem.or(Some(format!("unknown option `{v}`"))),
             _ => rest.push(w),
         }
+    }
+    if let Some(p) = problem {
+        return Err(Error::Usage(p).into());
     }
     if rest.is_empty() {
         return Err(Error::Usage("expected a command (see --help)".into()).into());
     }
     Ok(rest)
+}
+
+fn parse_color(v: &str) -> Result<clap::ColorChoice, String> {
+    <clap::ColorChoice as clap::ValueEnum>::from_str(v, false).map_err(|_| format!("invalid --color `{v}`: expected auto, always or never"))
 }
 
 /// `TARGET ACTION` or `TARGET SERVICE ACTION`.

@@ -14,6 +14,13 @@ pub struct Printer {
     pub verbose: u8,
     /// Progress bars only for a human watching a terminal; CI gets plain lines.
     pub tty: bool,
+    /// Colour on stdout (verdicts) and on stderr (`error:`, `warning:`).
+    color_out: bool,
+    color_err: bool,
+    /// Set once a JSON document went to stdout, shared by every clone: a command that
+    /// printed its own document and then failed (a gate's FAIL, an unhealthy service) gets
+    /// no second, error document.
+    printed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// [`Printer::timing`] for threads that have no printer.
@@ -23,10 +30,70 @@ pub fn timing(on: bool, started: std::time::Instant, what: impl std::fmt::Displa
     }
 }
 
+/// Whether output to a stream gets colour. `--json` never: its readers are programs, and
+/// its stderr ends up in the same CI logs that parse it. `NO_COLOR` (any non-empty value,
+/// no-color.org) and `TERM=dumb` only change `auto`: an explicit `--color always` wins.
+pub fn use_color(choice: clap::ColorChoice, json: bool, terminal: bool) -> bool {
+    if json {
+        return false;
+    }
+    match choice {
+        clap::ColorChoice::Always => true,
+        clap::ColorChoice::Never => false,
+        clap::ColorChoice::Auto => {
+            terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::env::var_os("TERM").is_none_or(|t| t != "dumb")
+        }
+    }
+}
+
+const RED: anstyle::Style = anstyle::AnsiColor::Red.on_default().bold();
+const YELLOW: anstyle::Style = anstyle::AnsiColor::Yellow.on_default().bold();
+const GREEN: anstyle::Style = anstyle::AnsiColor::Green.on_default().bold();
+
+fn paint(on: bool, style: anstyle::Style, text: &str) -> String {
+    if on {
+        format!("{style}{text}{style:#}")
+    } else {
+        text.to_string()
+    }
+}
+
+/// `error: …` for `main`, which may have no printer (clap's own errors come first).
+pub fn error_line(color: bool, msg: &str) -> String {
+    format!("{} {msg}", paint(color, RED, "error:"))
+}
+
+/// The document `--json` prints on stdout when a command fails (docs/json.md).
+pub fn error_doc<'a>(kind: &'a str, message: &'a str, exit_code: i32) -> ErrorDoc<'a> {
+    ErrorDoc { schema_version: 1, error: ErrorBody { kind, message, exit_code } }
+}
+
+#[derive(Serialize)]
+pub struct ErrorDoc<'a> {
+    schema_version: u32,
+    error: ErrorBody<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    kind: &'a str,
+    message: &'a str,
+    exit_code: i32,
+}
+
 impl Printer {
     pub fn new(g: &Globals) -> Self {
         let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
-        Printer { json: g.json, quiet: g.quiet, verbose: g.verbose, tty: std::io::stderr().is_terminal() && !ci }
+        let stderr_tty = std::io::stderr().is_terminal();
+        Printer {
+            json: g.json,
+            quiet: g.quiet,
+            verbose: g.verbose,
+            tty: stderr_tty && !ci,
+            color_out: use_color(g.color, g.json, std::io::stdout().is_terminal()),
+            color_err: use_color(g.color, g.json, stderr_tty),
+            printed: Default::default(),
+        }
     }
 
     /// Progress and status, for humans.
@@ -36,13 +103,19 @@ impl Printer {
         }
     }
 
+    /// Not with `-q`, which promises errors only: what a quiet run must not miss fails it
+    /// (a release the watchdog switched back exits non-zero), and `--json` keeps every
+    /// warning in its document.
     pub fn warn(&self, msg: impl AsRef<str>) {
-        eprintln!("warning: {}", msg.as_ref());
+        if !self.quiet {
+            eprintln!("{} {}", paint(self.color_err, YELLOW, "warning:"), msg.as_ref());
+        }
     }
 
-    /// The human result of a command; suppressed with `--json`, which prints [`Self::json`].
+    /// The human result of a command; suppressed with `--json`, which prints [`Self::json`],
+    /// and with `-q`.
     pub fn out(&self, text: impl AsRef<str>) {
-        if !self.json {
+        if !self.json && !self.quiet {
             let mut o = std::io::stdout().lock();
             let _ = writeln!(o, "{}", text.as_ref());
         }
@@ -50,10 +123,43 @@ impl Printer {
 
     pub fn json<T: Serialize>(&self, doc: &T) {
         if self.json {
+            self.printed.store(true, std::sync::atomic::Ordering::SeqCst);
             let mut o = std::io::stdout().lock();
             let _ = serde_json::to_writer_pretty(&mut o, doc);
             let _ = writeln!(o);
         }
+    }
+
+    /// `PASS`, `FAIL`, … for a table on stdout, padded to `width` before it is painted so
+    /// the escape codes do not shift the columns.
+    pub fn verdict(&self, verdict: &str, width: usize) -> String {
+        let style = match verdict {
+            "PASS" | "ok" => GREEN,
+            "FAIL" | "FAILED" => RED,
+            "SKIP" | "UNVERIFIED" => YELLOW,
+            _ => return format!("{verdict:<width$}"),
+        };
+        let padded = format!("{verdict:<width$}");
+        let pad = padded.len() - verdict.len();
+        format!("{}{}", paint(self.color_out, style, verdict), " ".repeat(pad))
+    }
+
+    /// Reports a failed command on stderr (and, with `--json`, as a document on stdout unless
+    /// the command printed its own); returns the exit code.
+    pub fn fail(&self, e: &anyhow::Error) -> i32 {
+        let interrupted = crate::interrupt::seen();
+        let code = if interrupted { crate::error::code::INTERRUPTED } else { crate::error::exit_code_of(e) };
+        // A closed pipe (`bst list | head`) is not a failure worth a message.
+        if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) {
+            return code;
+        }
+        let message = format!("{e:#}");
+        eprintln!("{}", error_line(self.color_err, &message));
+        if self.json && !self.printed.load(std::sync::atomic::Ordering::SeqCst) {
+            let kind = if interrupted { "interrupted" } else { crate::error::kind_of(e) };
+            self.json(&error_doc(kind, &message, code));
+        }
+        code
     }
 
     /// With `-vv`: when each step of a deploy finished, to see where the time goes.

@@ -15,6 +15,7 @@ pub struct Globals {
     pub verbose: u8,
     pub quiet: bool,
     pub accept_new_host_key: bool,
+    pub color: clap::ColorChoice,
 }
 
 #[derive(Debug, Clone, PartialEq)]

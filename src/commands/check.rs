@@ -243,7 +243,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, reports: &Path) -> a
         target.base
     );
     for i in &items {
-        p.out(format!("{:<16} {:<4}  {}", i.check, i.result, i.detail));
+        p.out(format!("{:<16} {}  {}", i.check, p.verdict(i.result, 4), i.detail));
         md.push_str(&format!("| {} | {} | {} |\n", i.check, i.result, md_cell(&i.detail)));
     }
     let doc = json!({"target": target.name, "host": target.host_label(), "base": target.base, "checks": items});

@@ -93,21 +93,24 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer) -> anyhow::Result<()
         target.host_label(),
         state.current.as_deref().or(state.current_raw.as_deref()).unwrap_or("none")
     ));
+    // Each column as wide as its widest value: an id is 16 characters, a time 20, a commit
+    // 8 plus its dirty marker.
+    p.out(format!("  {:<16}  {:<7}  {:<20}  {:<9}  {:<14}  {}", "RELEASE", "STATUS", "CREATED", "COMMIT", "BRANCH", "DEPLOYED BY"));
     for r in rows {
         // By characters: a `commit` from the server is data, not necessarily hex.
         let short: Option<String> = r.commit.map(|c| c.chars().take(8).collect());
-        let commit = short.as_deref().unwrap_or("-");
+        let commit = format!("{}{}", short.as_deref().unwrap_or("-"), if r.dirty == Some(true) { "+" } else { "" });
         p.out(format!(
-            "{} {}  {:<7}  {:<20}  {}{}  {:<14}  {}",
+            "{} {}  {:<7}  {:<20}  {:<9}  {:<14}  {}",
             if r.current { "*" } else { " " },
             r.id,
             r.status,
             r.created_at.unwrap_or("-"),
             commit,
-            if r.dirty == Some(true) { "+" } else { " " },
             r.branch.unwrap_or("-"),
             r.deployed_by.unwrap_or("-"),
         ));
     }
+    p.out("* = current release, + = deployed with uncommitted changes (dirty)");
     Ok(())
 }

@@ -219,7 +219,7 @@ fn report(
         .collect();
     let all_ok = rows.len() == selected.len() && rows.iter().all(|r| r.ok);
     for r in &rows {
-        let health = r.health.map_or(String::new(), |h| format!("  health: {}", if h.healthy { "ok" } else { "FAIL" }));
+        let health = r.health.map_or(String::new(), |h| format!("  health: {}", p.verdict(if h.healthy { "ok" } else { "FAIL" }, 0)));
         p.out(format!(
             "{} {:<10} {:<28} {}/{}  pid {}  since {}  release {}{health}",
             if r.ok { "●" } else { "×" },

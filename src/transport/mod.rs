@@ -116,14 +116,44 @@ pub fn connect(target: &Target, globals: &Globals) -> anyhow::Result<Box<dyn Tra
     }
 }
 
+/// `-v`: each remote command on one line; `-vv`: each script in full.
 pub(crate) fn show_command(verbose: u8, where_: &str, script: &str) {
-    if verbose > 0 {
-        let shown = if verbose > 1 || script.lines().count() <= 12 {
-            script.trim_end().to_string()
-        } else {
-            let head: Vec<&str> = script.lines().take(12).collect();
-            format!("{}\n… ({} more lines, -vv shows all)", head.join("\n"), script.lines().count() - 12)
-        };
-        eprintln!("[{where_}] $ {}", shown.replace('\n', "\n    "));
+    match verbose {
+        0 => {}
+        1 => eprintln!("[{where_}] $ {}", one_line(script, ONE_LINE_WIDTH)),
+        _ => eprintln!("[{where_}] $ {}", script.trim_end().replace('\n', "\n    ")),
+    }
+}
+
+/// Characters of a script `-v` shows: enough to tell the commands apart (they differ after
+/// the `B='<base>'` they all begin with), short enough not to wrap twice.
+const ONE_LINE_WIDTH: usize = 160;
+
+/// A script's lines joined into one, for reading (`then`, `do`, `|`, … continue a line, other
+/// lines end with `;`), cut after `width` characters with how many lines it has.
+pub(crate) fn one_line(script: &str, width: usize) -> String {
+    let lines: Vec<&str> = script.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let mut joined = String::new();
+    for (i, l) in lines.iter().enumerate() {
+        joined.push_str(l);
+        if i + 1 < lines.len() {
+            let open = ["then", "do", "else", "{", "(", "|", "&&", "||", ";", "\\"].iter().any(|e| l.ends_with(e));
+            joined.push_str(if open { " " } else { "; " });
+        }
+    }
+    if joined.chars().count() <= width {
+        return joined;
+    }
+    let cut: String = joined.chars().take(width).collect();
+    format!("{cut}… ({} lines; -vv shows them)", lines.len())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_line_joins_and_cuts() {
+        let s = "B='/srv/a'\nif [ -d \"$B\" ]; then\n  echo yes\nfi\n\ncat x |\n  wc -l\n";
+        assert_eq!(super::one_line(s, 100), "B='/srv/a'; if [ -d \"$B\" ]; then echo yes; fi; cat x | wc -l");
+        assert_eq!(super::one_line(s, 10), "B='/srv/a'… (6 lines; -vv shows them)");
     }
 }

@@ -329,6 +329,8 @@ fn on_tty(config: &Path, args: &[&str], vars: &[(&str, &str)], redirect: &str) -
         .env_remove("BST_CONFIG")
         .env_remove("BST_SSH_PASSPHRASE")
         .env_remove("CI")
+        // The terminal gets colour otherwise (tests/it/terminal.rs covers it).
+        .env("NO_COLOR", "1")
         .env("BST_CACHE_DIR", config.parent().unwrap().join("bst-cache"))
         .stdin(std::process::Stdio::null());
     for (k, v) in vars {
@@ -358,11 +360,13 @@ fn a_silent_host_says_connecting_on_a_terminal_after_a_second() {
     let (code, shown) = on_tty(&env.config, &["list", "t"], &vars, "");
     assert_eq!((code, shown.as_str()), (5, format!("connecting to 127.0.0.1:{p}…\n{failed}").as_str()));
 
-    // --json: the line goes to stderr only, stdout stays one document (here: nothing).
+    // --json: the line goes to stderr only, stdout stays one document (the error's).
     let out = env.dir.path().join("stdout.json");
     let (code, shown) = on_tty(&env.config, &["list", "t", "--json"], &vars, &format!(" > {}", sq(&out.display().to_string())));
     assert_eq!((code, shown.as_str()), (5, format!("connecting to 127.0.0.1:{p}…\n{failed}").as_str()));
-    assert!(!std::fs::read_to_string(&out).unwrap().contains("connecting"));
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(doc["error"]["kind"], "connect");
+    assert!(!doc["error"]["message"].as_str().unwrap().contains("connecting"));
 
     let in_ci: Vec<(&str, &str)> = vars.iter().copied().chain([("CI", "true")]).collect();
     assert_eq!(on_tty(&env.config, &["list", "t"], &in_ci, ""), (5, failed.clone()), "CI");

@@ -19,4 +19,5 @@ mod reconnect;
 mod ssh;
 mod ssh_oracle;
 mod systemd;
+mod terminal;
 mod watchdog;
