@@ -74,14 +74,12 @@ pub fn render(d: &Detected) -> String {
 {packages}
 [defaults]
 keep_releases = 5            # releases kept after each deploy (never current or its rollback target)
-shared_files = [".env"]      # linked from <base>/shared into every release; never shipped from here
 # forbidden_paths = ["/srv/old-alias"]   # a base may never be at or under these, even via symlinks
 
 # `bst deploy demo`: this repository into ./.bst-demo on this machine, no server needed.
 [targets.demo]
 host = "local"
 base = ".bst-demo"
-shared_files = []
 
 # A server. Copy, rename, and fill in.
 [targets.staging]
@@ -90,6 +88,7 @@ port = 22
 user = "deploy"
 # identity_file = "~/.ssh/id_ed25519"  # else ssh-agent, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa
 base = "/srv/app/staging"            # absolute: releases/, current, shared/, logs/ live here
+shared_files = [".env"]              # linked from <base>/shared into every release; never shipped from here
 {install}
 {build}
 # restart = ["app"]                  # restarted and health-checked after each switch

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::harness::{bst_with, sh, toml_str, Env, Workspace};
+use crate::harness::{bst_with, free_port, sh, toml_str, Env, Workspace};
 
 /// Every path under a release, files and links, `/`-separated, sorted; bst's own meta left out.
 fn shipped(release: &Path) -> Vec<String> {
@@ -313,4 +313,115 @@ fn env_messages_say_what_to_do_next() {
     let run = env.bst(&["env", "set", "t", "OPTIONAL"]).ok();
     assert!(run.stderr.starts_with("warning: OPTIONAL is set to an empty value (stdin was empty)\n"), "{}", run.stderr);
     assert_eq!(std::fs::read_to_string(env.base.join("shared/.env")).unwrap(), "OPTIONAL=\n");
+}
+
+/// The README's five-minute guide, line by line as the README writes it, from `bst init` to the
+/// drill, against the real systemd host (sshd on a loopback port, the app under a unit). The
+/// one step that is prose, describing the server target, is done the way a user would: by
+/// editing the `staging` table `bst init` wrote.
+#[test]
+fn the_readme_five_minute_guide_works_as_written() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let guide = readme.split("## Five-minute guide").nth(1).expect("README has a five-minute guide");
+    let guide = guide.split("\n## ").next().unwrap();
+    let block = guide.split("```sh\n").nth(1).and_then(|b| b.split("\n```").next()).expect("the guide has a ```sh block");
+    let lines: Vec<&str> = block.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.iter().any(|l| l.starts_with("# describe a server target")), "{block}");
+
+    let h = crate::systemd::host();
+    let (port, unit, base) = (free_port(), "bst-first-hour.service", "/srv/first-hour");
+    h.ssh(&format!(
+        "rm -rf {base}; printf '%s\\n' '[Unit]' 'Description=first hour' '[Service]' 'WorkingDirectory={base}/current' \
+         'Environment=PORT={port}' 'ExecStart=/usr/bin/node server.js' > /etc/systemd/system/{unit} && systemctl daemon-reload"
+    ));
+    let repo = tempfile::Builder::new().prefix("bst-repo").tempdir().unwrap();
+    sh(repo.path(), "git init -q . && git checkout -q -b main 2>/dev/null; mkdir -p public && echo '<h1>hi</h1>' > public/index.html");
+    std::fs::write(repo.path().join("server.js"), crate::systemd::SERVER_JS).unwrap();
+    sh(repo.path(), "git add -A && git -c user.name=t -c user.email=t@e commit -qm app");
+    let scratch = tempfile::tempdir().unwrap();
+    let known_hosts = scratch.path().join("known_hosts");
+    std::fs::write(&known_hosts, "").unwrap();
+    let bin = Path::new(env!("CARGO_BIN_EXE_bst")).parent().unwrap().to_path_buf();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+
+    let mut outputs = Vec::new();
+    for line in &lines {
+        if line.starts_with('#') {
+            if line.starts_with("# describe a server target") {
+                describe(&repo.path().join("targets.toml"), h, &known_hosts, base, unit, port);
+            }
+            continue;
+        }
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(line)
+            .current_dir(repo.path())
+            .env("PATH", &path)
+            .env("DATABASE_URL", "postgres://app@db/app")
+            .env("BST_SSH_CONFIG", "none")
+            .env("BST_CACHE_DIR", scratch.path().join("cache"))
+            .env("CI", "true")
+            .env_remove("BST_CONFIG")
+            .env_remove("SSH_AUTH_SOCK")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+        let want = if line.contains("exit 1:") { 1 } else { 0 };
+        assert_eq!(out.status.code(), Some(want), "`{line}`\nstdout:\n{stdout}\nstderr:\n{stderr}");
+        assert!(!stdout.contains("postgres://") && !stderr.contains("postgres://"), "a secret was shown by `{line}`");
+        outputs.push((line.to_string(), stdout, stderr));
+    }
+    let out_of = |prefix: &str| outputs.iter().filter(|(l, _, _)| l.starts_with(prefix)).map(|(_, o, _)| o.as_str()).collect::<Vec<_>>();
+    assert!(out_of("bst check staging --accept-new-host-key")[0].lines().any(|l| l.starts_with("env baseline") && l.contains("FAIL")));
+    assert_eq!(out_of("bst check staging ").last().unwrap().lines().last(), Some("CHECK_RESULT=PASS"));
+    assert_eq!(out_of("bst drill rollback staging")[0].lines().last(), Some("ROLLBACK_DRILL_RESULT=PASS"));
+    // The first thing a newcomer runs is clean: no warning about files the demo never needed.
+    let demo = outputs.iter().find(|(l, _, _)| l.starts_with("bst deploy demo")).unwrap();
+    assert!(!demo.2.contains("warning:"), "{}", demo.2);
+
+    // What shipped is the repository: its files (tracked, and untracked ones git would add),
+    // plus the shared link and the build's output, nothing else.
+    let mut repo_files: Vec<String> = sh(repo.path(), "git ls-files -co --exclude-standard").lines().map(|l| format!("./{l}")).collect();
+    repo_files.extend(["./.env".to_string(), "./built.txt".to_string()]);
+    repo_files.sort();
+    let first = h.ssh(&format!("ls {base}/releases | head -1")).trim().to_string();
+    let shipped = h.ssh(&format!("cd {base}/releases/{first} && find . \\( -type f -o -type l \\) ! -name .release-meta | LC_ALL=C sort"));
+    assert_eq!(shipped.lines().collect::<Vec<_>>(), repo_files.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(repo_files.iter().all(|f| !f.starts_with("./.bst-demo") && !f.starts_with("./reports")));
+    // The rollback at the end went back to the first release; the evidence is next to targets.toml.
+    assert_eq!(h.ssh(&format!("readlink {base}/current")).trim(), format!("releases/{first}"));
+    assert!(repo.path().join("reports/gates/rollback-drill").is_dir());
+    h.ssh(&format!("systemctl stop {unit}; rm -f /etc/systemd/system/{unit}; systemctl daemon-reload; rm -rf {base}"));
+}
+
+/// What a user types into the `staging` table `bst init` wrote: the server, a build, a
+/// required key, the app's unit and its health check.
+fn describe(config: &Path, h: &crate::systemd::Host, known_hosts: &Path, base: &str, unit: &str, port: u16) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let at = text.find("[targets.staging]").expect("bst init writes a staging target");
+    let mut staging = String::new();
+    for line in text[at..].lines() {
+        let l = line.trim_start_matches("# ");
+        let key = l.split(" = ").next().unwrap_or("");
+        let set = match key {
+            "host" => "host = \"127.0.0.1\"".to_string(),
+            "port" => format!("port = {}", h.port),
+            "user" => "user = \"root\"".to_string(),
+            "identity_file" => format!("identity_file = {}\nknown_hosts = {}", toml_str(&h.key), toml_str(known_hosts)),
+            "base" => format!("base = \"{base}\""),
+            "install" => "# install = \"…\"".to_string(),
+            "build" => "build = \"echo built > built.txt\"".to_string(),
+            "restart" => "restart = [\"app\"]".to_string(),
+            "health_timeout" => "health_timeout = \"10s\"".to_string(),
+            "required_env" => "required_env = [\"DATABASE_URL\"]".to_string(),
+            "[targets.staging.services.app]" => l.to_string(),
+            "unit" => format!("unit = \"{unit}\""),
+            "health" => format!("health = {{ http = \"http://127.0.0.1:{port}/health\", status = 200, body_contains = \"ok\" }}"),
+            _ => line.to_string(),
+        };
+        staging.push_str(&set);
+        staging.push('\n');
+    }
+    std::fs::write(config, format!("{}{staging}", &text[..at])).unwrap();
 }

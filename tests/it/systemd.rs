@@ -78,7 +78,7 @@ impl Host {
 
 /// A tiny zero-dependency Node app: `/health` answers `{"status":"ok"}` unless the release
 /// ships a file named `UNHEALTHY`.
-const SERVER_JS: &str = r#"const fs = require('fs');
+pub const SERVER_JS: &str = r#"const fs = require('fs');
 const http = require('http');
 const sick = fs.existsSync('UNHEALTHY');
 http.createServer((req, res) => {
