@@ -341,7 +341,11 @@ fn the_readme_five_minute_guide_works_as_written() {
     let scratch = tempfile::tempdir().unwrap();
     let known_hosts = scratch.path().join("known_hosts");
     std::fs::write(&known_hosts, "").unwrap();
-    let bin = Path::new(env!("CARGO_BIN_EXE_bst")).parent().unwrap().to_path_buf();
+    // `bst` on PATH, as the README assumes: this build, or BST_TEST_BIN's.
+    let bin = scratch.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let exe = std::env::var_os("BST_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_bst").into());
+    std::os::unix::fs::symlink(exe, bin.join("bst")).unwrap();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
 
     let mut outputs = Vec::new();
