@@ -273,6 +273,28 @@ impl Config {
     }
 }
 
+/// Several problems as one error: the first at its position, each further one on a line of
+/// its own with its own (the same shape as the schema check's).
+pub fn all_of(mut errs: Vec<Error>) -> Error {
+    let pos = |e: &Error| match e {
+        Error::Config { line, col, .. } => (*line, *col),
+        _ => (0, 0),
+    };
+    errs.sort_by_key(pos);
+    errs.dedup_by(|a, b| a.to_string() == b.to_string());
+    let n = errs.len();
+    let mut it = errs.into_iter();
+    let Some(first) = it.next() else { return Error::Usage("invalid target".into()) };
+    let Error::Config { path, line, col, mut msg } = first else { return first };
+    for e in it {
+        msg.push_str(&format!("\n  {e}"));
+    }
+    if n > 1 {
+        msg.push_str(&format!("\n  ({n} problems)"));
+    }
+    Error::Config { path, line, col, msg }
+}
+
 /// `bst <name> …` means a subcommand for these, so a target of that name could never be
 /// reached for service actions (`bst list status`). Kept equal to the CLI's own list by a test
 /// in `cli.rs`.

@@ -349,31 +349,54 @@ pub fn resolve_target(config: &Config, name: &str) -> anyhow::Result<Target> {
         known: config.targets.keys().cloned().collect(),
     })?;
     let bad = |key: &str, msg: String| config.error_at(name, key, msg);
+    // Every problem of the target, not only the first: each is reported with its position,
+    // and the checks after it run on a stand-in value.
+    let mut errs: Vec<Error> = Vec::new();
 
-    let host_s = raw.host.clone().ok_or_else(|| bad("host", format!("target `{name}` has no `host`")))?;
-    let host = if host_s == "local" {
-        Host::Local
-    } else {
-        let key = if raw.user.is_none() && local_user().is_none() { "user" } else { "host" };
-        let mut ssh = resolve_ssh(&host_s, raw.user.clone(), raw.port, raw.identity_file.as_deref(), raw.known_hosts.as_deref())
-            .map_err(|why| bad(key, format!("target `{name}`: {why}")))?;
-        if matches!(ssh.user_from, UserFrom::Config(_)) {
-            let table = match config.origins.get(name).and_then(|o| o.get("user")) {
-                Some(&"[defaults]") => "defaults".to_string(),
-                _ => format!("targets.{name}"),
-            };
-            let path = config.path.display();
-            ssh.user_from = UserFrom::Config(config.line_of(&table, "user").map_or_else(|| path.to_string(), |l| format!("{path}:{l}")));
+    let host = match raw.host.clone() {
+        None => {
+            errs.push(bad("host", format!("target `{name}` has no `host`")));
+            None
         }
-        Host::Ssh(Box::new(ssh))
+        Some(h) if h == "local" => Some(Host::Local),
+        Some(host_s) => {
+            let key = if raw.user.is_none() && local_user().is_none() { "user" } else { "host" };
+            match resolve_ssh(&host_s, raw.user.clone(), raw.port, raw.identity_file.as_deref(), raw.known_hosts.as_deref()) {
+                Err(why) => {
+                    errs.push(bad(key, format!("target `{name}`: {why}")));
+                    None
+                }
+                Ok(mut ssh) => {
+                    if matches!(ssh.user_from, UserFrom::Config(_)) {
+                        let table = match config.origins.get(name).and_then(|o| o.get("user")) {
+                            Some(&"[defaults]") => "defaults".to_string(),
+                            _ => format!("targets.{name}"),
+                        };
+                        let path = config.path.display();
+                        ssh.user_from =
+                            UserFrom::Config(config.line_of(&table, "user").map_or_else(|| path.to_string(), |l| format!("{path}:{l}")));
+                    }
+                    Some(Host::Ssh(Box::new(ssh)))
+                }
+            }
+        }
     };
 
-    let base_raw = raw.base.clone().ok_or_else(|| bad("base", format!("target `{name}` has no `base`")))?;
-    let base = match &host {
-        Host::Local if !base_raw.starts_with('/') && base_raw != "~" && !base_raw.is_empty() => posix(&config.dir().join(&base_raw)),
-        _ => base_raw.clone(),
+    let base = match raw.base.clone() {
+        None => {
+            errs.push(bad("base", format!("target `{name}` has no `base`")));
+            None
+        }
+        Some(base_raw) => {
+            let base = match &host {
+                Some(Host::Local) if !base_raw.starts_with('/') && base_raw != "~" && !base_raw.is_empty() => {
+                    posix(&config.dir().join(&base_raw))
+                }
+                _ => base_raw.clone(),
+            };
+            normalise_base(&base).map_err(|why| errs.push(bad("base", format!("invalid base `{base_raw}`: {why}")))).ok()
+        }
     };
-    let base = normalise_base(&base).map_err(|why| bad("base", format!("invalid base `{base_raw}`: {why}")))?;
 
     let source = config.dir().join(raw.source.as_deref().unwrap_or("."));
     let source = std::fs::canonicalize(&source).unwrap_or(source);
@@ -386,63 +409,86 @@ pub fn resolve_target(config: &Config, name: &str) -> anyhow::Result<Target> {
     }
     let keep_releases = raw.keep_releases.unwrap_or(5);
     if keep_releases == 0 {
-        return Err(bad("keep_releases", "keep_releases must be at least 1".into()).into());
+        errs.push(bad("keep_releases", "keep_releases must be at least 1".into()));
     }
     let shared_files = raw.shared_files.clone().unwrap_or_default();
     let shared_dirs = raw.shared_dirs.clone().unwrap_or_default();
     for (key, list) in [("shared_files", &shared_files), ("shared_dirs", &shared_dirs)] {
         for p in list {
-            check_relative(p).map_err(|why| bad(key, format!("invalid {key} entry `{p}`: {why}")))?;
+            if let Err(why) = check_relative(p) {
+                errs.push(bad(key, format!("invalid {key} entry `{p}`: {why}")));
+            }
         }
     }
     let mut services = Vec::new();
     for (sname, raw_svc) in raw.services.clone().unwrap_or_default() {
-        services.push(resolve_service(&sname, &raw_svc).map_err(|why| bad("unit", format!("service `{sname}`: {why}")))?);
+        match resolve_service(&sname, &raw_svc) {
+            Ok(s) => services.push(s),
+            Err(why) => errs.push(bad("unit", format!("service `{sname}`: {why}"))),
+        }
     }
     let restart = raw.restart.clone().unwrap_or_default();
     for r in &restart {
-        if !services.iter().any(|s| &s.name == r) {
-            return Err(bad("restart", format!("`restart` names `{r}`, which is not a service of target `{name}`")).into());
+        if !services.iter().any(|s| &s.name == r) && !raw.services.as_ref().is_some_and(|all| all.contains_key(r)) {
+            errs.push(bad("restart", format!("`restart` names `{r}`, which is not a service of target `{name}`")));
         }
     }
     // One rule for every duration key: its own default, its own examples in the message.
-    let duration = |key: &str, value: &Option<String>, default: Duration, examples: &str| match value {
-        Some(t) => parse_duration(t).ok_or_else(|| bad(key, format!("invalid duration `{t}`: use e.g. {examples}, at most 24h"))),
-        None => Ok(default),
+    let mut duration = |key: &str, value: &Option<String>, default: Duration, examples: &str| match value {
+        Some(t) => parse_duration(t).unwrap_or_else(|| {
+            errs.push(bad(key, format!("invalid duration `{t}`: use e.g. {examples}, at most 24h")));
+            default
+        }),
+        None => default,
     };
-    let health_timeout = duration("health_timeout", &raw.health_timeout, Duration::from_secs(30), "30s, 2m, 500ms")?;
-    let confirm_margin = duration("confirm_margin", &raw.confirm_margin, Duration::from_secs(30), "30s, 2m, 500ms")?;
-    let settle = duration("settle", &raw.settle, Duration::from_secs(3), "3s, 500ms, 0s")?;
+    let health_timeout = duration("health_timeout", &raw.health_timeout, Duration::from_secs(30), "30s, 2m, 500ms");
+    let confirm_margin = duration("confirm_margin", &raw.confirm_margin, Duration::from_secs(30), "30s, 2m, 500ms");
+    let settle = duration("settle", &raw.settle, Duration::from_secs(3), "3s, 500ms, 0s");
     let mut forbidden_paths = Vec::new();
     for f in raw.forbidden_paths.clone().unwrap_or_default() {
-        let norm = normalise_base(&f).map_err(|why| bad("forbidden_paths", format!("invalid forbidden path `{f}`: {why}")))?;
-        if under(&base, &norm) {
-            return Err(bad("base", format!("base `{base}` is at or under the forbidden path `{norm}`")).into());
+        match normalise_base(&f) {
+            Err(why) => errs.push(bad("forbidden_paths", format!("invalid forbidden path `{f}`: {why}"))),
+            Ok(norm) => {
+                if let Some(base) = base.as_deref().filter(|b| under(b, &norm)) {
+                    errs.push(bad("base", format!("base `{base}` is at or under the forbidden path `{norm}`")));
+                }
+                forbidden_paths.push(norm);
+            }
         }
-        forbidden_paths.push(norm);
     }
     let env_file = raw.env_file.clone().unwrap_or_else(|| ".env".to_string());
-    check_relative(&env_file).map_err(|why| bad("env_file", format!("invalid env_file `{env_file}`: {why}")))?;
+    if let Err(why) = check_relative(&env_file) {
+        errs.push(bad("env_file", format!("invalid env_file `{env_file}`: {why}")));
+    }
     let required_env = raw.required_env.clone().unwrap_or_default();
     let expect_env: Vec<(String, String)> = raw.expect_env.clone().unwrap_or_default().into_iter().collect();
-    for k in required_env.iter().chain(expect_env.iter().map(|(k, _)| k)) {
+    for k in &required_env {
         if !valid_env_key(k) {
-            return Err(bad("required_env", invalid_env_key(k)).into());
+            errs.push(bad("required_env", invalid_env_key(k)));
+        }
+    }
+    for (k, _) in &expect_env {
+        if !valid_env_key(k) {
+            errs.push(bad("expect_env", invalid_env_key(k)));
         }
     }
     // The units a target declares are what reads the env file on the server, through
     // `EnvironmentFile=`; without any, the app loads it itself, most often with npm `dotenv`.
     let env_dialect = match raw.env_dialect.as_deref() {
-        None if services.is_empty() => Dialect::Dotenv,
+        None if raw.services.as_ref().is_none_or(|s| s.is_empty()) => Dialect::Dotenv,
         None => Dialect::Systemd,
-        Some(d) => {
-            Dialect::parse(d).ok_or_else(|| bad("env_dialect", format!("invalid env_dialect `{d}`: use systemd, dotenv or node")))?
-        }
+        Some(d) => Dialect::parse(d).unwrap_or_else(|| {
+            errs.push(bad("env_dialect", format!("invalid env_dialect `{d}`: use systemd, dotenv or node")));
+            Dialect::Dotenv
+        }),
     };
     let env_backups_keep = raw.env_backups_keep.unwrap_or(10);
     if env_backups_keep == 0 {
-        return Err(bad("env_backups_keep", "env_backups_keep must be at least 1".into()).into());
+        errs.push(bad("env_backups_keep", "env_backups_keep must be at least 1".into()));
     }
+    let (Some(host), Some(base), true) = (host, base, errs.is_empty()) else {
+        return Err(crate::config::all_of(errs).into());
+    };
     Ok(Target {
         env_dialect,
         env_backups_keep,
@@ -758,5 +804,30 @@ mod tests {
         assert!(e.contains("targets.toml:9:1:") && e.contains("refusing to use `/`"), "{e}");
         let e = resolve_target(&c, "nope").unwrap_err().to_string();
         assert!(e.contains("unknown target `nope`") && e.contains("bad, demo"), "{e}");
+    }
+
+    #[test]
+    fn every_problem_of_a_target_is_reported_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("targets.toml");
+        std::fs::write(
+            &p,
+            "[targets.t]\nbase = \"/srv/app/\"\nkeep_releases = 0\nsettle = \"soon\"\nrestart = [\"web\"]\nenv_dialect = \"bash\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&p).unwrap();
+        let e = resolve_target(&c, "t").unwrap_err().to_string();
+        let at = p.display();
+        assert_eq!(
+            e,
+            format!(
+                "{at}:1:1: target `t` has no `host`\n  \
+                 {at}:3:1: keep_releases must be at least 1\n  \
+                 {at}:4:1: invalid duration `soon`: use e.g. 3s, 500ms, 0s, at most 24h\n  \
+                 {at}:5:1: `restart` names `web`, which is not a service of target `t`\n  \
+                 {at}:6:1: invalid env_dialect `bash`: use systemd, dotenv or node\n  \
+                 (5 problems)"
+            )
+        );
     }
 }
