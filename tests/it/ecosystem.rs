@@ -1,27 +1,16 @@
 //! Issue 7: completions, man page, `bst init`, `bst config show|validate`.
 
-use std::process::Command;
-
 use crate::harness::*;
-
-fn bst_in(dir: &std::path::Path, args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_bst")).args(args).current_dir(dir).env_remove("BST_CONFIG").output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into(),
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
-    }
-}
 
 #[test]
 fn completions_and_man_page() {
     let d = tempfile::tempdir().unwrap();
     for shell in ["bash", "zsh", "fish", "powershell", "elvish"] {
-        let run = bst_in(d.path(), &["completions", shell]).ok();
+        let run = bst_in(d.path(), &["completions", shell], None).ok();
         assert!(run.stdout.contains("deploy") && run.stdout.contains("rollback"), "{shell} completion lacks commands");
     }
-    bst_in(d.path(), &["completions", "tcsh"]).code(2);
-    let man = bst_in(d.path(), &["man"]).ok();
+    bst_in(d.path(), &["completions", "tcsh"], None).code(2);
+    let man = bst_in(d.path(), &["man"], None).ok();
     assert!(man.stdout.contains(".TH bst 1") && man.stdout.contains("deploy"), "{}", man.stdout);
 }
 
@@ -31,19 +20,19 @@ fn init_writes_a_working_config_and_never_overwrites() {
     ws.write("pnpm-workspace.yaml", "packages:\n  - 'apps/*'\n");
     ws.write("pnpm-lock.yaml", "lockfileVersion: '9.0'\n");
     ws.write("apps/web/package.json", "{}");
-    let run = bst_in(ws.path(), &["init"]).ok().stdout_has("pnpm detected");
+    let run = bst_in(ws.path(), &["init"], None).ok().stdout_has("pnpm detected");
     let text = std::fs::read_to_string(ws.path().join("targets.toml")).unwrap();
     assert!(text.contains("install = \"pnpm install --frozen-lockfile\"") && text.contains("build = \"pnpm -r build\""), "{text}");
     assert!(text.contains("apps/web"));
     drop(run);
-    bst_in(ws.path(), &["config", "validate"]).ok().stdout_has("2 target(s) valid");
+    bst_in(ws.path(), &["config", "validate"], None).ok().stdout_has("2 target(s) valid");
     std::fs::write(ws.path().join("targets.toml"), format!("{text}\n# edited\n")).unwrap();
-    bst_in(ws.path(), &["init"]).code(2).stderr_has("already exists");
+    bst_in(ws.path(), &["init"], None).code(2).stderr_has("already exists");
     assert!(std::fs::read_to_string(ws.path().join("targets.toml")).unwrap().ends_with("# edited\n"), "init overwrote the file");
     // The demo target works from a fresh init, and its base (inside the workspace, not
     // ignored) never ships into the next release.
-    bst_in(ws.path(), &["deploy", "demo", "-q"]).ok();
-    bst_in(ws.path(), &["deploy", "demo", "-q"]).ok();
+    bst_in(ws.path(), &["deploy", "demo", "-q"], None).ok();
+    bst_in(ws.path(), &["deploy", "demo", "-q"], None).ok();
     let current = ws.path().join(".bst-demo/current");
     assert!(current.join("targets.toml").is_file());
     assert!(!current.join(".bst-demo").exists(), "the demo base shipped itself");

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::harness::{bst_with, free_port, sh, toml_str, Env, Workspace};
+use crate::harness::{bst_in, bst_with, free_port, sh, toml_str, Env, Workspace};
 
 /// Every path under a release, files and links, `/`-separated, sorted; bst's own meta left out.
 fn shipped(release: &Path) -> Vec<String> {
@@ -198,33 +198,6 @@ fn init_ignores_the_demo_base_and_reports() {
         std::fs::read_to_string(ws.path().join(".gitignore")).unwrap(),
         "node_modules/\nignored.txt\n.env\ndist/\n# bst: the demo target's local base and gate evidence\n/.bst-demo/\n/reports/\n"
     );
-}
-
-/// bst run in `dir` with no `--config`: what a user typing `bst …` in a folder gets.
-fn bst_in(dir: &Path, args: &[&str], stdin: Option<&str>) -> crate::harness::Run {
-    use std::io::Write;
-    let mut c = std::process::Command::new(std::env::var_os("BST_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_bst").into()));
-    c.args(args)
-        .current_dir(dir)
-        .env_remove("BST_CONFIG")
-        .env_remove("SSH_AUTH_SOCK")
-        .env("BST_SSH_CONFIG", "none")
-        .env("BST_CACHE_DIR", dir.join(".cache"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(s) = stdin {
-        input.write_all(s.as_bytes()).unwrap();
-    }
-    drop(input);
-    let out = child.wait_with_output().unwrap();
-    crate::harness::Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
 }
 
 #[test]

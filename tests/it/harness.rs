@@ -375,6 +375,34 @@ pub fn bst_cmd(config: &Path, args: &[&str]) -> Command {
     c
 }
 
+/// bst run in `dir` with no `--config`: what a user typing `bst …` in a folder gets.
+pub fn bst_in(dir: &Path, args: &[&str], stdin: Option<&str>) -> Run {
+    use std::io::Write;
+    let mut c = std::process::Command::new(std::env::var_os("BST_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_bst").into()));
+    c.args(args)
+        .current_dir(dir)
+        .env_remove("BST_CONFIG")
+        .env_remove("SSH_AUTH_SOCK")
+        .env("BST_SSH_CONFIG", "none")
+        // Not inside `dir`, which may be the workspace: a cache there would ship.
+        .env("BST_CACHE_DIR", std::env::temp_dir().join(format!("bst-cache-{}", std::process::id())))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 pub fn bst_with(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut c = bst_cmd(config, args);
     for (k, v) in env {
