@@ -79,14 +79,14 @@ fn a_lock_is_broken_only_when_its_holder_is_provably_gone() {
 
     // Its process is gone, on this machine, this boot: broken.
     plant(&env, &rec);
-    env.bst(&["deploy", "t", "-q"]).ok().stderr_has("breaking a stale lock").stderr_has("is gone");
+    env.bst(&["deploy", "t"]).ok().stderr_has("breaking a stale lock").stderr_has("is gone");
     assert!(!env.base.join(".bst-lock").exists() && broken_leftovers(&env).is_empty());
 
     // Another boot of this machine: its processes all ended, even if the pid now runs (pid 1).
     let mut r = with("boot_id", "00000000-0000-4000-8000-000000000000".into());
     r["pid"] = 1.into();
     plant(&env, &r);
-    env.bst(&["deploy", "t", "-q"]).ok().stderr_has("breaking a stale lock").stderr_has("rebooted");
+    env.bst(&["deploy", "t"]).ok().stderr_has("breaking a stale lock").stderr_has("rebooted");
     assert!(!env.base.join(".bst-lock").exists() && broken_leftovers(&env).is_empty());
 
     // A pid that runs now, but started at another time: reused by another process.
@@ -94,7 +94,7 @@ fn a_lock_is_broken_only_when_its_holder_is_provably_gone() {
     let mut r = with("pid", me.into());
     r["pid_start"] = format!("{}", start_time(me).parse::<u64>().unwrap() + 1).into();
     plant(&env, &r);
-    env.bst(&["deploy", "t", "-q"]).ok().stderr_has("breaking a stale lock").stderr_has("another process");
+    env.bst(&["deploy", "t"]).ok().stderr_has("breaking a stale lock").stderr_has("another process");
 
     // That very process, still running: held.
     let mut r = with("pid", me.into());
