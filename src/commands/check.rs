@@ -1,6 +1,12 @@
-//! `bst check`: preflight before a deploy. Config, reachability, host key, the base (a real
-//! directory, not a symlink, not at or under a forbidden path), writable, free disk, tools,
-//! lock, env baseline, service units. Each item PASS/FAIL/SKIP, then `CHECK_RESULT`.
+//! `bst check`: preflight before a deploy. Config, reachability, host key, login, the base (a
+//! real directory, not a symlink, not at or under a forbidden path), writable, free disk,
+//! tools, the build's own tools, lock, env baseline, service units. Each item PASS/FAIL/SKIP,
+//! then `CHECK_RESULT`.
+//!
+//! The command word of `install`/`build` is found by a small hand-written scan
+//! (`command_word`) rather than a shell-splitting crate: `shell-words` and `shlex` split one
+//! simple command, but the scan must also step over `cd dir &&`, `;` and `|` and assignments,
+//! and stop at compound commands, which neither does.
 
 use std::path::Path;
 
