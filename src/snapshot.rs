@@ -230,12 +230,7 @@ pub struct Listing {
     pub git: bool,
 }
 
-impl Listing {
-    pub fn bytes(&self, source: &Path) -> u64 {
-        self.entries.iter().map(|e| entry_size(source, e)).sum()
-    }
-}
-
+/// An entry's size: from the listing's own `lstat`, else the disk now.
 pub fn entry_size(source: &Path, e: &Entry) -> u64 {
     e.stat.map(|st| st.size).or_else(|| std::fs::symlink_metadata(source.join(&e.path)).ok().map(|m| m.len())).unwrap_or(0)
 }

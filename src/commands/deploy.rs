@@ -64,10 +64,7 @@ fn progress_bar(p: &Printer, target: &Target, entries: &[snapshot::Entry]) -> Op
     if !p.tty || p.quiet || p.json {
         return None;
     }
-    let total: u64 = entries
-        .iter()
-        .filter_map(|e| e.stat.map(|st| st.size).or_else(|| std::fs::symlink_metadata(target.source.join(&e.path)).ok().map(|m| m.len())))
-        .sum();
+    let total: u64 = entries.iter().map(|e| snapshot::entry_size(&target.source, e)).sum();
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} uploading {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
