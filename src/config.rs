@@ -174,6 +174,10 @@ pub struct Config {
     pub targets: BTreeMap<String, RawTarget>,
     /// Per target, where each key's value came from (`bst config show`).
     pub origins: BTreeMap<String, BTreeMap<String, &'static str>>,
+    /// Where each key was written, taken from the parsed document: `(table, key)` →
+    /// (line, col) for the tables `defaults` and `targets.NAME`; key `""` is the table itself.
+    /// Messages found after parsing point at a key without searching the text again.
+    positions: BTreeMap<(String, String), (usize, usize)>,
 }
 
 impl Config {
@@ -192,79 +196,47 @@ impl Config {
             let (line, col) = e.span().map_or((1, 1), |s| line_col(text, s.start));
             Error::Config { path: shown.clone(), line, col, msg: e.message().trim().to_string() }
         })?;
+        let at = |offset: usize, msg: String| {
+            let (line, col) = line_col(text, offset);
+            Error::Config { path: shown.clone(), line, col, msg }
+        };
         // Every mistake at once: fixing one to be told of the next is the slow way.
-        let problems = crate::schema::check(&doc);
-        if let Some(((first, msg), rest)) = problems.split_first() {
-            let (line, col) = line_col(text, *first);
-            let mut msg = msg.clone();
-            for (at, m) in rest {
-                let (l, c) = line_col(text, *at);
-                msg.push_str(&format!("\n  {shown}:{l}:{c}: {m}"));
-            }
-            if !rest.is_empty() {
-                msg.push_str(&format!("\n  ({} problems)", problems.len()));
-            }
-            return Err(Error::Config { path: shown, line, col, msg }.into());
+        let problems: Vec<Error> = crate::schema::check(&doc).into_iter().map(|(offset, msg)| at(offset, msg)).collect();
+        if !problems.is_empty() {
+            return Err(all_of(problems).into());
         }
         let raw: RawFile = toml::from_str(text).map_err(|e| {
             let (line, col) = e.span().map_or((1, 1), |s| line_col(text, s.start));
             Error::Config { path: path.display().to_string(), line, col, msg: e.message().trim().to_string() }
         })?;
+        let declared = doc.as_table().get("targets").and_then(toml_edit::Item::as_table_like);
         for name in raw.targets.keys() {
             if !valid_target_name(name) || RESERVED_NAMES.contains(&name.to_ascii_lowercase().as_str()) {
-                let (line, col) = find_key(text, name);
-                return Err(Error::Config {
-                    path: path.display().to_string(),
-                    line,
-                    col,
-                    msg: if RESERVED_NAMES.contains(&name.to_ascii_lowercase().as_str()) {
-                        format!("invalid target name `{name}`: it is a bst command; rename the target")
-                    } else {
-                        format!("invalid target name `{name}`: use letters, digits, `-`, `_` and `.`")
-                    },
-                }
-                .into());
+                let msg = if RESERVED_NAMES.contains(&name.to_ascii_lowercase().as_str()) {
+                    format!("invalid target name `{name}`: it is a bst command; rename the target")
+                } else {
+                    format!("invalid target name `{name}`: use letters, digits, `-`, `_` and `.`")
+                };
+                return Err(at(declared.map_or(0, |t| crate::schema::key_at(t, name)), msg).into());
             }
         }
+        let positions = positions(&doc, text);
         let origins = raw.targets.iter().map(|(k, v)| (k.clone(), origins(v, &raw.defaults))).collect();
         let targets = raw.targets.into_iter().map(|(k, v)| (k, v.merged_over(&raw.defaults))).collect();
-        Ok(Config { path: path.to_path_buf(), targets, origins })
+        Ok(Config { path: path.to_path_buf(), targets, origins, positions })
     }
 
-    /// Where a key of a target was written, for errors found after parsing.
+    /// Where a key of a target was written: in its own table, else in `[defaults]`, which
+    /// it inherits from. `None` for a key written in neither.
+    pub fn key_at(&self, target: &str, key: &str) -> Option<(usize, usize)> {
+        let get = |table: String| self.positions.get(&(table, key.to_string())).copied();
+        get(format!("targets.{target}")).or_else(|| get("defaults".to_string()))
+    }
+
+    /// Where an error about a target's key points: the key ([`Self::key_at`]), else the
+    /// target's own table.
     pub fn locate(&self, target: &str, key: &str) -> (usize, usize) {
-        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
-        let header = [format!("[targets.{target}]"), format!("[targets.\"{target}\"]")];
-        let start = header.iter().filter_map(|h| text.find(h.as_str())).min().unwrap_or(0);
-        let rest = &text[start..];
-        let off = rest
-            .lines()
-            .scan(0, |pos, l| {
-                let here = *pos;
-                *pos += l.len() + 1;
-                Some((here, l))
-            })
-            .find(|(_, l)| l.trim_start().starts_with(key) && l[l.find(key).unwrap_or(0) + key.len()..].trim_start().starts_with('='))
-            .map_or(0, |(p, l)| p + l.find(key).unwrap_or(0));
-        line_col(&text, start + off)
-    }
-
-    /// The line where `key = …` is written in the table `[table]` (`defaults`, or
-    /// `targets.<name>`, quoted or not), before the next table header.
-    pub fn line_of(&self, table: &str, key: &str) -> Option<usize> {
-        let text = std::fs::read_to_string(&self.path).ok()?;
-        let quoted = table.split_once('.').map(|(a, b)| format!("[{a}.\"{b}\"]"));
-        let mut inside = false;
-        for (i, l) in text.lines().enumerate() {
-            let l = l.trim_start();
-            if l.starts_with('[') {
-                let h = l.split('#').next().unwrap_or("").trim_end();
-                inside = h == format!("[{table}]") || quoted.as_deref() == Some(h);
-            } else if inside && l.strip_prefix(key).is_some_and(|r| r.trim_start().starts_with('=')) {
-                return Some(i + 1);
-            }
-        }
-        None
+        self.key_at(target, key).or_else(|| self.positions.get(&(format!("targets.{target}"), String::new())).copied()).unwrap_or((1, 1))
     }
 
     pub fn error_at(&self, target: &str, key: &str, msg: impl Into<String>) -> Error {
@@ -315,8 +287,31 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-fn find_key(text: &str, name: &str) -> (usize, usize) {
-    text.find(name).map_or((1, 1), |o| line_col(text, o))
+/// See [`Config::positions`]. A table's own position is its `[header]` where it has one, else
+/// where its name is written (a dotted key, an inline table).
+fn positions(doc: &toml_edit::ImDocument<&str>, text: &str) -> BTreeMap<(String, String), (usize, usize)> {
+    use crate::schema::key_at;
+    let mut out = BTreeMap::new();
+    let root = doc.as_table();
+    let mut tables: Vec<(String, usize, &dyn toml_edit::TableLike)> = Vec::new();
+    if let Some(d) = root.get("defaults").and_then(toml_edit::Item::as_table_like) {
+        tables.push(("defaults".into(), key_at(root, "defaults"), d));
+    }
+    if let Some(targets) = root.get("targets").and_then(toml_edit::Item::as_table_like) {
+        for (name, item) in targets.iter() {
+            if let Some(t) = item.as_table_like() {
+                let header = item.as_table().and_then(toml_edit::Table::span).map_or_else(|| key_at(targets, name), |s| s.start);
+                tables.push((format!("targets.{name}"), header, t));
+            }
+        }
+    }
+    for (name, header, t) in tables {
+        out.insert((name.clone(), String::new()), line_col(text, header));
+        for (key, _) in t.iter() {
+            out.insert((name.clone(), key.to_string()), line_col(text, key_at(t, key)));
+        }
+    }
+    out
 }
 
 /// `--config`, else `BST_CONFIG` (clap folds both into one value), else the nearest
@@ -441,17 +436,16 @@ mod tests {
     }
 
     #[test]
-    fn line_of_stays_inside_its_table() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("targets.toml");
-        std::fs::write(&p, "[defaults]\nuser = \"d\"\n[targets.a]\nhost = \"h\"\n[targets.\"b\"] # x\nusername = 1\nuser= \"b\"\n")
-            .unwrap();
-        let c = Config::load(&p);
-        assert!(c.is_err(), "username is not a key");
-        let c = Config { path: p, targets: Default::default(), origins: Default::default() };
-        assert_eq!(c.line_of("defaults", "user"), Some(2));
-        assert_eq!(c.line_of("targets.a", "user"), None);
-        assert_eq!(c.line_of("targets.b", "user"), Some(7));
+    fn keys_are_found_in_their_own_table_else_in_defaults() {
+        let c = Config::parse(
+            Path::new("targets.toml"),
+            "[defaults]\nuser = \"d\"\n[targets.a]\nhost = \"h\"\n[targets.\"b\"] # x\nhost = \"h\" # user = \"no\"\n  user= \"b\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.key_at("a", "user"), Some((2, 1)), "inherited from [defaults]");
+        assert_eq!(c.key_at("b", "user"), Some((7, 3)), "its own, not the comment");
+        assert_eq!(c.key_at("a", "base"), None);
+        assert_eq!(c.locate("a", "base"), (3, 1), "a missing key points at the target's table");
     }
 
     #[test]

@@ -98,7 +98,8 @@ pub fn check(doc: &toml_edit::ImDocument<&str>) -> Vec<Problem> {
     out
 }
 
-fn key_at(t: &dyn TableLike, key: &str) -> usize {
+/// The offset where `key` is written in `t` (its value's, for a key with no position).
+pub(crate) fn key_at(t: &dyn TableLike, key: &str) -> usize {
     t.get_key_value(key).and_then(|(k, v)| k.span().or_else(|| v.span())).map_or(0, |s| s.start)
 }
 

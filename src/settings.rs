@@ -368,13 +368,10 @@ pub fn resolve_target(config: &Config, name: &str) -> anyhow::Result<Target> {
                 }
                 Ok(mut ssh) => {
                     if matches!(ssh.user_from, UserFrom::Config(_)) {
-                        let table = match config.origins.get(name).and_then(|o| o.get("user")) {
-                            Some(&"[defaults]") => "defaults".to_string(),
-                            _ => format!("targets.{name}"),
-                        };
                         let path = config.path.display();
-                        ssh.user_from =
-                            UserFrom::Config(config.line_of(&table, "user").map_or_else(|| path.to_string(), |l| format!("{path}:{l}")));
+                        ssh.user_from = UserFrom::Config(
+                            config.key_at(name, "user").map_or_else(|| path.to_string(), |(line, _)| format!("{path}:{line}")),
+                        );
                     }
                     Some(Host::Ssh(Box::new(ssh)))
                 }
