@@ -58,54 +58,26 @@ pub fn render(w: &mut dyn Write) -> std::io::Result<()> {
     para(&mut r, "Service control. Without SERVICE: status shows every declared service, start, stop and restart act on the target's app service. Each action waits for its result, and start and restart also for health. status shows, per service, its active and sub state, main PID, since when, the release its process runs from, and health. Exit 3 when a service is inactive or unhealthy.");
 
     r.control("SH", ["EXIT STATUS"]);
-    for (code, meaning) in EXIT_CODES {
-        r.control("TP", []);
-        r.text([bold(*code)]);
-        r.text([roman(*meaning)]);
-    }
+    tagged(&mut r, EXIT_CODES, bold, roman);
 
     r.control("SH", ["ENVIRONMENT"]);
-    for (name, meaning) in ENVIRONMENT {
-        r.control("TP", []);
-        r.text([bold(*name)]);
-        r.text([roman(*meaning)]);
-    }
+    tagged(&mut r, ENVIRONMENT, bold, roman);
 
     r.control("SH", ["FILES"]);
-    for (name, meaning) in FILES {
-        r.control("TP", []);
-        r.text([italic(*name)]);
-        r.text([roman(*meaning)]);
-    }
+    tagged(&mut r, FILES, italic, roman);
     r.control("SS", ["Server layout"]);
     para(&mut r, "Under a target's base directory:");
-    for (name, meaning) in LAYOUT {
-        r.control("TP", []);
-        r.text([italic(*name)]);
-        r.text([roman(*meaning)]);
-    }
+    tagged(&mut r, LAYOUT, italic, roman);
 
     r.control("SH", ["CONFIGURATION"]);
     para(&mut r, "targets.toml has an optional [defaults] table, merged under every target, and one [targets.NAME] table per target. The safety lists (forbidden_paths, required_env, shared_files, shared_dirs, exclude, include) are unions of the defaults and the target's own; services merge by name; every other key set on the target overrides. Every unknown key (with the closest valid one), wrong type (with an example) and syntax error is reported in one run, as file:line:col. bst config show TARGET prints each resolved value and where it came from.");
-    for (key, meaning) in TARGET_KEYS {
-        r.control("TP", []);
-        r.text([bold(*key)]);
-        r.text([roman(*meaning)]);
-    }
+    tagged(&mut r, TARGET_KEYS, bold, roman);
     r.control("SS", ["Services"]);
     para(&mut r, "[targets.NAME.services.SERVICE] declares a systemd unit:");
-    for (key, meaning) in SERVICE_KEYS {
-        r.control("TP", []);
-        r.text([bold(*key)]);
-        r.text([roman(*meaning)]);
-    }
+    tagged(&mut r, SERVICE_KEYS, bold, roman);
 
     r.control("SH", ["EXAMPLES"]);
-    for (what, cmd) in EXAMPLES {
-        r.control("TP", []);
-        r.text([roman(*what)]);
-        r.text([bold(*cmd)]);
-    }
+    tagged(&mut r, EXAMPLES, roman, bold);
 
     r.control("SH", ["SEE ALSO"]);
     r.text([
@@ -133,6 +105,15 @@ pub fn render(w: &mut dyn Write) -> std::io::Result<()> {
         }
     }
     w.write_all(page.as_bytes())
+}
+
+/// A `.TP` list: each tag in `tag`'s font, its text in `text`'s.
+fn tagged(r: &mut Roff, items: &[(&'static str, &'static str)], tag: fn(&'static str) -> Inline, text: fn(&'static str) -> Inline) {
+    for (t, x) in items {
+        r.control("TP", []);
+        r.text([tag(t)]);
+        r.text([text(x)]);
+    }
 }
 
 fn para(r: &mut Roff, text: &str) {
