@@ -50,6 +50,12 @@ pub struct GlobalArgs {
     pub color: clap::ColorChoice,
 }
 
+/// A `--color` value, for the places that read it before or besides clap: `main` (clap's own
+/// messages obey it) and the words of `bst <TARGET> …`, which clap does not parse.
+pub fn parse_color(v: &str) -> Result<clap::ColorChoice, String> {
+    <clap::ColorChoice as clap::ValueEnum>::from_str(v, false).map_err(|_| format!("invalid --color `{v}`: expected auto, always or never"))
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Upload the workspace as a new release and switch `current` to it

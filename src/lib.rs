@@ -181,12 +181,12 @@ fn take_global_flags(words: Vec<String>, g: &mut cli::GlobalArgs) -> anyhow::Res
                 None => problem = problem.or(Some("--config needs a path".into())),
             },
             v if v.starts_with("--config=") => g.config = Some(v["--config=".len()..].into()),
-            "--color" => match it.next().as_deref().map(parse_color) {
+            "--color" => match it.next().as_deref().map(cli::parse_color) {
                 Some(Ok(c)) => g.color = c,
                 Some(Err(e)) => problem = problem.or(Some(e)),
                 None => problem = problem.or(Some("--color needs auto, always or never".into())),
             },
-            v if v.starts_with("--color=") => match parse_color(&v["--color=".len()..]) {
+            v if v.starts_with("--color=") => match cli::parse_color(&v["--color=".len()..]) {
                 Ok(c) => g.color = c,
                 Err(e) => problem = problem.or(Some(e)),
             },
@@ -206,14 +206,9 @@ fn take_global_flags(words: Vec<String>, g: &mut cli::GlobalArgs) -> anyhow::Res
     Ok(rest)
 }
 
-fn parse_color(v: &str) -> Result<clap::ColorChoice, String> {
-    <clap::ColorChoice as clap::ValueEnum>::from_str(v, false).map_err(|_| format!("invalid --color `{v}`: expected auto, always or never"))
-}
-
 /// `TARGET ACTION` or `TARGET SERVICE ACTION`.
 fn parse_service_words(words: &[String]) -> anyhow::Result<(Option<String>, commands::service::Action)> {
     use commands::service::Action;
-    const ACTIONS: [&str; 4] = ["status", "start", "stop", "restart"];
     let usage = || {
         // The likeliest slip first: a mistyped command (`bst deploi staging`), then a
         // mistyped action (`bst core-api-prod restrat`).
@@ -229,7 +224,7 @@ fn parse_service_words(words: &[String]) -> anyhow::Result<(Option<String>, comm
         }
         let last = words.last().map_or("", String::as_str);
         if words.len() > 1 {
-            if let Some(a) = error::closest(last, ACTIONS) {
+            if let Some(a) = error::closest(last, Action::NAMES) {
                 return Error::Usage(format!(
                     "unknown action `{last}`; did you mean `{a}`? (bst <TARGET> [<SERVICE>] status|start|stop|restart)"
                 ));

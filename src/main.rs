@@ -42,7 +42,7 @@ fn color_requested(args: &[std::ffi::OsString]) -> clap::ColorChoice {
             None if a == "--color" => it.next().map(|v| v.into_owned()),
             None => None,
         };
-        if let Some(c) = value.and_then(|v| <clap::ColorChoice as clap::ValueEnum>::from_str(&v, false).ok()) {
+        if let Some(c) = value.and_then(|v| bst::cli::parse_color(&v).ok()) {
             choice = c;
         }
     }

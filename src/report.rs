@@ -58,11 +58,6 @@ fn paint(on: bool, style: anstyle::Style, text: &str) -> String {
     }
 }
 
-/// `error: …` for `main`, which may have no printer (clap's own errors come first).
-pub fn error_line(color: bool, msg: &str) -> String {
-    format!("{} {msg}", paint(color, RED, "error:"))
-}
-
 /// The document `--json` prints on stdout when a command fails (docs/json.md).
 pub fn error_doc<'a>(kind: &'a str, message: &'a str, exit_code: i32) -> ErrorDoc<'a> {
     ErrorDoc { schema_version: 1, error: ErrorBody { kind, message, exit_code } }
@@ -154,7 +149,7 @@ impl Printer {
             return code;
         }
         let message = format!("{e:#}");
-        eprintln!("{}", error_line(self.color_err, &message));
+        eprintln!("{} {message}", paint(self.color_err, RED, "error:"));
         if self.json && !self.printed.load(std::sync::atomic::Ordering::SeqCst) {
             let kind = if interrupted { "interrupted" } else { crate::error::kind_of(e) };
             self.json(&error_doc(kind, &message, code));
