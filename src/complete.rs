@@ -14,12 +14,10 @@ use std::path::PathBuf;
 use clap::CommandFactory;
 
 use crate::cli::Cli;
+use crate::commands::service::Action;
 use crate::config;
 
 pub const HELPER: &str = "__complete";
-
-/// What `bst <TARGET> [<SERVICE>] <ACTION>` accepts as an action.
-const ACTIONS: [&str; 4] = ["restart", "start", "status", "stop"];
 
 /// Runs the helper when `args` (the whole argv) ask for it; returns the exit code.
 pub fn helper(args: &[OsString]) -> Option<i32> {
@@ -89,8 +87,8 @@ pub fn candidates(words: &[String]) -> Vec<String> {
         // `bst <TARGET> [<SERVICE>] <ACTION>`: the external subcommand form.
         match free.as_slice() {
             [] => root.get_subcommands().filter(|s| !s.is_hide_set()).map(|s| s.get_name().to_string()).chain(targets()).collect(),
-            [t] => services(t).into_iter().chain(ACTIONS.map(String::from)).collect(),
-            [t, s] if services(t).iter().any(|n| n == s) => ACTIONS.map(String::from).to_vec(),
+            [t] => services(t).into_iter().chain(Action::NAMES.map(String::from)).collect(),
+            [t, s] if services(t).iter().any(|n| n == s) => Action::NAMES.map(String::from).to_vec(),
             _ => Vec::new(),
         }
     } else {

@@ -19,6 +19,9 @@ pub enum Action {
 }
 
 impl Action {
+    /// Every action's word, for suggestions and completion.
+    pub const NAMES: [&'static str; 4] = ["status", "start", "stop", "restart"];
+
     pub fn parse(s: &str) -> Option<Action> {
         Some(match s {
             "status" => Action::Status,
@@ -319,4 +322,16 @@ pub fn problems(services: &[&Service], states: &[UnitState], probes: &[Option<Pr
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Action;
+
+    #[test]
+    fn every_action_name_parses_to_itself() {
+        for n in Action::NAMES {
+            assert_eq!(Action::parse(n).map(Action::as_str), Some(n));
+        }
+    }
 }
