@@ -398,7 +398,8 @@ pub fn resolve_target(config: &Config, name: &str) -> anyhow::Result<Target> {
     let source = config.dir().join(raw.source.as_deref().unwrap_or("."));
     let source = std::fs::canonicalize(&source).unwrap_or(source);
     let config_dir = absolute_dir(config.dir());
-    let mut byproducts = vec![config_dir.join("reports")];
+    let reports = config_dir.join("reports");
+    let mut byproducts = vec![reports.clone()];
     for other in config.targets.values() {
         if let (Some("local"), Some(b)) = (other.host.as_deref(), other.base.as_deref()) {
             byproducts.push(config_dir.join(b));
@@ -508,7 +509,7 @@ pub fn resolve_target(config: &Config, name: &str) -> anyhow::Result<Target> {
         exclude: raw.exclude.clone().unwrap_or_default(),
         include: raw.include.clone().unwrap_or_default(),
         source_is_not_git: raw.source_is_not_git.unwrap_or(false),
-        reports: config_dir.join("reports"),
+        reports,
         byproducts,
         install: raw.install.clone().filter(|s| !s.trim().is_empty()),
         build: raw.build.clone().filter(|s| !s.trim().is_empty()),
