@@ -53,7 +53,7 @@ fn redeploys_send_only_changes_and_the_release_equals_the_workspace() {
     ws.write("swap/inner.txt", "a directory that becomes a file");
     ws.write("became-dir", "a file that becomes a directory");
     std::fs::write(ws.path().join("asset.bin"), noise(300_000, 4)).unwrap();
-    sh(ws.path(), "git add -A && git -c user.name=t -c user.email=t@example.com commit -qm more");
+    ws.commit("more");
     let env = Env::new(Some(&sshd), &ws, "");
     let first = deploy_json(&env);
     assert_eq!(first["delta"], false, "nothing to diff against on the first deploy");
@@ -129,7 +129,7 @@ fn the_spare_copy_becomes_the_next_release_and_is_replaced() {
     for i in 0..50 {
         ws.write(&format!("lib/f{i:02}.ts"), &format!("export const f = {i};\n"));
     }
-    sh(ws.path(), "git add -A && git -c user.name=t -c user.email=t@example.com commit -qm more");
+    ws.commit("more");
     let env = Env::new(Some(&sshd), &ws, "");
     env.bst(&["deploy", "t", "-q"]).ok();
     env.wait_cache_job();
@@ -195,7 +195,7 @@ fn new_mtimes_and_another_clone_send_only_real_changes() {
     for i in 0..40 {
         ws.write(&format!("src/m{i:02}.ts"), &format!("export const v = {i};\n"));
     }
-    sh(ws.path(), "git add -A && git -c user.name=t -c user.email=t@example.com commit -qm more");
+    ws.commit("more");
     let env = Env::new(Some(&sshd), &ws, "");
     env.bst(&["deploy", "t", "-q"]).ok();
     sh(ws.path(), "find . -path ./.git -prune -o -type f -exec touch -d '2031-01-01 00:00:00' {} +");
@@ -236,7 +236,7 @@ fn the_link_picks_compression_bare_tar_or_a_new_measurement() {
     for i in 0..24 {
         ws.write(&format!("gen/chunk{i:02}.ts"), &line.repeat((1 << 20) / line.len()));
     }
-    sh(ws.path(), "git add -A && git -c user.name=t -c user.email=t@example.com commit -qm text");
+    ws.commit("text");
     let proxy = Proxy::start(sshd.port, None, Some(4 << 20));
     std::fs::write(
         &sshd.known_hosts,
@@ -348,7 +348,7 @@ fn the_manifest_travels_only_when_needed_and_grows_by_patches() {
     for i in 0..300 {
         ws.write(&format!("src/m{i:03}.ts"), &format!("export const v = {i};\n"));
     }
-    sh(ws.path(), "git add -A && git -c user.name=t -c user.email=t@example.com commit -qm more");
+    ws.commit("more");
     let env = Env::new(Some(&sshd), &ws, "");
     let first = env.bst(&["deploy", "t", "-v"]).ok();
     assert!(first.stderr.contains("server manifest: none"), "{}", first.stderr);

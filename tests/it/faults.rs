@@ -66,7 +66,7 @@ fn kill_9_at_random_moments_never_breaks_current() {
         ws.write(&format!("src/gen/m{i:03}.ts"), &format!("export const v{i} = {};\n", "x".repeat(i * 37 % 4000)));
     }
     ws.write("assets/blob.bin", &String::from_utf8_lossy(&noise(600_000, 7)));
-    sh(ws.path(), "git add -A && git -c user.name=t -c user.email=t@example.com commit -qm bulk");
+    ws.commit("bulk");
     let env = Env::new(Some(&sshd), &ws, "keep_releases = 3\nbuild = \"sleep 0.2; echo built > built.txt\"");
     env.bst(&["deploy", "t", "-q"]).ok();
     // Time a normal deploy so kills land across upload, extract, link, build, switch and prune.
@@ -310,7 +310,7 @@ fn ctrl_c_sigterm_and_sighup_at_random_moments_release_the_lock_and_keep_current
         ws.write(&format!("src/gen/m{i:03}.ts"), &format!("export const v{i} = {};\n", "y".repeat(i * 53 % 3000)));
     }
     ws.write("assets/blob.bin", &String::from_utf8_lossy(&noise(400_000, 9)));
-    sh(ws.path(), "git add -A && git -c user.name=t -c user.email=t@example.com commit -qm bulk");
+    ws.commit("bulk");
     let env = Env::new(Some(&sshd), &ws, "keep_releases = 3\nbuild = \"sleep 0.3; echo built > built.txt\"");
     env.bst(&["deploy", "t", "-q"]).ok();
     let t0 = Instant::now();

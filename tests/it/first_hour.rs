@@ -4,26 +4,7 @@
 
 use std::path::Path;
 
-use crate::harness::{bst_in, bst_with, free_port, sh, toml_str, Env, Workspace};
-
-/// Every path under a release, files and links, `/`-separated, sorted; bst's own meta left out.
-fn shipped(release: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![release.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let rel = e.path().strip_prefix(release).unwrap().to_string_lossy().into_owned();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else if rel != ".release-meta" {
-                out.push(rel);
-            }
-        }
-    }
-    out.sort();
-    out
-}
+use crate::harness::{bst_in, bst_with, free_port, release_files, sh, toml_str, Env, Workspace};
 
 #[test]
 fn a_source_outside_git_is_refused_before_anything_is_touched() {
@@ -63,7 +44,7 @@ fn a_source_outside_git_is_refused_before_anything_is_touched() {
         run.stderr
     );
     let release = base.join("current");
-    assert_eq!(shipped(&release), ["notes/a.txt", "notes/b.txt", "targets.toml"]);
+    assert_eq!(release_files(&release), ["notes/a.txt", "notes/b.txt", "targets.toml"]);
 }
 
 #[test]
@@ -76,7 +57,7 @@ fn files_that_look_like_secrets_are_named_and_not_shipped_unless_included() {
     ws.write("certs/ca.pem", "public ca\n");
     ws.write("ops/deploy_key", "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaA==\n-----END OPENSSH PRIVATE KEY-----\n");
     ws.write("apps/api/src/keys.ts", "// -----BEGIN OPENSSH PRIVATE KEY----- in a string is code\n");
-    sh(ws.path(), "git add -A && git -c user.name=t -c user.email=t@e commit -qm keys");
+    ws.commit("keys");
     let env = Env::new(None, &ws, "include = [\"certs/ca.pem\"]");
     let run = env.bst(&["deploy", "t", "--json"]).ok();
     let warnings: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with("warning:")).collect();
@@ -91,7 +72,7 @@ fn files_that_look_like_secrets_are_named_and_not_shipped_unless_included() {
     );
     let doc = run.json();
     assert_eq!(doc["withheld"], serde_json::json!(["apps/web/.env.production", "certs/tls.key", "deploy/id_ed25519", "ops/deploy_key"]));
-    let files = shipped(&env.base.join("current"));
+    let files = release_files(&env.base.join("current"));
     for gone in ["apps/web/.env.production", "certs/tls.key", "deploy/id_ed25519", "ops/deploy_key"] {
         assert!(!files.contains(&gone.to_string()), "{gone} shipped: {files:?}");
     }
@@ -134,7 +115,7 @@ fn bst_byproducts_never_ship_and_untracked_files_make_a_release_dirty() {
 
     let run = bst_with(&config, &["deploy", "t"], &cache_env).ok();
     let app = base.path().join("app");
-    let files = shipped(&app.join("current"));
+    let files = release_files(&app.join("current"));
     assert!(files.iter().all(|f| !f.starts_with(".bst-demo/") && !f.starts_with("reports/")), "{files:?}");
     let id = std::fs::read_link(app.join("current")).unwrap().to_string_lossy().trim_start_matches("releases/").to_string();
     let meta: serde_json::Value =

@@ -4,7 +4,7 @@
 
 use std::io::Read;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use crate::harness::*;
@@ -309,37 +309,6 @@ impl Silent {
     }
 }
 
-fn sq(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
-/// `bst --config <config> <args>` on a pseudo-terminal (util-linux `script`), as a person at a
-/// terminal runs it: what the terminal showed, `\r\n` made `\n`.
-fn on_tty(config: &Path, args: &[&str], vars: &[(&str, &str)], redirect: &str) -> (i32, String) {
-    let bin = std::env::var("BST_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_bst").to_string());
-    let mut line = format!("{} --config {}", sq(&bin), sq(&config.display().to_string()));
-    for a in args {
-        line.push(' ');
-        line.push_str(&sq(a));
-    }
-    line.push_str(redirect);
-    let mut c = Command::new("script");
-    c.args(["-qec", &line, "/dev/null"])
-        .env_remove("SSH_AUTH_SOCK")
-        .env_remove("BST_CONFIG")
-        .env_remove("BST_SSH_PASSPHRASE")
-        .env_remove("CI")
-        // The terminal gets colour otherwise (tests/it/terminal.rs covers it).
-        .env("NO_COLOR", "1")
-        .env("BST_CACHE_DIR", config.parent().unwrap().join("bst-cache"))
-        .stdin(std::process::Stdio::null());
-    for (k, v) in vars {
-        c.env(k, v);
-    }
-    let out = c.output().expect("script (util-linux) runs");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n"))
-}
-
 /// Item 11: on a terminal, a connection that has not finished its handshake after a second
 /// says what it is waiting for; not in CI, not with -q, never on stdout, and not at all
 /// when the answer comes sooner.
@@ -353,7 +322,8 @@ fn a_silent_host_says_connecting_on_a_terminal_after_a_second() {
     let ssh_config = env.dir.path().join("ssh_config");
     std::fs::write(&ssh_config, "Host *\n  ConnectTimeout 3\n").unwrap();
     let sc = ssh_config.display().to_string();
-    let vars = [("BST_SSH_CONFIG", sc.as_str())];
+    // Plain text: colour on a terminal is terminal.rs's subject.
+    let vars = [("BST_SSH_CONFIG", sc.as_str()), ("NO_COLOR", "1")];
     let p = silent.port;
     let failed = format!("error: cannot connect to 127.0.0.1:{p}: SSH handshake failed: no SSH greeting within 3s\n");
 
@@ -362,7 +332,7 @@ fn a_silent_host_says_connecting_on_a_terminal_after_a_second() {
 
     // --json: the line goes to stderr only, stdout stays one document (the error's).
     let out = env.dir.path().join("stdout.json");
-    let (code, shown) = on_tty(&env.config, &["list", "t", "--json"], &vars, &format!(" > {}", sq(&out.display().to_string())));
+    let (code, shown) = on_tty(&env.config, &["list", "t", "--json"], &vars, &format!(" > {}", sh_quote(&out.display().to_string())));
     assert_eq!((code, shown.as_str()), (5, format!("connecting to 127.0.0.1:{p}…\n{failed}").as_str()));
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(doc["error"]["kind"], "connect");

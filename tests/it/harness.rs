@@ -188,6 +188,11 @@ echo 'not yet committed' > untracked.txt
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, content).unwrap();
     }
+
+    /// Commits everything, as a user does before deploying.
+    pub fn commit(&self, msg: &str) {
+        sh(self.path(), &format!("git add -A && git -c user.name=t -c user.email=t@example.com commit -qm {}", sh_quote(msg)));
+    }
 }
 
 /// A scratch area for a test: the config file and the deploy base live here.
@@ -358,49 +363,58 @@ impl Run {
     }
 }
 
+impl From<std::process::Output> for Run {
+    fn from(out: std::process::Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// The bst under test. BST_TEST_BIN runs the suite against another build, e.g. the commit
+/// before a fix, to show that a new test fails without it.
+pub fn bst_bin() -> PathBuf {
+    std::env::var_os("BST_TEST_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_bst")), PathBuf::from)
+}
+
+/// The environment every bst a test starts gets: nothing from the user's agent, ssh config
+/// or shell.
+fn hermetic(c: &mut Command) -> &mut Command {
+    c.env_remove("SSH_AUTH_SOCK").env_remove("BST_CONFIG").env_remove("BST_SSH_PASSPHRASE").env("BST_SSH_CONFIG", "none")
+}
+
+/// Where the local hash cache of a test's bst lives: next to its config, not in the home.
+fn cache_dir(config: &Path) -> PathBuf {
+    config.parent().unwrap_or(Path::new(".")).join("bst-cache")
+}
+
 pub fn bst_cmd(config: &Path, args: &[&str]) -> Command {
-    // BST_TEST_BIN runs the suite against another build, e.g. the commit before a fix, to show
-    // that a new test fails without it.
-    let mut c = Command::new(std::env::var_os("BST_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_bst").into()));
-    c.arg("--config")
-        .arg(config)
-        .args(args)
-        .env_remove("SSH_AUTH_SOCK")
-        .env_remove("BST_CONFIG")
-        .env_remove("BST_SSH_PASSPHRASE")
-        .env("BST_SSH_CONFIG", "none")
-        // The local hash cache lives next to the test's config, not in the user's home.
-        .env("BST_CACHE_DIR", config.parent().unwrap_or(Path::new(".")).join("bst-cache"))
-        .stdin(Stdio::null());
+    let mut c = Command::new(bst_bin());
+    hermetic(&mut c).arg("--config").arg(config).args(args).env("BST_CACHE_DIR", cache_dir(config)).stdin(Stdio::null());
     c
 }
 
 /// bst run in `dir` with no `--config`: what a user typing `bst …` in a folder gets.
 pub fn bst_in(dir: &Path, args: &[&str], stdin: Option<&str>) -> Run {
     use std::io::Write;
-    let mut c = std::process::Command::new(std::env::var_os("BST_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_bst").into()));
-    c.args(args)
+    let mut c = Command::new(bst_bin());
+    hermetic(&mut c)
+        .args(args)
         .current_dir(dir)
-        .env_remove("BST_CONFIG")
-        .env_remove("SSH_AUTH_SOCK")
-        .env("BST_SSH_CONFIG", "none")
         // Not inside `dir`, which may be the workspace: a cache there would ship.
         .env("BST_CACHE_DIR", std::env::temp_dir().join(format!("bst-cache-{}", std::process::id())))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = c.spawn().unwrap();
     let mut input = child.stdin.take().unwrap();
     if let Some(s) = stdin {
         input.write_all(s.as_bytes()).unwrap();
     }
     drop(input);
-    let out = child.wait_with_output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    child.wait_with_output().unwrap().into()
 }
 
 pub fn bst_with(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
@@ -408,12 +422,54 @@ pub fn bst_with(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     for (k, v) in env {
         c.env(k, v);
     }
-    let out = c.output().expect("bst runs");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    c.output().expect("bst runs").into()
+}
+
+/// `sh -c` quoting.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// `bst --config <config> <args><redirect>` on a pseudo-terminal (util-linux `script`), as a
+/// person at a terminal runs it, with colour allowed (`NO_COLOR` in `env` turns it off):
+/// the exit code and what the terminal showed, `\r\n` made `\n`.
+pub fn on_tty(config: &Path, args: &[&str], env: &[(&str, &str)], redirect: &str) -> (i32, String) {
+    let mut line = vec![sh_quote(&bst_bin().to_string_lossy()), "--config".into(), sh_quote(&config.to_string_lossy())];
+    line.extend(args.iter().map(|a| sh_quote(a)));
+    let line = format!("{}{redirect}", line.join(" "));
+    let mut c = Command::new("script");
+    hermetic(&mut c)
+        .args(["-qec", &line, "/dev/null"])
+        .env_remove("NO_COLOR")
+        .env_remove("CI")
+        .env("TERM", "xterm")
+        .env("BST_CACHE_DIR", cache_dir(config))
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
     }
+    let out = c.output().expect("script (util-linux) runs");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n"))
+}
+
+/// Every file and link under a release, `/`-separated, sorted; bst's own `.release-meta`
+/// left out.
+pub fn release_files(release: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![release.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let rel = e.path().strip_prefix(release).unwrap().to_string_lossy().into_owned();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else if rel != ".release-meta" {
+                out.push(rel);
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 /// A loopback TCP proxy in front of sshd: cuts the connection after `cut_after` bytes from

@@ -8,10 +8,6 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-fn commit(ws: &Workspace, msg: &str) {
-    sh(ws.path(), &format!("git add -A && git -c user.name=t -c user.email=t@example.com commit -qm '{msg}'"));
-}
-
 /// Every file and link under `dir` with its bytes (or link target), for "unchanged" checks.
 fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let out = sh(dir, "find . -mindepth 1 | LC_ALL=C sort");
@@ -54,7 +50,7 @@ fn a_workspace_entry_named_like_bsts_own_files_is_refused_and_shared_survives() 
         (".bst-upload/manifest", "mkdir -p .bst-upload && echo x > .bst-upload/manifest"),
     ] {
         sh(ws.path(), setup);
-        commit(&ws, name);
+        ws.commit(name);
         let run = env.bst(&["deploy", "t"]).code(2);
         assert_eq!(
             run.stderr.lines().next().unwrap_or(""),
@@ -66,7 +62,7 @@ fn a_workspace_entry_named_like_bsts_own_files_is_refused_and_shared_survives() 
         assert_eq!(env.release_ids(), releases, "{name}: something was uploaded");
         assert!(!env.base.join(".bst-lock").exists());
         sh(ws.path(), &format!("git rm -rq --cached {name} && rm -rf {name} .bst-upload"));
-        commit(&ws, "tidy");
+        ws.commit("tidy");
     }
     env.bst(&["deploy", "t", "-q"]).ok();
     assert_eq!(snapshot(&env.base.join("shared")), before);
@@ -100,7 +96,7 @@ fn shared_links_are_never_made_through_a_workspace_symlink() {
     let good = env.current_id();
     // From releases/<id>/apps/, ../../../shared is the server's own shared/.
     sh(ws.path(), "mkdir -p apps && ln -s ../../../shared apps/web");
-    commit(&ws, "hostile link");
+    ws.commit("hostile link");
     let run = env.bst(&["deploy", "t"]).code(1);
     assert!(
         run.stderr.contains(
@@ -113,12 +109,12 @@ fn shared_links_are_never_made_through_a_workspace_symlink() {
     assert_eq!(env.current_id(), good);
     // A file where a parent should be is refused too.
     sh(ws.path(), "rm apps/web && echo file > apps/web");
-    commit(&ws, "a file");
+    ws.commit("a file");
     env.bst(&["deploy", "t"]).code(1).stderr_has("apps/web in the release is a symlink or a file");
     assert_eq!(snapshot(&env.base.join("shared")), before);
     assert_eq!(env.current_id(), good);
     sh(ws.path(), "rm apps/web");
-    commit(&ws, "fixed");
+    ws.commit("fixed");
     env.bst(&["deploy", "t", "-q"]).ok();
     assert_eq!(std::fs::read_to_string(env.base.join("current/apps/web/.env")).unwrap(), "TOKEN=web-secret\n");
     assert!(
@@ -159,7 +155,7 @@ fn a_damaged_pristine_copy_spare_or_manifest_is_never_patched_from() {
     for i in 0..20 {
         ws.write(&format!("src/f{i:02}.ts"), &format!("export const v = {i};\n"));
     }
-    commit(&ws, "files");
+    ws.commit("files");
     let env = Env::new(Some(&sshd), &ws, "");
     env.bst(&["deploy", "t", "-q"]).ok();
     let cache = env.base.join(".bst-cache");
@@ -360,7 +356,7 @@ fn a_kept_archive_cut_by_a_full_disk_is_never_patched_from() {
     for i in 0..60 {
         std::fs::write(ws.path().join(format!("blob{i:02}.bin")), noise(60_000, i)).unwrap();
     }
-    commit(&ws, "blobs");
+    ws.commit("blobs");
     let env = Env::new(None, &ws, "");
     let limited = |args: &[&str]| {
         let plain = bst_cmd(&env.config, args);

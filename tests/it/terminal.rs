@@ -1,19 +1,9 @@
 //! Issue 21, shell and terminal conventions: `--json` error documents, completion of target
 //! and service names, colour, verbosity, the `list` header and the man page.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::harness::*;
-
-fn bin() -> PathBuf {
-    std::env::var_os("BST_TEST_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_bst")), PathBuf::from)
-}
-
-/// `sh -c` quoting for a command line handed to `script`.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
 
 /// Item 8: with `--json` every failure is a document on stdout, the `error:` line stays on
 /// stderr, and a command that printed its own document gets no second one.
@@ -81,7 +71,7 @@ fn bash_completes_target_and_service_names() {
     // `bst` on PATH is the binary under test, whatever its file is called.
     let path_dir = d.path().join("bin");
     std::fs::create_dir(&path_dir).unwrap();
-    std::os::unix::fs::symlink(bin(), path_dir.join("bst")).unwrap();
+    std::os::unix::fs::symlink(bst_bin(), path_dir.join("bst")).unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
     let cases: &[(&[&str], &str)] = &[
         (&["bst", "deploy", "st"], "stage-eu staging"),
@@ -128,27 +118,6 @@ fn bash_completes_target_and_service_names() {
     assert_eq!(stdout.lines().collect::<Vec<_>>(), expected, "stderr: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// Runs bst on a pseudo-terminal (`script`), stdout and stderr both on it; returns what the
-/// terminal showed, `\r\n` made `\n`.
-fn on_tty(config: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
-    let mut line = vec![sh_quote(bin().to_str().unwrap()), "--config".into(), sh_quote(config.to_str().unwrap())];
-    line.extend(args.iter().map(|a| sh_quote(a)));
-    let mut c = Command::new("script");
-    c.args(["-qec", &line.join(" "), "/dev/null"])
-        .env_remove("NO_COLOR")
-        .env_remove("CI")
-        .env_remove("BST_CONFIG")
-        .env("TERM", "xterm")
-        .env("BST_SSH_CONFIG", "none")
-        .env("BST_CACHE_DIR", config.parent().unwrap().join("bst-cache"))
-        .stdin(std::process::Stdio::null());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let out = c.output().expect("script (util-linux) runs");
-    String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n")
-}
-
 const GREEN: &str = "\x1b[1m\x1b[32m";
 const YELLOW: &str = "\x1b[1m\x1b[33m";
 const RED: &str = "\x1b[1m\x1b[31m";
@@ -163,15 +132,15 @@ fn colour_on_a_terminal_never_in_pipes_or_json() {
     let check = ["check", "t", "--reports", reports.to_str().unwrap()];
     let config_row = format!("config           {GREEN}PASS{RESET}  target `t` resolved\n");
     let skip_row = format!("host key         {YELLOW}SKIP{RESET}  local transport\n");
-    let tty = on_tty(&env.config, &check, &[]);
+    let tty = on_tty(&env.config, &check, &[], "").1;
     assert!(tty.contains(&config_row) && tty.contains(&skip_row), "{tty:?}");
     // The machine-read result line is never painted.
     assert!(tty.ends_with("\nCHECK_RESULT=PASS\n"), "{tty:?}");
-    let tty = on_tty(&env.config, &["list", "nosuch"], &[]);
+    let tty = on_tty(&env.config, &["list", "nosuch"], &[], "").1;
     assert_eq!(tty, format!("{RED}error:{RESET} unknown target `nosuch` in {} (targets: t)\n", env.config.display()));
     std::fs::create_dir_all(&env.base).unwrap();
     std::fs::write(env.base.join("current"), "not a link").unwrap();
-    let tty = on_tty(&env.config, &["list", "t"], &[]);
+    let tty = on_tty(&env.config, &["list", "t"], &[], "").1;
     assert!(tty.starts_with(&format!("{YELLOW}warning:{RESET} {}/current is not a symlink", env.base.display())), "{tty:?}");
     std::fs::remove_file(env.base.join("current")).unwrap();
     // Off: NO_COLOR (any non-empty value), --color never, --json; on: an empty NO_COLOR.
@@ -182,11 +151,11 @@ fn colour_on_a_terminal_never_in_pipes_or_json() {
         (&[&check[..], &["--json", "--color", "always"]].concat()[..], &[]),
         (&["list", "nosuch", "--json"][..], &[]),
     ] {
-        let tty = on_tty(&env.config, args, vars);
+        let tty = on_tty(&env.config, args, vars, "").1;
         assert!(!tty.contains('\x1b') && tty.contains("PASS") || args.contains(&"nosuch"), "{args:?} {vars:?}: {tty:?}");
         assert!(!tty.contains('\x1b'), "{args:?} {vars:?}: {tty:?}");
     }
-    assert!(on_tty(&env.config, &check, &[("NO_COLOR", "")]).contains(&config_row));
+    assert!(on_tty(&env.config, &check, &[("NO_COLOR", "")], "").1.contains(&config_row));
     // In a pipe: plain, unless asked for.
     let piped = bst_with(&env.config, &check, &[]).ok();
     assert!(piped.stdout.contains("config           PASS  target `t` resolved\n") && !piped.stdout.contains('\x1b'), "{piped:?}");
@@ -288,7 +257,7 @@ fn list_has_a_header_and_a_legend() {
 #[test]
 fn man_page_is_a_complete_reference_without_warnings() {
     let d = tempfile::tempdir().unwrap();
-    let out = Command::new(bin()).arg("man").output().unwrap();
+    let out = Command::new(bst_bin()).arg("man").output().unwrap();
     assert!(out.status.success());
     let roff = String::from_utf8(out.stdout).unwrap();
     let page = d.path().join("bst.1");
