@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use clap::CommandFactory;
 
 use crate::cli::Cli;
-use crate::commands::service::Action;
 use crate::config;
+use crate::health::Action;
 
 pub const HELPER: &str = "__complete";
 

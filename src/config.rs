@@ -25,7 +25,7 @@ pub struct RawTarget {
     pub shared_dirs: Option<Vec<String>>,
     pub exclude: Option<Vec<String>>,
     /// gitignore-style patterns of files that ship although they look like secrets
-    /// (`.env*`, `*.pem`, `*.key`, private keys); see [`crate::withheld`].
+    /// (`.env*`, `*.pem`, `*.key`, private keys); see [`crate::workspace::withheld`].
     pub include: Option<Vec<String>>,
     /// Ship `source` by walking it although it is not inside a git work tree.
     pub source_is_not_git: Option<bool>,

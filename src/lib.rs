@@ -7,12 +7,14 @@ pub mod complete;
 pub mod config;
 #[cfg(test)]
 mod corpus_tests;
-pub mod delta;
 pub mod dotenv;
 pub mod error;
+pub mod health;
 pub mod interrupt;
 pub mod known_hosts;
+pub mod layout;
 pub mod manpage;
+pub mod platform;
 pub mod release;
 pub mod remote;
 pub mod report;
@@ -20,11 +22,10 @@ pub mod schema;
 pub mod service;
 pub mod settings;
 pub mod shell;
-pub mod snapshot;
 pub mod sshconfig;
 pub mod transport;
 pub mod watchdog;
-pub mod withheld;
+pub mod workspace;
 
 use cli::{Cli, Command, ConfigCommand, DrillCommand, EnvCommand};
 use error::Error;
@@ -207,8 +208,8 @@ fn take_global_flags(words: Vec<String>, g: &mut cli::GlobalArgs) -> anyhow::Res
 }
 
 /// `TARGET ACTION` or `TARGET SERVICE ACTION`.
-fn parse_service_words(words: &[String]) -> anyhow::Result<(Option<String>, commands::service::Action)> {
-    use commands::service::Action;
+fn parse_service_words(words: &[String]) -> anyhow::Result<(Option<String>, crate::health::Action)> {
+    use crate::health::Action;
     let usage = || {
         // The likeliest slip first: a mistyped command (`bst deploi staging`), then a
         // mistyped action (`bst core-api-prod restrat`).

@@ -115,10 +115,7 @@ impl Status {
     }
 }
 
-/// Inside every release: bst's record of it.
-pub const META_FILE: &str = ".release-meta";
-/// Where a new meta is written before it is renamed over [`META_FILE`].
-pub const META_TMP: &str = ".release-meta.tmp";
+pub use crate::layout::{META_FILE, META_TMP};
 
 /// `.release-meta`: JSON, one line, written by bst into every release.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 
 use crate::shell::quote;
-use crate::snapshot::Framing;
+use crate::workspace::Framing;
 
 pub const LOCK_DIR: &str = ".bst-lock";
 pub const INCOMING_DIR: &str = ".bst-incoming";
@@ -334,8 +334,8 @@ fi
 "#,
         generation = quote(generation),
         verify = quote(VERIFY_PRISTINE),
-        UPLOAD = crate::delta::UPLOAD_DIR,
-        COMPLETE = crate::delta::COMPLETE_MARKER,
+        UPLOAD = crate::layout::UPLOAD_DIR,
+        COMPLETE = crate::layout::COMPLETE_MARKER,
         tgz = untar(Framing::Gzip(1)).1,
         tar = untar(Framing::Tar).1,
     );
@@ -494,7 +494,7 @@ tee "$C/{archive}" | tar {x} - -C "$I" --no-same-owner || {{ rc=$?; rm -rf "$I" 
 "#
     );
     s.push_str(&require_complete("$I", "\"$I\" \"$C\""));
-    let _ = writeln!(s, "mv \"$I/{}\" \"$C/upload\"", crate::delta::UPLOAD_DIR);
+    let _ = writeln!(s, "mv \"$I/{}\" \"$C/upload\"", crate::layout::UPLOAD_DIR);
     s.push_str(&finish_staging(id, shared_files, shared_dirs, meta_json));
     s
 }
@@ -521,7 +521,7 @@ if [ -e "$R" ]; then echo "release {id} already exists" >&2; exit 1; fi
 fn require_complete(dir: &str, remove: &str) -> String {
     format!(
         "if [ ! -f \"{dir}/{}\" ]; then rm -rf {remove}; rmdir \"$B/{INCOMING_DIR}\" 2>/dev/null; echo \"the upload stream ended early\" >&2; exit 1; fi\n",
-        crate::delta::COMPLETE_MARKER
+        crate::layout::COMPLETE_MARKER
     )
 }
 
@@ -581,7 +581,7 @@ rm -rf "$D" "$I.meta"
 "#,
         generation = quote(generation),
         complete = require_complete("$D", "\"$D\""),
-        UPLOAD = crate::delta::UPLOAD_DIR
+        UPLOAD = crate::layout::UPLOAD_DIR
     );
     s.push_str(&finish_staging(id, shared_files, shared_dirs, meta_json));
     s
@@ -1134,32 +1134,33 @@ mod tests {
     #[cfg(unix)]
     #[test]
     fn an_upload_without_its_final_marker_is_refused() {
-        use crate::snapshot::Framing;
+        use crate::workspace::Framing;
         use std::io::Write;
         use std::process::{Command, Stdio};
         let d = tempfile::tempdir().unwrap();
         let src = d.path().join("src");
         std::fs::create_dir(&src).unwrap();
         std::fs::write(src.join("a.txt"), "a").unwrap();
-        let entries = vec![crate::snapshot::Entry { path: "a.txt".into(), kind: crate::snapshot::Kind::File { exec: false }, stat: None }];
+        let entries =
+            vec![crate::workspace::Entry { path: "a.txt".into(), kind: crate::workspace::Kind::File { exec: false }, stat: None }];
         for (framing, archive) in [(Framing::Gzip(1), "snapshot.tgz"), (Framing::Tar, "snapshot.tar")] {
             let base = d.path().join(archive);
             std::fs::create_dir_all(base.join("releases")).unwrap();
-            let run = |extra: &[crate::snapshot::Extra]| {
+            let run = |extra: &[crate::workspace::Extra]| {
                 let mut stream = Vec::new();
-                crate::snapshot::stream_tar(&src, &entries, extra, &mut stream, framing, &|_, _| {}).unwrap();
+                crate::workspace::stream_tar(&src, &entries, extra, &mut stream, framing, &|_, _| {}).unwrap();
                 let script = upload(base.to_str().unwrap(), "20260220T051228Z", &[], &[], "{}", framing);
                 let mut c = Command::new("sh").arg("-c").arg(&script).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
                 c.stdin.take().unwrap().write_all(&stream).unwrap();
                 let out = c.wait_with_output().unwrap();
                 (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
             };
-            let manifest = (format!("{}/manifest", crate::delta::UPLOAD_DIR), std::sync::Arc::new(b"m".to_vec()));
+            let manifest = (format!("{}/manifest", crate::layout::UPLOAD_DIR), std::sync::Arc::new(b"m".to_vec()));
             let (ok, err) = run(std::slice::from_ref(&manifest));
             assert!(!ok && err.contains("ended early"), "{framing:?}: {err}");
             assert!(!base.join("releases/20260220T051228Z").exists());
             assert!(!base.join(INCOMING_DIR).exists());
-            let (ok, err) = run(&[manifest, (crate::delta::COMPLETE_MARKER.into(), Default::default())]);
+            let (ok, err) = run(&[manifest, (crate::layout::COMPLETE_MARKER.into(), Default::default())]);
             assert!(ok, "{framing:?}: {err}");
             assert_eq!(std::fs::read_to_string(base.join("releases/20260220T051228Z/a.txt")).unwrap(), "a");
             assert!(!base.join("releases/20260220T051228Z/.bst-upload").exists());
@@ -1173,7 +1174,7 @@ mod tests {
     #[cfg(unix)]
     #[test]
     fn the_cache_job_trusts_only_a_whole_archive_that_matches_its_manifest() {
-        use crate::snapshot::{Entry, Framing, Kind};
+        use crate::workspace::{Entry, Framing, Kind};
         use std::sync::Arc;
         let d = tempfile::tempdir().unwrap();
         let src = d.path().join("src");
@@ -1186,17 +1187,17 @@ mod tests {
             Entry { path: "dir/b.sh".into(), kind: Kind::File { exec: true }, stat: None },
             Entry { path: "l".into(), kind: Kind::Symlink, stat: None },
         ];
-        let manifest = crate::delta::encode(&crate::delta::local_manifest(&src, &entries, &mut Default::default()));
+        let manifest = crate::workspace::encode(&crate::workspace::local_manifest(&src, &entries, &mut Default::default()));
         let run = |case: &str, manifest: &[u8], marker: bool, cut: usize| -> bool {
             let base = d.path().join(case);
             let c = base.join(CACHE_DIR);
             std::fs::create_dir_all(c.join("upload")).unwrap();
-            let mut extra = vec![(format!("{}/manifest", crate::delta::UPLOAD_DIR), Arc::new(manifest.to_vec()))];
+            let mut extra = vec![(format!("{}/manifest", crate::layout::UPLOAD_DIR), Arc::new(manifest.to_vec()))];
             if marker {
-                extra.push((crate::delta::COMPLETE_MARKER.into(), Arc::default()));
+                extra.push((crate::layout::COMPLETE_MARKER.into(), Arc::default()));
             }
             let mut tar = Vec::new();
-            crate::snapshot::stream_tar(&src, &entries, &extra, &mut tar, Framing::Tar, &|_, _| {}).unwrap();
+            crate::workspace::stream_tar(&src, &entries, &extra, &mut tar, Framing::Tar, &|_, _| {}).unwrap();
             tar.truncate(tar.len() - cut);
             std::fs::write(c.join(untar(Framing::Tar).1), &tar).unwrap();
             std::fs::write(c.join("upload/manifest"), manifest).unwrap();

@@ -5,7 +5,17 @@ use std::io::{IsTerminal, Write};
 
 use serde::Serialize;
 
-use crate::settings::Globals;
+/// Flags that apply to every command: how to talk to the user, plus the one consent the
+/// transport needs (`--accept-new-host-key`). They live with the printer, below the
+/// transport, so that printing a notice never makes the transport reach up into settings.
+#[derive(Debug, Clone, Default)]
+pub struct Globals {
+    pub json: bool,
+    pub verbose: u8,
+    pub quiet: bool,
+    pub accept_new_host_key: bool,
+    pub color: clap::ColorChoice,
+}
 
 #[derive(Debug, Clone)]
 pub struct Printer {

@@ -7,93 +7,10 @@ use std::time::Duration;
 use crate::config::{Config, RawTarget};
 use crate::dotenv::Dialect;
 use crate::error::Error;
+use crate::platform::{expand_home, home_dir, local_user};
+pub use crate::transport::{Hop, Host, Ssh, UserFrom};
 
-/// Flags that apply to every command.
-#[derive(Debug, Clone, Default)]
-pub struct Globals {
-    pub json: bool,
-    pub verbose: u8,
-    pub quiet: bool,
-    pub accept_new_host_key: bool,
-    pub color: clap::ColorChoice,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Ssh {
-    /// The name as written (targets.toml `host`, or a ProxyJump hop): the ssh config key.
-    pub alias: String,
-    /// Where to connect: `HostName` from ssh config (`%h` expanded, lowercased), else the alias.
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    /// Tried in order. From targets.toml (then only these) or ssh config `IdentityFile`;
-    /// empty: ssh's default key names.
-    pub identity_files: Vec<PathBuf>,
-    /// Skip ssh-agent (targets.toml `identity_file`, or `IdentitiesOnly yes`).
-    pub identities_only: bool,
-    /// `IdentityAgent none` turns the agent off.
-    pub use_agent: bool,
-    /// The user known_hosts files (`UserKnownHostsFile`, or targets.toml `known_hosts`): all
-    /// are read, the first one records new keys.
-    pub known_hosts: Vec<PathBuf>,
-    /// `GlobalKnownHostsFile`: read, never written.
-    pub global_known_hosts: Vec<PathBuf>,
-    /// `HostKeyAlias`: the name keys are looked up and recorded under, instead of `[host]:port`.
-    pub host_key_alias: Option<String>,
-    /// `StrictHostKeyChecking accept-new` (or `no`): record unknown keys. Changed keys are
-    /// refused whatever this says.
-    pub accept_new: bool,
-    pub hash_known_hosts: bool,
-    pub proxy_jump: Option<String>,
-    /// `ProxyCommand`, tokens expanded: its stdin/stdout carry the SSH stream.
-    pub proxy_command: Option<String>,
-    pub connect_timeout: Option<u64>,
-    /// Seconds between keepalives (`ServerAliveInterval`; 0 or unset: 15).
-    pub keepalive_secs: u32,
-    /// `AddressFamily`: `inet` or `inet6` restricts the addresses tried.
-    pub address_family: Option<String>,
-    /// For `config show`: (setting, value, where it came from).
-    pub origins: Vec<(String, String, String)>,
-    /// Where `user` came from, for the message when that user cannot log in.
-    pub user_from: UserFrom,
-    /// Directives that applied but that bst does not act on (keyword, `file:line`), said under `-v`.
-    pub ignored: Vec<(String, String)>,
-}
-
-/// What set the SSH user: a wrong account is the commonest first-hour failure, and the fix
-/// is in whichever file said it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum UserFrom {
-    /// targets.toml: `path:line` where known, else the file.
-    Config(String),
-    /// An ssh config `User` line (`path:line`).
-    SshConfig(String),
-    /// A ProxyJump spec's `user@`.
-    Jump(String),
-    /// Nothing: the local user name.
-    Local,
-}
-
-impl std::fmt::Display for UserFrom {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            UserFrom::Config(at) => write!(f, "`user =` at {at}"),
-            UserFrom::SshConfig(at) => write!(f, "`User` at {at}"),
-            UserFrom::Jump(spec) => write!(f, "the ProxyJump hop `{spec}`"),
-            UserFrom::Local => f.write_str("the local user name: no `user =` in targets.toml, no `User` in the ssh config"),
-        }
-    }
-}
-
-impl UserFrom {
-    /// The next step when `user` is the wrong account.
-    pub fn fix(&self) -> &'static str {
-        match self {
-            UserFrom::Local => "set `user = \"…\"` in the target",
-            _ => "change it there",
-        }
-    }
-}
+pub use crate::report::Globals;
 
 /// One SSH endpoint: explicit values (targets.toml, or a ProxyJump spec) win over
 /// the ssh config files, which win over ssh's defaults.
@@ -238,7 +155,56 @@ pub fn resolve_ssh(
         origins,
         user_from,
         ignored,
+        jump: Vec::new(),
     })
+}
+
+/// [`resolve_ssh`] for the host a target names, with its ProxyJump chain resolved too.
+fn resolve_target_ssh(
+    alias: &str,
+    user: Option<String>,
+    port: Option<u16>,
+    identity_file: Option<&str>,
+    known_hosts: Option<&str>,
+) -> Result<Ssh, String> {
+    let mut s = resolve_ssh(alias, user, port, identity_file, known_hosts)?;
+    resolve_jumps(&mut s, 0);
+    Ok(s)
+}
+
+/// Resolves the ProxyJump hops of `s` (opened at `depth`) as `ssh -J a,b` reads them: each
+/// hop through its own ssh config, the first one with its own ProxyJump or ProxyCommand,
+/// the later ones reached through the hop before. A hop that does not resolve keeps its
+/// reason: it is the connection through it that fails, with exit 5, as before. Beyond
+/// [`crate::transport::MAX_DEPTH`] nothing is resolved: the transport refuses that deep a
+/// chain (a loop in the ssh config) before it looks.
+fn resolve_jumps(s: &mut Ssh, depth: u32) {
+    let Some(spec) = s.proxy_jump.clone() else { return };
+    if depth >= crate::transport::MAX_DEPTH {
+        return;
+    }
+    s.jump = crate::sshconfig::jump_hops(&spec)
+        .into_iter()
+        .enumerate()
+        .map(|(i, hop)| {
+            let (user, alias, port) = crate::sshconfig::parse_jump(&hop);
+            let from_spec = user.is_some();
+            let ssh = resolve_ssh(&alias, user, port, None, None).map(|mut h| {
+                if from_spec {
+                    h.user_from = UserFrom::Jump(hop.to_string());
+                }
+                if i > 0 {
+                    // As `ssh -J a,b` does: b is reached through a, whatever b's own config says.
+                    h.proxy_jump = None;
+                    h.proxy_command = None;
+                } else {
+                    resolve_jumps(&mut h, depth + 1);
+                }
+                h
+            });
+            Hop { spec: hop, ssh }
+        })
+        .collect();
 }
 
 /// Where an ssh config value came from, for `config show`.
@@ -251,13 +217,6 @@ fn join_paths(v: &[PathBuf]) -> String {
         return "none".into();
     }
     v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" ")
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Host {
-    /// The same layout on this machine, driven through `sh`: the demo target, and tests.
-    Local,
-    Ssh(Box<Ssh>),
 }
 
 #[derive(Debug, Clone)]
@@ -361,7 +320,7 @@ pub fn resolve_target(config: &Config, name: &str) -> anyhow::Result<Target> {
         Some(h) if h == "local" => Some(Host::Local),
         Some(host_s) => {
             let key = if raw.user.is_none() && local_user().is_none() { "user" } else { "host" };
-            match resolve_ssh(&host_s, raw.user.clone(), raw.port, raw.identity_file.as_deref(), raw.known_hosts.as_deref()) {
+            match resolve_target_ssh(&host_s, raw.user.clone(), raw.port, raw.identity_file.as_deref(), raw.known_hosts.as_deref()) {
                 Err(why) => {
                     errs.push(bad(key, format!("target `{name}`: {why}")));
                     None
@@ -666,49 +625,6 @@ fn posix(p: &Path) -> String {
     p.to_string_lossy().replace('\\', "/")
 }
 
-pub fn local_user() -> Option<String> {
-    ["USER", "USERNAME", "LOGNAME"].iter().find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty())).or_else(passwd_user)
-}
-
-/// Containers and CI often run without `$USER`; the passwd entry still knows.
-#[cfg(unix)]
-fn passwd_user() -> Option<String> {
-    // SAFETY: getpwuid returns a pointer into static storage or null; we copy out at once.
-    unsafe {
-        let pw = libc::getpwuid(libc::geteuid());
-        if pw.is_null() || (*pw).pw_name.is_null() {
-            return None;
-        }
-        Some(std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned())
-    }
-}
-
-#[cfg(not(unix))]
-fn passwd_user() -> Option<String> {
-    None
-}
-
-pub fn home_dir() -> Option<PathBuf> {
-    let keys: &[&str] = if cfg!(windows) { &["USERPROFILE", "HOME"] } else { &["HOME"] };
-    keys.iter().find_map(|k| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from))
-}
-
-/// `~/x` (and on Windows `%USERPROFILE%\x`) the way each platform's users write them.
-pub fn expand_home(p: &str) -> PathBuf {
-    expand_home_with(p, home_dir().as_deref())
-}
-
-/// [`expand_home`] with the home directory passed in, so the Windows spellings are testable
-/// anywhere. Both separators split what follows the prefix: one `targets.toml` is shared by
-/// Windows and Linux machines, and `~\.ssh\id` must name the same key on both.
-pub fn expand_home_with(p: &str, home: Option<&Path>) -> PathBuf {
-    let rest = if p == "~" { Some("") } else { ["~/", "~\\", "%USERPROFILE%"].iter().find_map(|pre| p.strip_prefix(pre)) };
-    match (home, rest) {
-        (Some(h), Some(rest)) => rest.split(['/', '\\']).filter(|c| !c.is_empty()).fold(h.to_path_buf(), |acc, c| acc.join(c)),
-        _ => PathBuf::from(p),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -747,23 +663,6 @@ mod tests {
         for bad in ["/etc/passwd", "../x", "a/../../x", "", "a//b"] {
             assert!(check_relative(bad).is_err(), "{bad} accepted");
         }
-    }
-
-    #[test]
-    fn home_expands_with_either_separator_and_other_paths_are_untouched() {
-        let home = Path::new("/home/me");
-        let ssh_key = home.join(".ssh").join("id_ed25519");
-        assert_eq!(expand_home_with("~", Some(home)), home);
-        assert_eq!(expand_home_with("~/x", Some(home)), home.join("x"));
-        assert_eq!(expand_home_with("~\\x", Some(home)), home.join("x"));
-        assert_eq!(expand_home_with("~/.ssh/id_ed25519", Some(home)), ssh_key);
-        assert_eq!(expand_home_with("~\\.ssh\\id_ed25519", Some(home)), ssh_key);
-        assert_eq!(expand_home_with("%USERPROFILE%\\.ssh\\id_ed25519", Some(home)), ssh_key);
-        assert_eq!(expand_home_with("%USERPROFILE%", Some(home)), home);
-        for untouched in ["d:\\Balisnaptrip\\WEB", "/etc/ssh/key", "~user/x", "x~/y", "keys\\%USERPROFILE%"] {
-            assert_eq!(expand_home_with(untouched, Some(home)), PathBuf::from(untouched), "{untouched}");
-        }
-        assert_eq!(expand_home_with("~/x", None), PathBuf::from("~/x"));
     }
 
     /// Refused at validate, with the reason: user scope through sudo, and TLS probes.

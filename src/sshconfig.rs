@@ -55,7 +55,7 @@ pub fn files() -> Vec<(PathBuf, Scope)> {
         Some(v) => vec![(PathBuf::from(v), Scope::User)],
         None => {
             let mut v = Vec::new();
-            if let Some(h) = crate::settings::home_dir() {
+            if let Some(h) = crate::platform::home_dir() {
                 v.push((h.join(".ssh").join("config"), Scope::User));
             }
             v.push((system_dir().join("ssh_config"), Scope::System));
@@ -574,10 +574,10 @@ fn match_line(args: &[String], at: &str, ctx: &mut Ctx<'_>, cfg: &HostConfig) ->
                     }
                     "originalhost" => host_matches(std::slice::from_ref(arg), ctx.original),
                     "user" => {
-                        let u = cfg.user.as_ref().map(|u| u.value.clone()).or_else(crate::settings::local_user).unwrap_or_default();
+                        let u = cfg.user.as_ref().map(|u| u.value.clone()).or_else(crate::platform::local_user).unwrap_or_default();
                         list_matches(arg.split(','), &u, glob_cs)
                     }
-                    "localuser" => list_matches(arg.split(','), &crate::settings::local_user().unwrap_or_default(), glob_cs),
+                    "localuser" => list_matches(arg.split(','), &crate::platform::local_user().unwrap_or_default(), glob_cs),
                     _ => {
                         // ssh skips the command once the line already failed.
                         if !result {
@@ -606,7 +606,7 @@ fn hostname_so_far(ctx: &Ctx<'_>, cfg: &HostConfig) -> String {
 fn run_exec(cmd: &str, ctx: &Ctx<'_>, cfg: &HostConfig, _at: &str) -> Result<bool, String> {
     let host = hostname_so_far(ctx, cfg);
     let port = cfg.port.as_ref().map_or(22, |p| p.value);
-    let user = cfg.user.as_ref().map(|u| u.value.clone()).or_else(crate::settings::local_user).unwrap_or_default();
+    let user = cfg.user.as_ref().map(|u| u.value.clone()).or_else(crate::platform::local_user).unwrap_or_default();
     let expanded = expand_tokens_str(cmd, &host, port, &user, ctx.original);
     let shell = std::env::var("SHELL").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "/bin/sh".into());
     let st = std::process::Command::new(shell)
@@ -626,12 +626,12 @@ fn run_exec(_cmd: &str, _ctx: &Ctx<'_>, _cfg: &HostConfig, at: &str) -> Result<b
 /// `Include` paths: `~` expands, relative ones are under `~/.ssh` (user files) or `/etc/ssh`
 /// (system files), `*` and `?` in the file name glob, in sorted order.
 fn expand_include(arg: &str, scope: Scope) -> Vec<PathBuf> {
-    let p = crate::settings::expand_home(arg);
+    let p = crate::platform::expand_home(arg);
     let p = if p.is_absolute() {
         p
     } else {
         match scope {
-            Scope::User => crate::settings::home_dir().unwrap_or_default().join(".ssh").join(&p),
+            Scope::User => crate::platform::home_dir().unwrap_or_default().join(".ssh").join(&p),
             Scope::System => system_dir().join(&p),
         }
     };
@@ -650,7 +650,7 @@ fn expand_include(arg: &str, scope: Scope) -> Vec<PathBuf> {
 /// `%h %p %r %u %d %n %l %L %i %%` and a leading `~`, as ssh expands them in `IdentityFile`,
 /// `UserKnownHostsFile`, `ProxyCommand` and `Match exec`. Unknown tokens stay as written.
 pub fn expand_tokens_str(s: &str, hostname: &str, port: u16, remote_user: &str, original: &str) -> String {
-    let home = crate::settings::home_dir().unwrap_or_default();
+    let home = crate::platform::home_dir().unwrap_or_default();
     let mut out = String::new();
     let mut it = s.chars();
     while let Some(c) = it.next() {
@@ -663,10 +663,10 @@ pub fn expand_tokens_str(s: &str, hostname: &str, port: u16, remote_user: &str, 
             Some('p') => out.push_str(&port.to_string()),
             Some('r') => out.push_str(remote_user),
             Some('n') => out.push_str(original),
-            Some('u') => out.push_str(&crate::settings::local_user().unwrap_or_default()),
+            Some('u') => out.push_str(&crate::platform::local_user().unwrap_or_default()),
             Some('d') => out.push_str(&home.to_string_lossy()),
-            Some('L') => out.push_str(crate::commands::lock::hostname().split('.').next().unwrap_or_default()),
-            Some('l') => out.push_str(&crate::commands::lock::hostname()),
+            Some('L') => out.push_str(crate::platform::hostname().split('.').next().unwrap_or_default()),
+            Some('l') => out.push_str(&crate::platform::hostname()),
             #[cfg(unix)]
             // SAFETY: getuid cannot fail.
             Some('i') => out.push_str(&unsafe { libc::getuid() }.to_string()),
@@ -682,7 +682,7 @@ pub fn expand_tokens_str(s: &str, hostname: &str, port: u16, remote_user: &str, 
 }
 
 pub fn expand_tokens(s: &str, hostname: &str, port: u16, remote_user: &str, original: &str) -> PathBuf {
-    crate::settings::expand_home(&expand_tokens_str(s, hostname, port, remote_user, original))
+    crate::platform::expand_home(&expand_tokens_str(s, hostname, port, remote_user, original))
 }
 
 /// The hops of a `ProxyJump` list, in the order they are connected.

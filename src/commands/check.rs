@@ -13,7 +13,7 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::json;
 
-use super::env::{baseline, read_env};
+use super::gate::{baseline, read_env, shared_rel};
 use crate::error::Error;
 use crate::report::{human_bytes, md_cell, Gate, Printer};
 use crate::service;
@@ -35,7 +35,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, reports: &Path) -> a
     let mut items = vec![Item { check: "config", result: "PASS", detail: format!("target `{}` resolved", target.name) }];
     let pf = |ok: bool| if ok { "PASS" } else { "FAIL" };
     let mut push = |check: &'static str, result: &'static str, detail: String| items.push(Item { check, result, detail });
-    match transport::connect(target, globals) {
+    match transport::connect(&target.host, globals) {
         Err(e) => {
             // Everything after the first failure is unknown, not failed: one reason, said once,
             // and the rows that could not be checked say which it was.
@@ -148,7 +148,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, reports: &Path) -> a
             let existing = fact("EXISTING ").unwrap_or_default();
             let who = match &target.host {
                 crate::settings::Host::Ssh(s) => format!("`{}`", s.user),
-                crate::settings::Host::Local => crate::settings::local_user().map_or_else(|| "this user".to_string(), |u| format!("`{u}`")),
+                crate::settings::Host::Local => crate::platform::local_user().map_or_else(|| "this user".to_string(), |u| format!("`{u}`")),
             };
             // Tested by creating and removing an entry: `test -w` trusts the mode bits, which
             // root passes everywhere, and says nothing of root squash or a full inode table.
@@ -199,7 +199,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, reports: &Path) -> a
             if target.required_env.is_empty() && target.expect_env.is_empty() {
                 items.push(Item { check: "env baseline", result: "SKIP", detail: "no required_env or expect_env configured".into() });
             } else {
-                let file = read_env(&mut *t, target, &super::env::shared_rel(target))?;
+                let file = read_env(&mut *t, target, &shared_rel(target))?;
                 let (ok, keys, expects) = baseline(file.as_ref(), target);
                 let bad: Vec<String> = keys
                     .iter()

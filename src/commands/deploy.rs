@@ -7,19 +7,20 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::gate::{health_gate, Trial};
 use super::lock::{self, Held};
 use super::Audit;
-use crate::delta;
 use crate::error::Error;
+use crate::layout;
 use crate::release::{self, Meta, Release, State, Status};
 use crate::report::{human_bytes, Printer};
 use crate::settings::{Globals, Target};
-use crate::snapshot;
 use crate::transport::{self, Stream, Transport};
 use crate::watchdog;
+use crate::workspace;
 
 /// Level 1: ~4x faster than 6 for ~7% more bytes. The stream measures it against storing
-/// (see `snapshot::Probe`) and keeps whichever moves the snapshot faster over this link.
+/// (see `workspace::Probe`) and keeps whichever moves the snapshot faster over this link.
 const GZIP_LEVEL: u32 = 1;
 
 #[derive(Debug, Serialize)]
@@ -60,11 +61,11 @@ fn ms(since: Instant) -> u64 {
 }
 
 /// A bar for a human at a terminal; CI and pipes get the plain summary line only.
-fn progress_bar(p: &Printer, target: &Target, entries: &[snapshot::Entry]) -> Option<indicatif::ProgressBar> {
+fn progress_bar(p: &Printer, target: &Target, entries: &[workspace::Entry]) -> Option<indicatif::ProgressBar> {
     if !p.tty || p.quiet || p.json {
         return None;
     }
-    let total: u64 = entries.iter().map(|e| snapshot::entry_size(&target.source, e)).sum();
+    let total: u64 = entries.iter().map(|e| workspace::entry_size(&target.source, e)).sum();
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} uploading {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
@@ -79,7 +80,7 @@ fn progress_bar(p: &Printer, target: &Target, entries: &[snapshot::Entry]) -> Op
 struct Prepared {
     state: State,
     meta: Meta,
-    plan: Option<(String, delta::Plan)>,
+    plan: Option<(String, workspace::Plan)>,
     /// What the upload script runs after it: the whole end of the deploy, or the cache job.
     tail: String,
     prologue: String,
@@ -93,15 +94,443 @@ struct Prepared {
     patch: Option<Vec<u8>>,
 }
 
+/// One deploy's fixed inputs: what every step after the lock needs and none of them changes.
+struct Deploy<'a> {
+    target: &'a Target,
+    globals: &'a Globals,
+    p: &'a Printer,
+    held: Held,
+    link: workspace::LinkMemo,
+    build: bool,
+    /// Restart and health-check after the switch, with the server's watchdog armed.
+    gated: bool,
+    /// Neither a build nor a gate: the upload script also switches, in one remote command.
+    combined: bool,
+    started: Instant,
+    upload_started: Instant,
+}
+
+impl Deploy<'_> {
+    /// A failed deploy: the release is marked failed (unless it is live), the staging dir goes,
+    /// the lock is released, and the error says where `current` still points. When the cleanup
+    /// cannot even be sent, the connection is gone and what the server did with the deploy is not
+    /// known here (it may have finished and switched): see [`after_drop`].
+    fn fail(&self, t: &mut dyn Transport, prep: &Prepared, e: anyhow::Error) -> anyhow::Result<(Box<dyn Transport>, String)> {
+        let Deploy { target, p, ref held, started, .. } = *self;
+        let mut meta = prep.meta.clone();
+        let id = meta.id.clone();
+        meta.status = Status::Failed;
+        meta.error = Some(format!("{e:#}").lines().next().unwrap_or("").to_string());
+        meta.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+        let mut audit = Audit::new("deploy", &target.name, "failed");
+        audit.release = Some(&id);
+        audit.previous = prep.state.current.as_deref();
+        audit.error = meta.error.clone();
+        let script = crate::remote::abort_deploy(&target.base, &id, &serde_json::to_string(&meta)?, &audit.json(), &held.token);
+        let interrupted = crate::error::exit_code_of(&e) == crate::error::code::INTERRUPTED;
+        match t.run(&script) {
+            Ok(o) if o.status == 0 => {}
+            Ok(o) => p.warn(format!("cleanup after the failed deploy did not finish: {}", o.stderr_str())),
+            Err(ce) if !interrupted => return self.after_drop(prep, &script, e, &ce),
+            Err(ce) => p.warn(format!("cleanup after the failed deploy did not run: {ce:#}")),
+        }
+        let now = prep.state.current.as_deref().map_or("nothing (first deploy)".to_string(), |c| format!("releases/{c}"));
+        Err(e.context(format!("deploy of {id} to {} failed; current still points at {now}", target.name)))
+    }
+
+    /// The deploy's connection is gone, possibly after the server had everything it needed to
+    /// finish: the upload script switches on its own once the stream is complete. So nothing is
+    /// said about `current` until it has been read again, over a new connection (a few tries),
+    /// once this run's script there has ended. Switched: `Ok` with the new connection (a gated
+    /// deploy's health gate runs over it, its watchdog armed meanwhile) and a note. Not switched:
+    /// the cleanup runs over the new connection and the error names `current` as read. Not
+    /// reachable, or still at work: [`Error::Unknown`], exit 6.
+    fn after_drop(
+        &self,
+        prep: &Prepared,
+        abort: &str,
+        e: anyhow::Error,
+        cleanup: &anyhow::Error,
+    ) -> anyhow::Result<(Box<dyn Transport>, String)> {
+        let Deploy { target, globals, p, ref held, .. } = *self;
+        let id = prep.meta.id.as_str();
+        let name = &target.name;
+        let lost = format!("{e:#}");
+        p.warn(format!("the connection to {} was lost ({lost}); reconnecting to read what the server did", target.host_label()));
+        let unknown = |why: String| -> anyhow::Error {
+            Error::Unknown(format!(
+            "deploy of {id} to {name}: the connection was lost ({lost}), and {why}; the server may have switched current to {id}; run `bst list {name}` to see where current points"
+        ))
+        .into()
+        };
+        let mut last = format!("{cleanup:#}");
+        let mut fresh = None;
+        for pause in [0, 1, 2, 4] {
+            std::thread::sleep(std::time::Duration::from_secs(pause));
+            if crate::interrupt::seen() {
+                break;
+            }
+            match transport::connect(&target.host, globals) {
+                Ok(f) => {
+                    fresh = Some(f);
+                    break;
+                }
+                Err(ce) => last = format!("{ce:#}"),
+            }
+        }
+        let Some(mut f) = fresh else {
+            return Err(unknown(format!("could not reconnect ({last})")));
+        };
+        let out = match f.run(&crate::remote::after_drop(&target.base, &held.token, id, AFTER_DROP_WAIT_SECS)) {
+            Ok(o) if o.status == 0 => o,
+            Ok(o) => return Err(unknown(format!("the server could not be asked ({})", o.stderr_str()))),
+            Err(ae) => return Err(unknown(format!("the server could not be asked ({ae:#})"))),
+        };
+        let text = out.stdout_str();
+        let current = text
+            .lines()
+            .find_map(|l| l.strip_prefix("C "))
+            .map(|c| c.trim_start_matches("releases/").to_string())
+            .filter(|c| !c.is_empty());
+        let ok = text
+            .lines()
+            .find_map(|l| l.strip_prefix("M "))
+            .and_then(|m| serde_json::from_str::<Meta>(m).ok())
+            .is_some_and(|m| m.status == Status::Ok);
+        if current.as_deref() == Some(id) && ok {
+            let note = format!("the connection was lost at the end of the deploy ({lost}), but the server finished the deploy and switched current to {id} (read after reconnecting)");
+            p.warn(&note);
+            return Ok((f, note));
+        }
+        if text.lines().any(|l| l == "RUNNING") {
+            return Err(unknown(format!("after {AFTER_DROP_WAIT_SECS}s the server is still working on it")));
+        }
+        // Not switched, and nothing of this run is at work there any more: clean up from here.
+        match f.run(abort) {
+            Ok(o) if o.status == 0 => {}
+            Ok(o) => p.warn(format!("cleanup after the failed deploy did not finish: {}", o.stderr_str())),
+            Err(ce) => p.warn(format!("cleanup after the failed deploy did not run: {ce:#}")),
+        }
+        let now = match (&current, prep.state.current.as_deref()) {
+            (None, None) => "still nothing (first deploy)".to_string(),
+            (Some(c), Some(prev)) if c == prev => format!("still points at releases/{c}"),
+            (Some(c), _) => format!("points at releases/{c}"),
+            (None, Some(_)) => "is missing".to_string(),
+        };
+        Err(e.context(format!("deploy of {id} to {name} failed; current {now} (read from the server after reconnecting)")))
+    }
+
+    /// Refusals that need the server's state, the new id and meta, the delta plan, and the end of
+    /// the deploy as script text.
+    fn prepare(&self, state: State, remote: Remote<'_>, local: &[workspace::Record], git: &workspace::GitInfo) -> anyhow::Result<Prepared> {
+        let Deploy { target, p, ref held, build, gated, combined, started, .. } = *self;
+        if let Some(real) = &state.real_base {
+            if let Some(f) = target.forbidden_paths.iter().find(|f| crate::settings::under(real, f)) {
+                return Err(Error::Failed(format!(
+                    "{} resolves to {real}, at or under the forbidden path {f}; refusing to deploy",
+                    target.base
+                ))
+                .into());
+            }
+        }
+        if let Some(raw) = &state.current_raw {
+            return Err(Error::Failed(format!(
+                "{}/current points at `{raw}`, not at a release of this target; refusing to replace it",
+                target.base
+            ))
+            .into());
+        }
+        let id = release::next_id(release::now_unix(), state.newest_id());
+        let meta = Meta {
+            id: id.clone(),
+            target: target.name.clone(),
+            status: Status::Pending,
+            created_at: release::rfc3339(release::now_unix()),
+            commit: git.commit.clone(),
+            branch: git.branch.clone(),
+            dirty: git.dirty,
+            deployed_by: lock::who(),
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            build,
+            files: local.len() as u64,
+            bytes: local.iter().map(|r| r.size).sum(),
+            duration_ms: None,
+            error: None,
+        };
+        // Delta when the server kept a pristine copy and most files are unchanged.
+        let decoded = match remote {
+            Remote::Gz(gz) => decode_manifest(gz).unwrap_or_else(|e| {
+                p.warn(format!("cannot read the server's manifest ({e:#}); sending the full snapshot"));
+                None
+            }),
+            Remote::Known(recs, len) => Some((recs, Some(len))),
+            Remote::None => None,
+        };
+        let (mut plan, remote_len) = match (&state.cache_generation, decoded) {
+            (Some(generation), Some((remote, raw_len))) => (Some((generation.clone(), workspace::plan(local, &remote))), raw_len),
+            _ => (None, None),
+        };
+        if p.verbose > 0 {
+            if let Some((g, pl)) = &plan {
+                eprintln!("delta against {g}: {} to send, {} to remove, of {}", pl.send.len(), pl.remove.len(), local.len());
+            }
+        }
+        if plan.as_ref().is_some_and(|(_, pl)| pl.send.len() * 5 > local.len() * 4) {
+            plan = None;
+        }
+        let meta_json = serde_json::to_string(&meta)?;
+        let mut ok_meta = meta.clone();
+        ok_meta.status = Status::Ok;
+        let mut after = state.clone();
+        after.releases.push(Release { id: id.clone(), meta: Some(ok_meta.clone()) });
+        after.current = Some(id.clone());
+        // A gated deploy prunes only once the gate has passed: a failed gate switches back.
+        let prune = after.prune_plan(target.keep_releases, state.current.as_deref());
+        let mut audit = Audit::new("deploy", &target.name, "ok");
+        audit.release = Some(&id);
+        audit.previous = state.current.as_deref();
+        let audit_json = audit.json();
+        // What the pristine copy holds after this upload: unique, so a client's cached manifest
+        // is trusted only for exactly the upload it made.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let generation = format!("{id} {:x}{:x}", nanos, std::process::id());
+        // The changed records are appended to the server's manifest, unless replayed patches
+        // would make it more than twice the size of a fresh one (or its size is unknown).
+        let patch = plan.as_ref().and_then(|(_, pl)| {
+            let changed: Vec<&workspace::Record> = pl.send.iter().filter_map(|p| find(local, p, |r| &r.path)).collect();
+            let patch = workspace::encode_patch(&changed, &pl.remove);
+            let fresh = local.len() * 100;
+            remote_len.filter(|&len| len + patch.len() <= 2 * fresh.max(4096)).map(|_| patch)
+        });
+        let cache_job = crate::remote::start_cache_job(&generation);
+        let tail = if combined {
+            ok_meta.duration_ms = Some(crate::remote::DURATION_PLACEHOLDER);
+            let finish =
+                crate::remote::finish_deploy(&target.base, &id, &serde_json::to_string(&ok_meta)?, &prune, &audit_json, &held.token, true);
+            // The job registers while the lock is still held: the next deploy's lock waits for it.
+            // From here the stream has arrived whole: a write to a client that went away (the
+            // clock mark) must not kill the script between the upload and the switch.
+            format!(
+                "trap '' PIPE HUP\n{}{finish}{}{cache_job}{}",
+                crate::remote::clock_mark("TU"),
+                crate::remote::clock_mark("TS"),
+                crate::remote::unlock_fragment(&held.token)
+            )
+        } else {
+            cache_job
+        };
+        Ok(Prepared {
+            state,
+            meta,
+            plan,
+            tail,
+            prologue: crate::remote::clock_prologue(ms(started)),
+            meta_json,
+            prune,
+            audit_json,
+            gated,
+            generation,
+            patch,
+        })
+    }
+
+    /// After the upload: a stale pristine copy means one more (full) upload; then the build and
+    /// the switch when the upload script did not already switch. Returns what was pruned, the
+    /// warnings, and (files sent, files removed) for a delta.
+    #[allow(clippy::type_complexity)]
+    fn after_upload(
+        &self,
+        t: &mut dyn Transport,
+        prep: &mut Prepared,
+        entries: &[workspace::Entry],
+        manifest: &Arc<Vec<u8>>,
+        uploaded: Option<Uploaded>,
+        phases: &mut Phases,
+    ) -> anyhow::Result<(Vec<String>, Vec<String>, Option<(usize, usize)>)> {
+        let Deploy { target, p, ref held, ref link, build, combined, started, upload_started, .. } = *self;
+        let id = prep.meta.id.clone();
+        let mut warnings = Vec::new();
+        if p.verbose > 0 {
+            if let Some((out, _)) = &uploaded {
+                for v in out.stderr_str().lines().filter_map(|l| l.strip_prefix("V ")) {
+                    eprintln!("server cache: {v}");
+                }
+            }
+        }
+        let (mut out, stats) = match uploaded {
+            Some((out, _)) if prep.plan.is_some() && out.status == crate::remote::DELTA_STALE => {
+                p.warn("the server's pristine copy changed under us; sending the full snapshot");
+                prep.plan = None;
+                self.upload_once(t, prep, entries, manifest, combined)?
+            }
+            Some(u) => u,
+            None => self.upload_once(t, prep, entries, manifest, combined)?,
+        };
+        let delta_used = prep.plan.as_ref().map(|(_, pl)| (pl.send.len(), pl.remove.len()));
+        let text = out.stdout_str();
+        let mark = |tag: &str| text.lines().find_map(|l| l.strip_prefix(tag)?.strip_prefix(' ')?.parse::<u64>().ok());
+        let switched = text.lines().any(|l| l == "SWITCHED");
+        let uploaded = !combined || mark("TU").is_some();
+        if !switched && (out.status != 0 || !uploaded) {
+            let mut msg = if uploaded {
+                format!("switching current to {id} failed: {}", out.stderr_str())
+            } else {
+                format!("upload failed: {}", out.stderr_str())
+            };
+            if let Some(fe) = &out.feed_error {
+                msg.push_str(&format!(" (while sending: {fe:#})"));
+            }
+            return Err(Error::Failed(msg).into());
+        }
+        if let Some(fe) = out.feed_error.take() {
+            if !switched {
+                return Err(fe.context("upload failed"));
+            }
+        }
+        for w in text.lines().filter_map(|l| l.strip_prefix("W ")) {
+            p.warn(w);
+            warnings.push(w.to_string());
+        }
+        p.timing(started, "upload command done");
+        phases.switch_ms = match (mark("TU"), mark("TS")) {
+            (Some(u), Some(s)) => s.saturating_sub(u),
+            _ => 0,
+        };
+        phases.upload_ms = ms(upload_started).saturating_sub(phases.switch_ms);
+        if p.verbose > 0 {
+            match (link.framing, stats.level) {
+                (workspace::Framing::Tar, _) => {
+                    eprintln!("compression: none, bare tar (storing beat gzip on this link when last measured)")
+                }
+                (_, Some(0)) => eprintln!(
+                    "compression: stored (measured against gzip level {GZIP_LEVEL}){}",
+                    if link.kept() { "; later uploads to this host send bare tar" } else { "" }
+                ),
+                (_, Some(level)) => eprintln!("compression: gzip level {level} (measured against storing)"),
+                (_, None) => {}
+            }
+        }
+        let local_files = prep.meta.files;
+        p.status(match delta_used {
+            Some((sent, removed)) => format!(
+                "uploaded {sent} changed files ({}), {removed} removed, of {local_files} in {:.1}s",
+                human_bytes(stats.bytes),
+                phases.upload_ms as f64 / 1000.0
+            ),
+            None => format!("uploaded {} files ({}) in {:.1}s", stats.files, human_bytes(stats.bytes), phases.upload_ms as f64 / 1000.0),
+        });
+        let meta = &mut prep.meta;
+        if combined {
+            if out.status != 0 {
+                p.warn(format!("the release went live, but a step after the switch failed: {}", out.stderr_str()));
+            }
+            meta.status = Status::Ok;
+            meta.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+            let pruned = crate::remote::pruned_ids(&text);
+            return Ok((pruned, warnings, delta_used));
+        }
+
+        if build {
+            let steps: Vec<&str> = target.install.iter().chain(&target.build).map(String::as_str).collect();
+            if steps.is_empty() {
+                p.warn(format!("--build given but target `{}` has no `install` or `build` command", target.name));
+            } else {
+                p.status(format!("building in {}/releases/{id} (log: logs/{id}.log)", target.base));
+                let script = crate::remote::build(&target.base, &id, &target.name, &steps);
+                let build_started = Instant::now();
+                let rc = t.run_streaming(&script, &mut |_: Stream, data: &[u8]| p.passthrough(data))?;
+                phases.build_ms = Some(ms(build_started));
+                if rc != 0 {
+                    return Err(Error::Failed(format!("build failed with exit code {rc} (log: {}/logs/{id}.log)", target.base)).into());
+                }
+            }
+        }
+
+        meta.status = Status::Ok;
+        meta.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+        let mut script = crate::remote::finish_deploy(
+            &target.base,
+            &id,
+            &serde_json::to_string(&meta)?,
+            if prep.gated { &[] } else { &prep.prune },
+            &prep.audit_json,
+            &held.token,
+            prep.gated,
+        );
+        if prep.gated {
+            // Armed before the switch, in the same script: from the moment `current` moves, the
+            // way back no longer depends on this client staying alive.
+            let mut failed = meta.clone();
+            failed.status = Status::Failed;
+            let previous = prep.state.current.as_deref();
+            failed.error = Some(match previous {
+                Some(prev) => format!("not confirmed healthy; the server's watchdog switched back to {prev}"),
+                None => "not confirmed healthy, and there was no earlier release to switch back to".to_string(),
+            });
+            let arm = watchdog::Arm {
+                token: &held.token,
+                secs: watchdog::deadline_secs(target, 1),
+                restore: previous,
+                trial: Some((&id, serde_json::to_string(&failed)?)),
+                audit_members: watchdog::audit_members(&lock::who(), &target.name, previous, Some(&id)),
+                restart: watchdog::restart_script(target),
+            };
+            script = crate::watchdog::arm(&target.base, &arm) + &script;
+        }
+        let switch_started = Instant::now();
+        let out = {
+            let _critical = crate::interrupt::Critical::enter();
+            t.run(&script)?
+        };
+        phases.switch_ms = ms(switch_started);
+        let text = out.stdout_str();
+        if out.status != 0 || !text.lines().any(|l| l == "SWITCHED") {
+            return Err(Error::Failed(format!("switching current to {id} failed: {}", out.stderr_str())).into());
+        }
+        for w in text.lines().filter_map(|l| l.strip_prefix("W ")) {
+            p.warn(w);
+            warnings.push(w.to_string());
+        }
+        Ok((crate::remote::pruned_ids(&text), warnings, delta_used))
+    }
+
+    /// An upload in a remote command of its own (the retry after a stale pristine copy), followed
+    /// by `tail` in the same script (`critical` when `tail` switches).
+    fn upload_once(
+        &self,
+        t: &mut dyn Transport,
+        prep: &Prepared,
+        entries: &[workspace::Entry],
+        manifest: &Arc<Vec<u8>>,
+        critical: bool,
+    ) -> anyhow::Result<Uploaded> {
+        let Deploy { target, p, ref link, .. } = *self;
+        let mut stats = workspace::Stats::default();
+        let (script, send, extra) = upload_parts(target, prep, entries, manifest, link.framing);
+        let script = format!("{}{script}{}", prep.prologue, prep.tail);
+        let bar = progress_bar(p, target, &send);
+        let mut guard = None;
+        let out = t.run_with_input(&script, &mut |w| {
+            stats = send_snapshot(target, link, &send, &extra, w, bar.as_ref(), critical.then_some(&mut guard))?;
+            Ok(())
+        })?;
+        drop(guard);
+        if let Some(b) = &bar {
+            b.finish_and_clear();
+        }
+        Ok((out, stats))
+    }
+}
+
 pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let rules = listing_rules(target);
-    let manifests = delta::ManifestCache::for_target(&format!("{}:{}", target.host_label(), target.base));
-    let link = snapshot::LinkMemo::for_host(&target.host_label(), GZIP_LEVEL);
+    let manifests = workspace::ManifestCache::for_target(&format!("{}:{}", target.host_label(), target.base));
+    let link = workspace::LinkMemo::for_host(&target.host_label(), GZIP_LEVEL);
     // Refused here, before anything touches the server; later listing errors still leave it
     // unchanged (the lock is released), but may have created an empty base on a first deploy.
-    snapshot::check_source(&target.source, &target.exclude)?;
-    snapshot::check_in_git(&target.source, &rules)?;
+    workspace::check_source(&target.source, &target.exclude)?;
+    workspace::check_in_git(&target.source, &rules)?;
     // The listing and hashing, git's view of the workspace and the cached manifest run while
     // the connection is made and the remote command takes the lock and reports the state
     // (at 50,000 files each is tens to hundreds of milliseconds, as is a round trip): they
@@ -111,24 +540,26 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
         Background::spawn(move || {
             let mut hashes = {
                 let source = source.clone();
-                Background::spawn(move || delta::HashCache::open(&source))
+                Background::spawn(move || workspace::HashCache::open(&source))
             };
-            let snapshot::Listing { entries, untracked, withheld, git } = snapshot::collect(&source, &rules)?;
+            let workspace::Listing { entries, untracked, withheld, git } = workspace::collect(&source, &rules)?;
             crate::report::timing(trace, started, format_args!("listed {} files", entries.len()));
             let mut hashes = hashes.take().expect("taken once");
-            let local = delta::local_manifest(&source, &entries, &mut hashes);
-            let encoded = Arc::new(delta::encode(&local));
+            let local = workspace::local_manifest(&source, &entries, &mut hashes);
+            let encoded = Arc::new(workspace::encode(&local));
             let ms = ms(started);
             crate::report::timing(trace, started, "hashed (cache hits and changed files)");
             // Written while the deploy goes on; `Listed` holds the writer until the end.
-            let saving = hashes.pending(&local, &encoded).map(|(file, data)| Background::spawn(move || delta::write_atomic(&file, &data)));
+            let saving = hashes
+                .pending(&local, &encoded)
+                .map(|(file, data)| Background::spawn(move || workspace::cache::write_atomic(&file, &data)));
             anyhow::Ok(Listed { entries, local, encoded, ms, saving: saving.into_iter().collect(), untracked, withheld, git })
         })
     };
     let mut git = {
         let (source, trace) = (target.source.clone(), p.verbose > 1);
         Background::spawn(move || {
-            let info = snapshot::git_info(&source);
+            let info = workspace::git_info(&source);
             crate::report::timing(trace, started, "git commit, branch and status read");
             info
         })
@@ -137,7 +568,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
         let manifests = manifests.clone();
         Background::spawn(move || manifests.load())
     };
-    let mut t = transport::connect(target, globals)?;
+    let mut t = transport::connect(&target.host, globals)?;
     p.timing(started, "connected");
     let owner = lock::new_owner("deploy");
     let held = Held { token: owner.token.clone() };
@@ -155,14 +586,14 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
     let combined = !build && !gated;
     let mut broke = false;
     let mut listed: Option<Listed> = None;
-    let upload_started = Instant::now();
+    let d = Deploy { target, globals, p, held, link, build, gated, combined, started, upload_started: Instant::now() };
     let mut attempts = 0;
     let (prep, first) = loop {
         attempts += 1;
         let mut prep: Option<Prepared> = None;
         let mut refusal: Option<anyhow::Error> = None;
         let mut head_text = String::new();
-        let mut stats = snapshot::Stats::default();
+        let mut stats = workspace::Stats::default();
         let mut bar = None;
         let mut guard = None;
         // One remote command: lock + state + manifest, then (same command) upload and switch.
@@ -212,14 +643,14 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
             // an edit does.
             let mut git = git.get().clone();
             git.dirty = git.dirty.map(|d| d || l.untracked > 0);
-            let pr = match prepare(target, p, state, remote, &l.local, &git, &held, build, gated, started) {
+            let pr = match d.prepare(state, remote, &l.local, &git) {
                 Ok(pr) => pr,
                 Err(e) => {
                     refusal = Some(e);
                     return Ok(());
                 }
             };
-            let (script, send, extra) = upload_parts(target, &pr, &l.entries, &l.encoded, link.framing);
+            let (script, send, extra) = upload_parts(target, &pr, &l.entries, &l.encoded, d.link.framing);
             let mut continuation = format!("{}{script}{}", pr.prologue, pr.tail);
             if !continuation.ends_with('\n') {
                 continuation.push('\n');
@@ -230,7 +661,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
             i.write_all(continuation.as_bytes())?;
             i.write_all(b"BST-GO\n")?;
             bar = progress_bar(p, target, &send);
-            stats = send_snapshot(target, &link, &send, &extra, i.as_write(), bar.as_ref(), combined.then_some(&mut guard))?;
+            stats = send_snapshot(target, &d.link, &send, &extra, i.as_write(), bar.as_ref(), combined.then_some(&mut guard))?;
             Ok(())
         });
         drop(guard);
@@ -243,7 +674,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
             (Err(e), Some(pr)) => break (pr, Err(e)),
             (Err(e), None) => {
                 // The server may hold the lock for us with nobody reading: release it.
-                let _ = t.run(&crate::remote::unlock(&target.base, &held.token));
+                let _ = t.run(&crate::remote::unlock(&target.base, &d.held.token));
                 return Err(e);
             }
             (Ok(out), None) => {
@@ -270,28 +701,13 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
     });
     let mut phases = Phases { snapshot_ms, ..Phases::default() };
     let done = match first {
-        Ok(uploaded) => after_upload(
-            &mut *t,
-            target,
-            p,
-            &link,
-            &held,
-            &mut prep,
-            &entries,
-            &encoded,
-            Some(uploaded),
-            build,
-            combined,
-            started,
-            upload_started,
-            &mut phases,
-        ),
+        Ok(uploaded) => d.after_upload(&mut *t, &mut prep, &entries, &encoded, Some(uploaded), &mut phases),
         Err(e) => Err(e),
     };
     let done = match done {
         Ok(d) => Ok((d, t)),
         // Ok: the connection dropped, and over a new one the server says it switched.
-        Err(e) => fail(&mut *t, target, globals, p, &held, &prep, started, e).map(|(fresh, note)| {
+        Err(e) => d.fail(&mut *t, &prep, e).map(|(fresh, note)| {
             let delta_used = prep.plan.as_ref().map(|(_, pl)| (pl.send.len(), pl.remove.len()));
             ((Vec::new(), vec![note], delta_used), fresh)
         }),
@@ -309,17 +725,9 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
             if gated {
                 // Pruned only now: only now is it known which releases are no longer needed
                 // to switch back to.
-                pruned = health_gate(
-                    &mut *t,
-                    target,
-                    globals,
-                    p,
-                    &prep.meta.id,
-                    prep.state.current.as_deref(),
-                    &held,
-                    interrupted,
-                    &prep.prune,
-                )?;
+                let trial =
+                    Trial { id: &prep.meta.id, previous: prep.state.current.as_deref(), held: &d.held, interrupted, prune: &prep.prune };
+                pruned = health_gate(&mut *t, target, globals, p, &trial)?;
             }
             let meta = &prep.meta;
             let sent = t.bytes_sent();
@@ -356,7 +764,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
                 phases_ms: phases,
                 delta: delta_used.is_some(),
                 files_sent: delta_used.map_or(meta.files, |(sent, _)| sent as u64),
-                stream: if link.framing == snapshot::Framing::Tar { "tar" } else { "tar.gz" },
+                stream: if d.link.framing == workspace::Framing::Tar { "tar" } else { "tar.gz" },
             });
             Ok(())
         }
@@ -366,8 +774,8 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
 
 /// The workspace as it ships: entries to stream and their manifest.
 struct Listed {
-    entries: Vec<snapshot::Entry>,
-    local: Vec<delta::Record>,
+    entries: Vec<workspace::Entry>,
+    local: Vec<workspace::Record>,
     /// `local`, encoded once: both caches and the upload's manifest share it.
     encoded: Arc<Vec<u8>>,
     /// How long listing and hashing took (the summary's snapshot phase).
@@ -386,7 +794,7 @@ struct Listed {
 /// linked in), and bst's byproducts inside the workspace: a local target's base (the demo's
 /// `.bst-demo/`) and the reports folder. Shipping those once made a deploy send 1,530 files
 /// instead of 303, and every later one fresh reports.
-fn listing_rules(target: &Target) -> snapshot::Rules {
+fn listing_rules(target: &Target) -> workspace::Rules {
     let mut skip: Vec<String> = target.shared_files.iter().chain(&target.shared_dirs).cloned().collect();
     for b in &target.byproducts {
         if let Ok(inside) = b.strip_prefix(&target.source) {
@@ -396,14 +804,14 @@ fn listing_rules(target: &Target) -> snapshot::Rules {
             }
         }
     }
-    snapshot::Rules { exclude: target.exclude.clone(), include: target.include.clone(), skip, allow_no_git: target.source_is_not_git }
+    workspace::Rules { exclude: target.exclude.clone(), include: target.include.clone(), skip, allow_no_git: target.source_is_not_git }
 }
 
 /// What is about to ship, said before the bytes move, so a wrong folder is obvious: the root,
 /// the count and size, with `-v` (or for a folder git does not vouch for) the largest
 /// folders; and every file held back as a secret, by name.
 fn announce(target: &Target, p: &Printer, l: &Listed) {
-    let bytes: u64 = l.entries.iter().map(|e| snapshot::entry_size(&target.source, e)).sum();
+    let bytes: u64 = l.entries.iter().map(|e| workspace::entry_size(&target.source, e)).sum();
     p.status(format!(
         "deploying {} ({} files, {}{}) to {} ({}:{})",
         target.source.display(),
@@ -427,10 +835,10 @@ fn announce(target: &Target, p: &Printer, l: &Listed) {
 /// Folders by the bytes under them (all depths below), as `du` counts, for the first two
 /// levels (`apps/`, `apps/web/`): deep enough to tell a monorepo's apps apart, shallow enough
 /// that ten lines cover it. Files at the root count as `(top level)`.
-fn largest_folders(source: &std::path::Path, entries: &[snapshot::Entry], n: usize) -> Vec<(String, usize, u64)> {
+fn largest_folders(source: &std::path::Path, entries: &[workspace::Entry], n: usize) -> Vec<(String, usize, u64)> {
     let mut by: std::collections::BTreeMap<String, (usize, u64)> = std::collections::BTreeMap::new();
     for e in entries {
-        let size = snapshot::entry_size(source, e);
+        let size = workspace::entry_size(source, e);
         let dirs: Vec<&str> = e.path.split('/').collect();
         let dirs = &dirs[..dirs.len() - 1];
         let mut keys = vec![];
@@ -496,253 +904,9 @@ fn show_continuation(p: &Printer, script: &str) {
     }
 }
 
-/// A failed deploy: the release is marked failed (unless it is live), the staging dir goes,
-/// the lock is released, and the error says where `current` still points. When the cleanup
-/// cannot even be sent, the connection is gone and what the server did with the deploy is not
-/// known here (it may have finished and switched): see [`after_drop`].
-#[allow(clippy::too_many_arguments)]
-fn fail(
-    t: &mut dyn Transport,
-    target: &Target,
-    globals: &Globals,
-    p: &Printer,
-    held: &Held,
-    prep: &Prepared,
-    started: Instant,
-    e: anyhow::Error,
-) -> anyhow::Result<(Box<dyn Transport>, String)> {
-    let mut meta = prep.meta.clone();
-    let id = meta.id.clone();
-    meta.status = Status::Failed;
-    meta.error = Some(format!("{e:#}").lines().next().unwrap_or("").to_string());
-    meta.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
-    let mut audit = Audit::new("deploy", &target.name, "failed");
-    audit.release = Some(&id);
-    audit.previous = prep.state.current.as_deref();
-    audit.error = meta.error.clone();
-    let script = crate::remote::abort_deploy(&target.base, &id, &serde_json::to_string(&meta)?, &audit.json(), &held.token);
-    let interrupted = crate::error::exit_code_of(&e) == crate::error::code::INTERRUPTED;
-    match t.run(&script) {
-        Ok(o) if o.status == 0 => {}
-        Ok(o) => p.warn(format!("cleanup after the failed deploy did not finish: {}", o.stderr_str())),
-        Err(ce) if !interrupted => return after_drop(target, globals, p, held, prep, &script, e, &ce),
-        Err(ce) => p.warn(format!("cleanup after the failed deploy did not run: {ce:#}")),
-    }
-    let now = prep.state.current.as_deref().map_or("nothing (first deploy)".to_string(), |c| format!("releases/{c}"));
-    Err(e.context(format!("deploy of {id} to {} failed; current still points at {now}", target.name)))
-}
-
 /// How long a new connection waits for the dropped one's script to finish on the server (it
 /// may still be unpacking a large upload).
 const AFTER_DROP_WAIT_SECS: u64 = 60;
-
-/// The deploy's connection is gone, possibly after the server had everything it needed to
-/// finish: the upload script switches on its own once the stream is complete. So nothing is
-/// said about `current` until it has been read again, over a new connection (a few tries),
-/// once this run's script there has ended. Switched: `Ok` with the new connection (a gated
-/// deploy's health gate runs over it, its watchdog armed meanwhile) and a note. Not switched:
-/// the cleanup runs over the new connection and the error names `current` as read. Not
-/// reachable, or still at work: [`Error::Unknown`], exit 6.
-#[allow(clippy::too_many_arguments)]
-fn after_drop(
-    target: &Target,
-    globals: &Globals,
-    p: &Printer,
-    held: &Held,
-    prep: &Prepared,
-    abort: &str,
-    e: anyhow::Error,
-    cleanup: &anyhow::Error,
-) -> anyhow::Result<(Box<dyn Transport>, String)> {
-    let id = prep.meta.id.as_str();
-    let name = &target.name;
-    let lost = format!("{e:#}");
-    p.warn(format!("the connection to {} was lost ({lost}); reconnecting to read what the server did", target.host_label()));
-    let unknown = |why: String| -> anyhow::Error {
-        Error::Unknown(format!(
-            "deploy of {id} to {name}: the connection was lost ({lost}), and {why}; the server may have switched current to {id}; run `bst list {name}` to see where current points"
-        ))
-        .into()
-    };
-    let mut last = format!("{cleanup:#}");
-    let mut fresh = None;
-    for pause in [0, 1, 2, 4] {
-        std::thread::sleep(std::time::Duration::from_secs(pause));
-        if crate::interrupt::seen() {
-            break;
-        }
-        match transport::connect(target, globals) {
-            Ok(f) => {
-                fresh = Some(f);
-                break;
-            }
-            Err(ce) => last = format!("{ce:#}"),
-        }
-    }
-    let Some(mut f) = fresh else {
-        return Err(unknown(format!("could not reconnect ({last})")));
-    };
-    let out = match f.run(&crate::remote::after_drop(&target.base, &held.token, id, AFTER_DROP_WAIT_SECS)) {
-        Ok(o) if o.status == 0 => o,
-        Ok(o) => return Err(unknown(format!("the server could not be asked ({})", o.stderr_str()))),
-        Err(ae) => return Err(unknown(format!("the server could not be asked ({ae:#})"))),
-    };
-    let text = out.stdout_str();
-    let current =
-        text.lines().find_map(|l| l.strip_prefix("C ")).map(|c| c.trim_start_matches("releases/").to_string()).filter(|c| !c.is_empty());
-    let ok = text
-        .lines()
-        .find_map(|l| l.strip_prefix("M "))
-        .and_then(|m| serde_json::from_str::<Meta>(m).ok())
-        .is_some_and(|m| m.status == Status::Ok);
-    if current.as_deref() == Some(id) && ok {
-        let note = format!("the connection was lost at the end of the deploy ({lost}), but the server finished the deploy and switched current to {id} (read after reconnecting)");
-        p.warn(&note);
-        return Ok((f, note));
-    }
-    if text.lines().any(|l| l == "RUNNING") {
-        return Err(unknown(format!("after {AFTER_DROP_WAIT_SECS}s the server is still working on it")));
-    }
-    // Not switched, and nothing of this run is at work there any more: clean up from here.
-    match f.run(abort) {
-        Ok(o) if o.status == 0 => {}
-        Ok(o) => p.warn(format!("cleanup after the failed deploy did not finish: {}", o.stderr_str())),
-        Err(ce) => p.warn(format!("cleanup after the failed deploy did not run: {ce:#}")),
-    }
-    let now = match (&current, prep.state.current.as_deref()) {
-        (None, None) => "still nothing (first deploy)".to_string(),
-        (Some(c), Some(prev)) if c == prev => format!("still points at releases/{c}"),
-        (Some(c), _) => format!("points at releases/{c}"),
-        (None, Some(_)) => "is missing".to_string(),
-    };
-    Err(e.context(format!("deploy of {id} to {name} failed; current {now} (read from the server after reconnecting)")))
-}
-
-/// Refusals that need the server's state, the new id and meta, the delta plan, and the end of
-/// the deploy as script text.
-#[allow(clippy::too_many_arguments)]
-fn prepare(
-    target: &Target,
-    p: &Printer,
-    state: State,
-    remote: Remote<'_>,
-    local: &[delta::Record],
-    git: &snapshot::GitInfo,
-    held: &Held,
-    build: bool,
-    gated: bool,
-    started: Instant,
-) -> anyhow::Result<Prepared> {
-    let combined = !build && !gated;
-    if let Some(real) = &state.real_base {
-        if let Some(f) = target.forbidden_paths.iter().find(|f| crate::settings::under(real, f)) {
-            return Err(Error::Failed(format!(
-                "{} resolves to {real}, at or under the forbidden path {f}; refusing to deploy",
-                target.base
-            ))
-            .into());
-        }
-    }
-    if let Some(raw) = &state.current_raw {
-        return Err(Error::Failed(format!(
-            "{}/current points at `{raw}`, not at a release of this target; refusing to replace it",
-            target.base
-        ))
-        .into());
-    }
-    let id = release::next_id(release::now_unix(), state.newest_id());
-    let meta = Meta {
-        id: id.clone(),
-        target: target.name.clone(),
-        status: Status::Pending,
-        created_at: release::rfc3339(release::now_unix()),
-        commit: git.commit.clone(),
-        branch: git.branch.clone(),
-        dirty: git.dirty,
-        deployed_by: lock::who(),
-        tool_version: env!("CARGO_PKG_VERSION").to_string(),
-        build,
-        files: local.len() as u64,
-        bytes: local.iter().map(|r| r.size).sum(),
-        duration_ms: None,
-        error: None,
-    };
-    // Delta when the server kept a pristine copy and most files are unchanged.
-    let decoded = match remote {
-        Remote::Gz(gz) => decode_manifest(gz).unwrap_or_else(|e| {
-            p.warn(format!("cannot read the server's manifest ({e:#}); sending the full snapshot"));
-            None
-        }),
-        Remote::Known(recs, len) => Some((recs, Some(len))),
-        Remote::None => None,
-    };
-    let (mut plan, remote_len) = match (&state.cache_generation, decoded) {
-        (Some(generation), Some((remote, raw_len))) => (Some((generation.clone(), delta::plan(local, &remote))), raw_len),
-        _ => (None, None),
-    };
-    if p.verbose > 0 {
-        if let Some((g, pl)) = &plan {
-            eprintln!("delta against {g}: {} to send, {} to remove, of {}", pl.send.len(), pl.remove.len(), local.len());
-        }
-    }
-    if plan.as_ref().is_some_and(|(_, pl)| pl.send.len() * 5 > local.len() * 4) {
-        plan = None;
-    }
-    let meta_json = serde_json::to_string(&meta)?;
-    let mut ok_meta = meta.clone();
-    ok_meta.status = Status::Ok;
-    let mut after = state.clone();
-    after.releases.push(Release { id: id.clone(), meta: Some(ok_meta.clone()) });
-    after.current = Some(id.clone());
-    // A gated deploy prunes only once the gate has passed: a failed gate switches back.
-    let prune = after.prune_plan(target.keep_releases, state.current.as_deref());
-    let mut audit = Audit::new("deploy", &target.name, "ok");
-    audit.release = Some(&id);
-    audit.previous = state.current.as_deref();
-    let audit_json = audit.json();
-    // What the pristine copy holds after this upload: unique, so a client's cached manifest
-    // is trusted only for exactly the upload it made.
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    let generation = format!("{id} {:x}{:x}", nanos, std::process::id());
-    // The changed records are appended to the server's manifest, unless replayed patches
-    // would make it more than twice the size of a fresh one (or its size is unknown).
-    let patch = plan.as_ref().and_then(|(_, pl)| {
-        let changed: Vec<&delta::Record> = pl.send.iter().filter_map(|p| find(local, p, |r| &r.path)).collect();
-        let patch = delta::encode_patch(&changed, &pl.remove);
-        let fresh = local.len() * 100;
-        remote_len.filter(|&len| len + patch.len() <= 2 * fresh.max(4096)).map(|_| patch)
-    });
-    let cache_job = crate::remote::start_cache_job(&generation);
-    let tail = if combined {
-        ok_meta.duration_ms = Some(crate::remote::DURATION_PLACEHOLDER);
-        let finish =
-            crate::remote::finish_deploy(&target.base, &id, &serde_json::to_string(&ok_meta)?, &prune, &audit_json, &held.token, true);
-        // The job registers while the lock is still held: the next deploy's lock waits for it.
-        // From here the stream has arrived whole: a write to a client that went away (the
-        // clock mark) must not kill the script between the upload and the switch.
-        format!(
-            "trap '' PIPE HUP\n{}{finish}{}{cache_job}{}",
-            crate::remote::clock_mark("TU"),
-            crate::remote::clock_mark("TS"),
-            crate::remote::unlock_fragment(&held.token)
-        )
-    } else {
-        cache_job
-    };
-    Ok(Prepared {
-        state,
-        meta,
-        plan,
-        tail,
-        prologue: crate::remote::clock_prologue(ms(started)),
-        meta_json,
-        prune,
-        audit_json,
-        gated,
-        generation,
-        patch,
-    })
-}
 
 /// What the client knows of the server's manifest.
 enum Remote<'a> {
@@ -750,326 +914,11 @@ enum Remote<'a> {
     Gz(&'a [u8]),
     /// The one this client left there (the server said its generation is unchanged), and the
     /// size of the server's copy.
-    Known(Vec<delta::Record>, usize),
+    Known(Vec<workspace::Record>, usize),
     None,
 }
 
-type Uploaded = (crate::transport::Output, snapshot::Stats);
-
-/// After the upload: a stale pristine copy means one more (full) upload; then the build and
-/// the switch when the upload script did not already switch. Returns what was pruned, the
-/// warnings, and (files sent, files removed) for a delta.
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
-fn after_upload(
-    t: &mut dyn Transport,
-    target: &Target,
-    p: &Printer,
-    link: &snapshot::LinkMemo,
-    held: &Held,
-    prep: &mut Prepared,
-    entries: &[snapshot::Entry],
-    manifest: &Arc<Vec<u8>>,
-    uploaded: Option<Uploaded>,
-    build: bool,
-    combined: bool,
-    started: Instant,
-    upload_started: Instant,
-    phases: &mut Phases,
-) -> anyhow::Result<(Vec<String>, Vec<String>, Option<(usize, usize)>)> {
-    let id = prep.meta.id.clone();
-    let mut warnings = Vec::new();
-    if p.verbose > 0 {
-        if let Some((out, _)) = &uploaded {
-            for v in out.stderr_str().lines().filter_map(|l| l.strip_prefix("V ")) {
-                eprintln!("server cache: {v}");
-            }
-        }
-    }
-    let (mut out, stats) = match uploaded {
-        Some((out, _)) if prep.plan.is_some() && out.status == crate::remote::DELTA_STALE => {
-            p.warn("the server's pristine copy changed under us; sending the full snapshot");
-            prep.plan = None;
-            upload_once(t, target, p, link, prep, entries, manifest, combined)?
-        }
-        Some(u) => u,
-        None => upload_once(t, target, p, link, prep, entries, manifest, combined)?,
-    };
-    let delta_used = prep.plan.as_ref().map(|(_, pl)| (pl.send.len(), pl.remove.len()));
-    let text = out.stdout_str();
-    let mark = |tag: &str| text.lines().find_map(|l| l.strip_prefix(tag)?.strip_prefix(' ')?.parse::<u64>().ok());
-    let switched = text.lines().any(|l| l == "SWITCHED");
-    let uploaded = !combined || mark("TU").is_some();
-    if !switched && (out.status != 0 || !uploaded) {
-        let mut msg = if uploaded {
-            format!("switching current to {id} failed: {}", out.stderr_str())
-        } else {
-            format!("upload failed: {}", out.stderr_str())
-        };
-        if let Some(fe) = &out.feed_error {
-            msg.push_str(&format!(" (while sending: {fe:#})"));
-        }
-        return Err(Error::Failed(msg).into());
-    }
-    if let Some(fe) = out.feed_error.take() {
-        if !switched {
-            return Err(fe.context("upload failed"));
-        }
-    }
-    for w in text.lines().filter_map(|l| l.strip_prefix("W ")) {
-        p.warn(w);
-        warnings.push(w.to_string());
-    }
-    p.timing(started, "upload command done");
-    phases.switch_ms = match (mark("TU"), mark("TS")) {
-        (Some(u), Some(s)) => s.saturating_sub(u),
-        _ => 0,
-    };
-    phases.upload_ms = ms(upload_started).saturating_sub(phases.switch_ms);
-    if p.verbose > 0 {
-        match (link.framing, stats.level) {
-            (snapshot::Framing::Tar, _) => eprintln!("compression: none, bare tar (storing beat gzip on this link when last measured)"),
-            (_, Some(0)) => eprintln!(
-                "compression: stored (measured against gzip level {GZIP_LEVEL}){}",
-                if link.kept() { "; later uploads to this host send bare tar" } else { "" }
-            ),
-            (_, Some(level)) => eprintln!("compression: gzip level {level} (measured against storing)"),
-            (_, None) => {}
-        }
-    }
-    let local_files = prep.meta.files;
-    p.status(match delta_used {
-        Some((sent, removed)) => format!(
-            "uploaded {sent} changed files ({}), {removed} removed, of {local_files} in {:.1}s",
-            human_bytes(stats.bytes),
-            phases.upload_ms as f64 / 1000.0
-        ),
-        None => format!("uploaded {} files ({}) in {:.1}s", stats.files, human_bytes(stats.bytes), phases.upload_ms as f64 / 1000.0),
-    });
-    let meta = &mut prep.meta;
-    if combined {
-        if out.status != 0 {
-            p.warn(format!("the release went live, but a step after the switch failed: {}", out.stderr_str()));
-        }
-        meta.status = Status::Ok;
-        meta.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
-        let pruned = crate::remote::pruned_ids(&text);
-        return Ok((pruned, warnings, delta_used));
-    }
-
-    if build {
-        let steps: Vec<&str> = target.install.iter().chain(&target.build).map(String::as_str).collect();
-        if steps.is_empty() {
-            p.warn(format!("--build given but target `{}` has no `install` or `build` command", target.name));
-        } else {
-            p.status(format!("building in {}/releases/{id} (log: logs/{id}.log)", target.base));
-            let script = crate::remote::build(&target.base, &id, &target.name, &steps);
-            let build_started = Instant::now();
-            let rc = t.run_streaming(&script, &mut |_: Stream, data: &[u8]| p.passthrough(data))?;
-            phases.build_ms = Some(ms(build_started));
-            if rc != 0 {
-                return Err(Error::Failed(format!("build failed with exit code {rc} (log: {}/logs/{id}.log)", target.base)).into());
-            }
-        }
-    }
-
-    meta.status = Status::Ok;
-    meta.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
-    let mut script = crate::remote::finish_deploy(
-        &target.base,
-        &id,
-        &serde_json::to_string(&meta)?,
-        if prep.gated { &[] } else { &prep.prune },
-        &prep.audit_json,
-        &held.token,
-        prep.gated,
-    );
-    if prep.gated {
-        // Armed before the switch, in the same script: from the moment `current` moves, the
-        // way back no longer depends on this client staying alive.
-        let mut failed = meta.clone();
-        failed.status = Status::Failed;
-        let previous = prep.state.current.as_deref();
-        failed.error = Some(match previous {
-            Some(prev) => format!("not confirmed healthy; the server's watchdog switched back to {prev}"),
-            None => "not confirmed healthy, and there was no earlier release to switch back to".to_string(),
-        });
-        let arm = watchdog::Arm {
-            token: &held.token,
-            secs: watchdog::deadline_secs(target, 1),
-            restore: previous,
-            trial: Some((&id, serde_json::to_string(&failed)?)),
-            audit_members: watchdog::audit_members(&lock::who(), &target.name, previous, Some(&id)),
-            restart: watchdog::restart_script(target),
-        };
-        script = crate::watchdog::arm(&target.base, &arm) + &script;
-    }
-    let switch_started = Instant::now();
-    let out = {
-        let _critical = crate::interrupt::Critical::enter();
-        t.run(&script)?
-    };
-    phases.switch_ms = ms(switch_started);
-    let text = out.stdout_str();
-    if out.status != 0 || !text.lines().any(|l| l == "SWITCHED") {
-        return Err(Error::Failed(format!("switching current to {id} failed: {}", out.stderr_str())).into());
-    }
-    for w in text.lines().filter_map(|l| l.strip_prefix("W ")) {
-        p.warn(w);
-        warnings.push(w.to_string());
-    }
-    Ok((crate::remote::pruned_ids(&text), warnings, delta_used))
-}
-
-/// deploy-rs's "magic rollback": after the switch (made with the server's watchdog armed),
-/// restart the `restart` services and wait for health. Healthy: the caller confirms. Not
-/// healthy, interrupted (Ctrl-C, SIGTERM, SIGHUP) or cut off: the watchdog is asked to switch
-/// back now (over a fresh connection when this one is gone), and the health of the release it
-/// restored is proven over a new connection. A client that cannot even do that leaves it to
-/// the watchdog's deadline. Either way a deploy that did not end on the new release fails
-/// (deploy-rs #214).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn health_gate(
-    t: &mut dyn Transport,
-    target: &Target,
-    globals: &Globals,
-    p: &Printer,
-    id: &str,
-    previous: Option<&str>,
-    held: &Held,
-    interrupted: bool,
-    prune: &[String],
-) -> anyhow::Result<Vec<String>> {
-    use super::service::restart_and_verify;
-    let names = target.restart.join(", ");
-    let id = id.to_string();
-    let secs = watchdog::deadline_secs(target, 1);
-    p.status(format!("restarting {names}; waiting up to {}s for health", target.health_timeout.as_secs()));
-    let gate = if interrupted { Err(Error::Interrupted.into()) } else { restart_and_verify(t, target) };
-    let reason = match gate {
-        // Confirmed in one script with the verdict's audit line, the prune and the unlock,
-        // held back from Ctrl-C: a signal that came at any point before it means no
-        // confirmation (the channel that would carry it may have swallowed the signal).
-        Ok(bad) if bad.is_empty() && !crate::interrupt::seen() => {
-            let mut audit = Audit::new("restart", &target.name, "ok");
-            audit.release = Some(&id);
-            let out = {
-                let _critical = crate::interrupt::Critical::enter();
-                t.run(&crate::remote::confirm_and_prune(&target.base, prune, &held.token, &audit.json()))
-            };
-            match out {
-                Ok(out) if out.stdout_str().lines().any(|l| l.starts_with("NOT-CONFIRMED")) => {
-                    // Let the watchdog finish before saying where current is.
-                    let _ = t.run(&watchdog::fire(&target.base, &held.token, "late", target.health_timeout.as_secs() + 30));
-                    return Err(Error::Failed(format!(
-                        "release {id} became healthy only after the server's watchdog deadline ({secs}s); the watchdog switched back to {}",
-                        previous.unwrap_or("none")
-                    ))
-                    .into());
-                }
-                Ok(out) => {
-                    if out.status != 0 {
-                        p.warn(format!("pruning after the health gate failed: {}", out.stderr_str()));
-                        lock::release(t, target, held, p);
-                    }
-                    p.status(format!("{names} healthy on {id}"));
-                    return Ok(crate::remote::pruned_ids(&out.stdout_str()));
-                }
-                // Whether the confirmation got there is the server's to say.
-                Err(e) => Gone::Lost(format!("{e:#}")),
-            }
-        }
-        Ok(bad) if bad.is_empty() => Gone::Interrupted,
-        Ok(bad) => Gone::Unhealthy(bad.join("; ")),
-        Err(e) if e.downcast_ref::<Error>().is_some_and(|e| matches!(e, Error::Interrupted)) => Gone::Interrupted,
-        Err(e) => Gone::Lost(format!("{e:#}")),
-    };
-    let why = match &reason {
-        Gone::Unhealthy(r) => format!("unhealthy: {r}"),
-        Gone::Interrupted => "interrupted (Ctrl-C, SIGTERM or SIGHUP) during the health gate".to_string(),
-        Gone::Lost(e) => format!("the connection was lost during the health gate: {e}"),
-    };
-    match (&reason, previous) {
-        (Gone::Unhealthy(r), Some(prev)) => p.warn(format!("release {id} is unhealthy ({r}); rolling back to {prev}")),
-        (Gone::Unhealthy(_), None) => {}
-        (_, Some(prev)) => p.warn(format!("{why}; asking the server to switch back to {prev}")),
-        (_, None) => p.warn(format!("{why}; asking the server to mark {id} failed")),
-    }
-    let wait = target.health_timeout.as_secs() + 30;
-    let fire = watchdog::fire(&target.base, &held.token, &why, wait);
-    // The connection in hand first (it may be fine: an unhealthy release, a Ctrl-C), then a
-    // fresh one.
-    let mut fresh: Option<Box<dyn Transport>> = None;
-    let mut out = match &reason {
-        Gone::Lost(_) => None,
-        _ => t.run(&fire).ok(),
-    };
-    if out.is_none() {
-        if let Ok(mut f) = transport::connect(target, globals) {
-            out = f.run(&fire).ok();
-            fresh = Some(f);
-        }
-    }
-    let fallback = |what: &str| {
-        let when = release::rfc3339(release::now_unix() + secs as i64);
-        match previous {
-            Some(prev) => format!("{what}; the server's watchdog switches current back to {prev} by {when} on its own"),
-            None => format!("{what}; the server's watchdog marks {id} failed and releases the lock by {when}"),
-        }
-    };
-    let Some(out) = out else {
-        return Err(Error::Failed(fallback(&format!("{why}, and the server could not be reached"))).into());
-    };
-    let seen = watchdog::parse_outcome(&out.stdout_str());
-    if seen.confirmed && seen.current.as_deref() == Some(id.as_str()) {
-        // The confirmation had reached the server before the connection went.
-        p.status(format!("{names} healthy on {id} (confirmed before the connection was lost)"));
-        return Ok(Vec::new());
-    }
-    if seen.running || seen.held {
-        return Err(Error::Failed(fallback(&format!("{why}, and the server has not finished switching back yet"))).into());
-    }
-    let Some(prev) = previous else {
-        return Err(Error::Failed(format!(
-            "release {id}: {why}; there is no earlier release to roll back to; it stays current, marked failed"
-        ))
-        .into());
-    };
-    if seen.current.as_deref() != Some(prev) {
-        return Err(Error::Failed(format!(
-            "release {id}: {why}; switching back to {prev} FAILED: current is {} (see logs/watchdog.log on the server)",
-            seen.current.as_deref().unwrap_or("missing")
-        ))
-        .into());
-    }
-    if matches!(reason, Gone::Interrupted) {
-        return Err(anyhow::Error::from(Error::Interrupted)
-            .context(format!("interrupted during the health gate; the server switched back to {prev} and marked {id} failed")));
-    }
-    // The watchdog restarted the services on the restored release; prove they are healthy,
-    // over a fresh connection (not the one that may be wedged).
-    let mut proof = match fresh {
-        Some(f) => f,
-        None => transport::connect(target, globals)?,
-    };
-    let still_bad = super::service::verify_running(&mut *proof, target)?;
-    let r = match &reason {
-        Gone::Unhealthy(r) => format!("failed its health check ({r})"),
-        _ => why.clone(),
-    };
-    if still_bad.is_empty() {
-        Err(Error::Failed(format!("release {id} {r}; rolled back to {prev}, which is healthy again; {id} is marked failed")).into())
-    } else {
-        Err(Error::Failed(format!("release {id} {r}; rolled back to {prev}, but it is NOT healthy either: {}", still_bad.join("; ")))
-            .into())
-    }
-}
-
-/// Why a gate did not confirm its release.
-enum Gone {
-    Unhealthy(String),
-    Interrupted,
-    Lost(String),
-}
+type Uploaded = (crate::transport::Output, workspace::Stats);
 
 /// The item of `sorted` (by path: entries and manifests are) at `path`.
 fn find<'a, T>(sorted: &'a [T], path: &str, key: impl Fn(&T) -> &String) -> Option<&'a T> {
@@ -1077,11 +926,11 @@ fn find<'a, T>(sorted: &'a [T], path: &str, key: impl Fn(&T) -> &String) -> Opti
 }
 
 /// The records and the manifest's raw size (which grows with every appended patch).
-fn decode_manifest(gz: &[u8]) -> anyhow::Result<Option<(Vec<delta::Record>, Option<usize>)>> {
+fn decode_manifest(gz: &[u8]) -> anyhow::Result<Option<(Vec<workspace::Record>, Option<usize>)>> {
     use std::io::Read;
     let mut raw = Vec::new();
     flate2::read::GzDecoder::new(gz).read_to_end(&mut raw)?;
-    Ok(delta::decode(&raw).map(|r| (r, Some(raw.len()))))
+    Ok(workspace::decode(&raw).map(|r| (r, Some(raw.len()))))
 }
 
 /// The upload script for a full snapshot or (with a plan) a delta, the entries to send and
@@ -1089,13 +938,13 @@ fn decode_manifest(gz: &[u8]) -> anyhow::Result<Option<(Vec<delta::Record>, Opti
 fn upload_parts<'a>(
     target: &Target,
     prep: &Prepared,
-    entries: &'a [snapshot::Entry],
+    entries: &'a [workspace::Entry],
     manifest: &Arc<Vec<u8>>,
-    framing: snapshot::Framing,
-) -> (String, std::borrow::Cow<'a, [snapshot::Entry]>, Vec<snapshot::Extra>) {
+    framing: workspace::Framing,
+) -> (String, std::borrow::Cow<'a, [workspace::Entry]>, Vec<workspace::Extra>) {
     let id = &prep.meta.id;
-    let file = |name: &str, data: Arc<Vec<u8>>| (format!("{}/{name}", delta::UPLOAD_DIR), data);
-    let complete = (delta::COMPLETE_MARKER.to_string(), Arc::default());
+    let file = |name: &str, data: Arc<Vec<u8>>| (format!("{}/{name}", layout::UPLOAD_DIR), data);
+    let complete = (layout::COMPLETE_MARKER.to_string(), Arc::default());
     match &prep.plan {
         None => (
             crate::remote::upload(&target.base, id, &target.shared_files, &target.shared_dirs, &prep.meta_json, framing),
@@ -1118,7 +967,7 @@ fn upload_parts<'a>(
                     framing,
                 ),
                 std::borrow::Cow::Owned(pl.send.iter().filter_map(|p| find(entries, p, |e| &e.path)).cloned().collect()),
-                vec![manifest, file("removed", Arc::new(delta::encode_paths(&pl.remove))), complete],
+                vec![manifest, file("removed", Arc::new(workspace::encode_paths(&pl.remove))), complete],
             )
         }
     }
@@ -1129,52 +978,23 @@ fn upload_parts<'a>(
 /// completing the deploy, and must not be reported failed.
 fn send_snapshot(
     target: &Target,
-    link: &snapshot::LinkMemo,
-    send: &[snapshot::Entry],
-    extra: &[snapshot::Extra],
+    link: &workspace::LinkMemo,
+    send: &[workspace::Entry],
+    extra: &[workspace::Extra],
     w: &mut dyn std::io::Write,
     bar: Option<&indicatif::ProgressBar>,
     critical: Option<&mut Option<crate::interrupt::Critical>>,
-) -> anyhow::Result<snapshot::Stats> {
-    let tick = |_: &snapshot::Entry, n: u64| {
+) -> anyhow::Result<workspace::Stats> {
+    let tick = |_: &workspace::Entry, n: u64| {
         if let Some(b) = bar {
             b.inc(n);
         }
     };
-    let stats = snapshot::stream_tar(&target.source, send, extra, w, link.framing, &tick)?;
+    let stats = workspace::stream_tar(&target.source, send, extra, w, link.framing, &tick)?;
     w.flush()?;
     link.record(&stats);
     if let Some(guard) = critical {
         *guard = Some(crate::interrupt::Critical::enter());
     }
     Ok(stats)
-}
-
-/// An upload in a remote command of its own (the retry after a stale pristine copy), followed
-/// by `tail` in the same script (`critical` when `tail` switches).
-#[allow(clippy::too_many_arguments)]
-fn upload_once(
-    t: &mut dyn Transport,
-    target: &Target,
-    p: &Printer,
-    link: &snapshot::LinkMemo,
-    prep: &Prepared,
-    entries: &[snapshot::Entry],
-    manifest: &Arc<Vec<u8>>,
-    critical: bool,
-) -> anyhow::Result<Uploaded> {
-    let mut stats = snapshot::Stats::default();
-    let (script, send, extra) = upload_parts(target, prep, entries, manifest, link.framing);
-    let script = format!("{}{script}{}", prep.prologue, prep.tail);
-    let bar = progress_bar(p, target, &send);
-    let mut guard = None;
-    let out = t.run_with_input(&script, &mut |w| {
-        stats = send_snapshot(target, link, &send, &extra, w, bar.as_ref(), critical.then_some(&mut guard))?;
-        Ok(())
-    })?;
-    drop(guard);
-    if let Some(b) = &bar {
-        b.finish_and_clear();
-    }
-    Ok((out, stats))
 }

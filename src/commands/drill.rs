@@ -11,9 +11,9 @@ use serde_json::json;
 use super::lock::{self, Acquired};
 use anyhow::Context;
 
-use super::service::{act, problems, Action};
 use super::Audit;
 use crate::error::Error;
+use crate::health::{act, problems, Action};
 use crate::remote;
 use crate::report::{md_cell, Gate, Printer};
 use crate::settings::{Globals, Target};
@@ -89,7 +89,7 @@ fn retry<T>(
 ) -> anyhow::Result<T> {
     match f(&mut **t) {
         Err(e) if is_transport(&e) && !crate::interrupt::seen() => {
-            *t = transport::connect(target, globals)?;
+            *t = transport::connect(&target.host, globals)?;
             f(&mut **t)
         }
         r => r,
@@ -108,7 +108,7 @@ pub fn rollback(target: &Target, globals: &Globals, p: &Printer, reports: &Path)
     let probe = gates.join(format!(".bst-writable-{}", std::process::id()));
     std::fs::write(&probe, b"").with_context(|| format!("the reports dir {} is not writable", reports.display()))?;
     let _ = std::fs::remove_file(&probe);
-    let mut t = transport::connect(target, globals)?;
+    let mut t = transport::connect(&target.host, globals)?;
     let (held, state) = match lock::acquire(&mut *t, target, "drill rollback", false, p)? {
         Acquired::Held(h, s) => (h, s),
         Acquired::NoBase => return Err(Error::Failed(format!("nothing deployed to `{}` yet", target.name)).into()),
@@ -252,7 +252,7 @@ fn end_on_server(
     };
     match attempt(&mut **t) {
         Ok(c) => c,
-        Err(_) => match transport::connect(target, globals) {
+        Err(_) => match transport::connect(&target.host, globals) {
             Ok(mut fresh) => {
                 let c = attempt(&mut *fresh).ok().flatten();
                 *t = fresh;

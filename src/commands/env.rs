@@ -8,6 +8,7 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::json;
 
+use super::gate::{baseline, read_env, read_env_counted, shared_rel};
 use super::lock::{self, Acquired};
 use super::Audit;
 use crate::config::Config;
@@ -16,88 +17,10 @@ use crate::error::Error;
 use crate::remote;
 use crate::report::{md_cell, Gate, Printer};
 use crate::settings::{self, Globals, Target};
-use crate::transport::{self, Transport};
-
-/// Reads `<base>/<rel>` from the target, as the target's dialect reads it; `None` when it
-/// does not exist.
-pub fn read_env(t: &mut dyn Transport, target: &Target, rel: &str) -> anyhow::Result<Option<EnvFile>> {
-    Ok(read_env_counted(t, target, rel)?.0)
-}
-
-/// [`read_env`] and how many `.bak.*` backups of the file exist.
-pub fn read_env_counted(t: &mut dyn Transport, target: &Target, rel: &str) -> anyhow::Result<(Option<EnvFile>, usize)> {
-    let out = t.run(&remote::read_env(&target.base, rel))?;
-    if out.status != 0 {
-        return Err(Error::Failed(format!("cannot read {}/{rel} on {}: {}", target.base, target.host_label(), out.stderr_str())).into());
-    }
-    // The file's bytes as they are: a lossy decoding would turn a non-UTF-8 value into U+FFFD
-    // and then write that back.
-    let bytes = out.stdout;
-    let nl = bytes.iter().position(|&b| b == b'\n').unwrap_or(bytes.len());
-    let head = String::from_utf8_lossy(&bytes[..nl]).into_owned();
-    let content = bytes.get(nl + 1..).unwrap_or_default().to_vec();
-    let count = |n: &str| n.trim().parse::<usize>().ok();
-    match head.split_once(' ') {
-        Some(("FOUND", n)) if count(n).is_some() => Ok((Some(EnvFile::parse(content, target.env_dialect)), count(n).unwrap_or(0))),
-        Some(("MISSING", n)) if count(n).is_some() => Ok((None, count(n).unwrap_or(0))),
-        _ => Err(Error::Failed(format!("unexpected reply reading {}/{rel}", target.base)).into()),
-    }
-}
-
-/// The target's env file, relative to its base.
-pub(crate) fn shared_rel(target: &Target) -> String {
-    format!("shared/{}", target.env_file)
-}
-
-#[derive(Debug, Serialize, Clone)]
-pub struct KeyReport {
-    pub key: String,
-    /// ok | missing | empty | hidden
-    pub status: &'static str,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub hidden: Vec<&'static str>,
-}
-
-#[derive(Debug, Serialize, Clone)]
-pub struct ExpectReport {
-    pub key: String,
-    pub expected: String,
-    /// match | mismatch | missing
-    pub status: &'static str,
-}
-
-/// The env baseline as data: shared by `env check`, `check` and the tests.
-pub fn baseline(file: Option<&EnvFile>, target: &Target) -> (bool, Vec<KeyReport>, Vec<ExpectReport>) {
-    let mut keys = Vec::new();
-    for k in &target.required_env {
-        let entry = file.and_then(|f| f.get(k));
-        let lookalike = file.and_then(|f| f.lookalike(k));
-        let (status, hidden) = match entry {
-            None => match lookalike {
-                Some((_, why)) => ("hidden", vec![why]),
-                None => ("missing", Vec::new()),
-            },
-            Some(e) if e.value_str().trim().is_empty() => ("empty", e.hidden.clone()),
-            Some(e) if !e.hidden.is_empty() => ("hidden", e.hidden.clone()),
-            Some(_) => ("ok", Vec::new()),
-        };
-        keys.push(KeyReport { key: k.clone(), status, hidden });
-    }
-    let mut expects = Vec::new();
-    for (k, expected) in &target.expect_env {
-        let status = match file.and_then(|f| f.get(k)) {
-            None => "missing",
-            Some(e) if e.value == expected.as_bytes() && e.hidden.is_empty() => "match",
-            Some(_) => "mismatch",
-        };
-        expects.push(ExpectReport { key: k.clone(), expected: expected.clone(), status });
-    }
-    let pass = file.is_some() && keys.iter().all(|k| k.status == "ok") && expects.iter().all(|e| e.status == "match");
-    (pass, keys, expects)
-}
+use crate::transport;
 
 pub fn check(target: &Target, globals: &Globals, p: &Printer, reports: &Path) -> anyhow::Result<()> {
-    let mut t = transport::connect(target, globals)?;
+    let mut t = transport::connect(&target.host, globals)?;
     let rel = shared_rel(target);
     let (file, backups) = read_env_counted(&mut *t, target, &rel)?;
     let (pass, keys, expects) = baseline(file.as_ref(), target);
@@ -137,7 +60,7 @@ pub fn check(target: &Target, globals: &Globals, p: &Printer, reports: &Path) ->
 }
 
 pub fn keys(target: &Target, globals: &Globals, p: &Printer) -> anyhow::Result<()> {
-    let mut t = transport::connect(target, globals)?;
+    let mut t = transport::connect(&target.host, globals)?;
     let rel = shared_rel(target);
     let (file, backups) = read_env_counted(&mut *t, target, &rel)?;
     let file = file.ok_or_else(|| {
@@ -167,58 +90,13 @@ fn read_secret(key: &str) -> anyhow::Result<String> {
     let mut value = String::new();
     if stdin.is_terminal() {
         eprint!("value for {key} (input hidden, then Enter): ");
-        let _guard = EchoOff::new();
-        stdin.read_line(&mut value)?;
+        value = crate::platform::read_hidden_line()?;
         eprintln!();
     } else {
         stdin.lock().read_to_string(&mut value)?;
     }
     let value = value.strip_suffix('\n').map(|v| v.strip_suffix('\r').unwrap_or(v)).unwrap_or(&value).to_string();
     Ok(value)
-}
-
-pub struct EchoOff {
-    #[cfg(unix)]
-    saved: Option<libc::termios>,
-}
-
-impl EchoOff {
-    pub fn new() -> Self {
-        #[cfg(unix)]
-        {
-            // SAFETY: tcgetattr/tcsetattr on stdin with a zeroed termios we own.
-            unsafe {
-                let mut t: libc::termios = std::mem::zeroed();
-                if libc::tcgetattr(0, &mut t) == 0 {
-                    let saved = t;
-                    t.c_lflag &= !libc::ECHO;
-                    libc::tcsetattr(0, libc::TCSANOW, &t);
-                    return EchoOff { saved: Some(saved) };
-                }
-            }
-            EchoOff { saved: None }
-        }
-        #[cfg(not(unix))]
-        EchoOff {}
-    }
-}
-
-impl Default for EchoOff {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for EchoOff {
-    fn drop(&mut self) {
-        #[cfg(unix)]
-        if let Some(t) = self.saved {
-            // SAFETY: restoring the settings read in `new`.
-            unsafe {
-                libc::tcsetattr(0, libc::TCSANOW, &t);
-            }
-        }
-    }
 }
 
 pub fn edit(target: &Target, globals: &Globals, p: &Printer, key: &str, value: Option<String>) -> anyhow::Result<()> {
@@ -245,7 +123,7 @@ pub fn edit(target: &Target, globals: &Globals, p: &Printer, key: &str, value: O
         }
     }
     let command = if value.is_some() { "env set" } else { "env unset" };
-    let mut t = transport::connect(target, globals)?;
+    let mut t = transport::connect(&target.host, globals)?;
     let (held, _) = match lock::acquire(&mut *t, target, command, true, p)? {
         Acquired::Held(h, s) => (h, s),
         Acquired::NoBase => unreachable!("create = true"),
@@ -356,7 +234,7 @@ pub fn compare(
     for side in [left, right] {
         let target = settings::resolve_target(config, &side.target)?;
         let rel = side.path.clone().unwrap_or_else(|| shared_rel(&target));
-        let mut t = transport::connect(&target, globals)?;
+        let mut t = transport::connect(&target.host, globals)?;
         let file = read_env(&mut *t, &target, &rel)?;
         files.push((format!("{}:{}/{rel}", target.name, target.base), file));
     }

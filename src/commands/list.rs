@@ -35,7 +35,7 @@ struct Row<'a> {
 }
 
 pub fn read(target: &Target, globals: &Globals) -> anyhow::Result<State> {
-    let mut t = transport::connect(target, globals)?;
+    let mut t = transport::connect(&target.host, globals)?;
     let out = t.run(&remote::read_state(&target.base))?;
     if out.status != 0 {
         return Err(Error::Failed(format!("cannot read {} on {}: {}", target.base, target.host_label(), out.stderr_str())).into());

@@ -8,10 +8,11 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::platform::{hostname, local_user};
 use crate::release::{self, State};
 use crate::remote;
 use crate::report::Printer;
-use crate::settings::{local_user, Target};
+use crate::settings::Target;
 use crate::transport::Transport;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,19 +50,6 @@ pub enum Acquired {
     Held(Held, State),
     /// `create` was off and the target was never deployed to.
     NoBase,
-}
-
-pub fn hostname() -> String {
-    #[cfg(unix)]
-    {
-        let mut buf = [0u8; 256];
-        // SAFETY: gethostname writes at most buf.len() bytes into our buffer.
-        if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
-            let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-            return String::from_utf8_lossy(&buf[..end]).into_owned();
-        }
-    }
-    std::env::var("COMPUTERNAME").or_else(|_| std::env::var("HOSTNAME")).unwrap_or_else(|_| "unknown".into())
 }
 
 pub fn who() -> String {

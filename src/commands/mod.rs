@@ -1,10 +1,13 @@
-//! One file per command. Each takes resolved settings and a printer; none looks at clap.
+//! One file per command. Each takes resolved settings and a printer; none looks at clap, and
+//! none calls another: what two commands share lives in [`gate`] (the release gates' parts),
+//! [`lock`] (the target lock) or below `commands`.
 
 pub mod check;
 pub mod config;
 pub mod deploy;
 pub mod drill;
 pub mod env;
+pub mod gate;
 pub mod init;
 pub mod list;
 pub mod lock;

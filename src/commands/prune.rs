@@ -22,7 +22,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, keep: Option<usize>)
     if keep == 0 {
         return Err(Error::Usage("--keep must be at least 1".into()).into());
     }
-    let mut t = transport::connect(target, globals)?;
+    let mut t = transport::connect(&target.host, globals)?;
     let (held, state) = match lock::acquire(&mut *t, target, "prune", false, p)? {
         Acquired::Held(h, s) => (h, s),
         Acquired::NoBase => return Err(Error::Failed(format!("nothing deployed to `{}` yet", target.name)).into()),

@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use super::gate::{health_gate, Trial};
 use super::lock::{self, Acquired};
 use super::Audit;
 use crate::error::Error;
@@ -26,7 +27,7 @@ struct Done<'a> {
 /// must prove healthy, under the server's watchdog like a deploy's gate: a rollback target
 /// that does not come up is marked failed and `current` goes back to where it was.
 pub fn run(target: &Target, globals: &Globals, p: &Printer, release_id: Option<&str>, restart: bool) -> anyhow::Result<()> {
-    let mut t = transport::connect(target, globals)?;
+    let mut t = transport::connect(&target.host, globals)?;
     let (held, state) = match lock::acquire(&mut *t, target, "rollback", false, p)? {
         Acquired::Held(h, s) => (h, s),
         Acquired::NoBase => {
@@ -112,7 +113,8 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, release_id: Option<&
     }
     if gated {
         let interrupted = crate::interrupt::check().is_err();
-        super::deploy::health_gate(&mut *t, target, globals, p, &chosen, previous, &held, interrupted, &[])?;
+        let trial = Trial { id: &chosen, previous, held: &held, interrupted, prune: &[] };
+        health_gate(&mut *t, target, globals, p, &trial)?;
     }
     p.status(format!("rolled back `{}` from {} to {chosen}", target.name, previous.unwrap_or("none")));
     p.out(format!("{}: current -> releases/{chosen}", target.name));

@@ -18,7 +18,7 @@ struct Done<'a> {
 }
 
 pub fn run(target: &Target, globals: &Globals, p: &Printer) -> anyhow::Result<()> {
-    let mut t = transport::connect(target, globals)?;
+    let mut t = transport::connect(&target.host, globals)?;
     let out = t.run(&remote::force_unlock(&target.base, &super::lock::new_token()))?;
     if out.status != 0 {
         return Err(Error::Failed(format!("unlock failed: {}", out.stderr_str())).into());

@@ -2,12 +2,13 @@
 //! local transport and over SSH, so the demo target and tests exercise the real scripts.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod local;
 pub mod ssh;
 
-use crate::settings::{Globals, Host, Target};
+use crate::report::Globals;
 
 #[derive(Debug, Default)]
 pub struct Output {
@@ -109,8 +110,8 @@ fn capture_upto(buf: &mut Vec<u8>, data: &[u8], limit: usize) {
     buf.extend_from_slice(&data[..data.len().min(room)]);
 }
 
-pub fn connect(target: &Target, globals: &Globals) -> anyhow::Result<Box<dyn Transport>> {
-    match &target.host {
+pub fn connect(host: &Host, globals: &Globals) -> anyhow::Result<Box<dyn Transport>> {
+    match host {
         Host::Local => Ok(Box::new(local::Local::new(globals.verbose))),
         Host::Ssh(s) => Ok(Box::new(ssh::SshTransport::connect(s, globals)?)),
     }
@@ -146,6 +147,102 @@ pub(crate) fn one_line(script: &str, width: usize) -> String {
     }
     let cut: String = joined.chars().take(width).collect();
     format!("{cut}… ({} lines; -vv shows them)", lines.len())
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Host {
+    /// The same layout on this machine, driven through `sh`: the demo target, and tests.
+    Local,
+    Ssh(Box<Ssh>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ssh {
+    /// The name as written (targets.toml `host`, or a ProxyJump hop): the ssh config key.
+    pub alias: String,
+    /// Where to connect: `HostName` from ssh config (`%h` expanded, lowercased), else the alias.
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    /// Tried in order. From targets.toml (then only these) or ssh config `IdentityFile`;
+    /// empty: ssh's default key names.
+    pub identity_files: Vec<PathBuf>,
+    /// Skip ssh-agent (targets.toml `identity_file`, or `IdentitiesOnly yes`).
+    pub identities_only: bool,
+    /// `IdentityAgent none` turns the agent off.
+    pub use_agent: bool,
+    /// The user known_hosts files (`UserKnownHostsFile`, or targets.toml `known_hosts`): all
+    /// are read, the first one records new keys.
+    pub known_hosts: Vec<PathBuf>,
+    /// `GlobalKnownHostsFile`: read, never written.
+    pub global_known_hosts: Vec<PathBuf>,
+    /// `HostKeyAlias`: the name keys are looked up and recorded under, instead of `[host]:port`.
+    pub host_key_alias: Option<String>,
+    /// `StrictHostKeyChecking accept-new` (or `no`): record unknown keys. Changed keys are
+    /// refused whatever this says.
+    pub accept_new: bool,
+    pub hash_known_hosts: bool,
+    pub proxy_jump: Option<String>,
+    /// `ProxyCommand`, tokens expanded: its stdin/stdout carry the SSH stream.
+    pub proxy_command: Option<String>,
+    pub connect_timeout: Option<u64>,
+    /// Seconds between keepalives (`ServerAliveInterval`; 0 or unset: 15).
+    pub keepalive_secs: u32,
+    /// `AddressFamily`: `inet` or `inet6` restricts the addresses tried.
+    pub address_family: Option<String>,
+    /// For `config show`: (setting, value, where it came from).
+    pub origins: Vec<(String, String, String)>,
+    /// Where `user` came from, for the message when that user cannot log in.
+    pub user_from: UserFrom,
+    /// Directives that applied but that bst does not act on (keyword, `file:line`), said under `-v`.
+    pub ignored: Vec<(String, String)>,
+    /// The ProxyJump hops, resolved when the settings were: the transport reads no config.
+    pub jump: Vec<Hop>,
+}
+
+/// One ProxyJump hop as written, and what it resolved to (or why it did not).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hop {
+    pub spec: String,
+    pub ssh: Result<Ssh, String>,
+}
+
+/// How deep ProxyJump hops may nest: deeper is a loop in the ssh config.
+pub const MAX_DEPTH: u32 = 8;
+
+/// What set the SSH user: a wrong account is the commonest first-hour failure, and the fix
+/// is in whichever file said it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UserFrom {
+    /// targets.toml: `path:line` where known, else the file.
+    Config(String),
+    /// An ssh config `User` line (`path:line`).
+    SshConfig(String),
+    /// A ProxyJump spec's `user@`.
+    Jump(String),
+    /// Nothing: the local user name.
+    Local,
+}
+
+impl std::fmt::Display for UserFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UserFrom::Config(at) => write!(f, "`user =` at {at}"),
+            UserFrom::SshConfig(at) => write!(f, "`User` at {at}"),
+            UserFrom::Jump(spec) => write!(f, "the ProxyJump hop `{spec}`"),
+            UserFrom::Local => f.write_str("the local user name: no `user =` in targets.toml, no `User` in the ssh config"),
+        }
+    }
+}
+
+impl UserFrom {
+    /// The next step when `user` is the wrong account.
+    pub fn fix(&self) -> &'static str {
+        match self {
+            UserFrom::Local => "set `user = \"…\"` in the target",
+            _ => "change it there",
+        }
+    }
 }
 
 #[cfg(test)]

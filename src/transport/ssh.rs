@@ -18,10 +18,12 @@ use ssh2::{BlockDirections, Channel, ErrorCode, Session};
 #[cfg(windows)]
 use windows_sys::Win32::Networking::WinSock::{WSAPoll as poll, POLLIN, POLLOUT, SOCKET, WSAPOLLFD as pollfd};
 
+use super::Ssh;
 use super::{capture, show_command, Input, Output, Stream, Talk, Transport};
 use crate::error::Error;
 use crate::interrupt;
-use crate::settings::{home_dir, Globals, Ssh};
+use crate::platform::home_dir;
+use crate::report::Globals;
 use crate::shell::quote;
 
 const LIBSSH2_ERROR_EAGAIN: i32 = -37;
@@ -478,39 +480,28 @@ type Opened = (Session, TcpStream, Option<Tunnel>);
 /// host key verified), in the order OpenSSH connects them.
 fn open_session(s: &Ssh, g: &Globals, depth: u32) -> anyhow::Result<Opened> {
     let conn_err = |cause: String| Error::Connect { host: s.host.clone(), port: s.port, cause };
-    if depth >= 8 {
+    if depth >= super::MAX_DEPTH {
         return Err(conn_err("ProxyJump/ProxyCommand chain too deep (a loop in the ssh config?)".into()).into());
     }
     note_ignored(s, g);
-    let (tcp, tunnel) = if let Some(spec) = &s.proxy_jump {
-        let hops = crate::sshconfig::jump_hops(spec);
+    let (tcp, tunnel) = if s.proxy_jump.is_some() {
+        let hops = &s.jump;
         let n = hops.len();
-        let hop_ssh = |i: usize, hop: &str| -> anyhow::Result<Ssh> {
-            let (user, alias, port) = crate::sshconfig::parse_jump(hop);
-            let from_spec = user.is_some();
-            let mut h = crate::settings::resolve_ssh(&alias, user, port, None, None)
-                .map_err(|why| conn_err(format!("ProxyJump hop {}/{n} `{hop}`: {why}", i + 1)))?;
-            if from_spec {
-                h.user_from = crate::settings::UserFrom::Jump(hop.to_string());
-            }
-            if i > 0 {
-                // As `ssh -J a,b` does: b is reached through a, whatever b's own config says.
-                h.proxy_jump = None;
-                h.proxy_command = None;
-            }
-            Ok(h)
+        let hop_ssh = |i: usize| -> anyhow::Result<&Ssh> {
+            let hop = hops.get(i).ok_or_else(|| conn_err("ProxyJump names no hop".into()))?;
+            hop.ssh.as_ref().map_err(|why| conn_err(format!("ProxyJump hop {}/{n} `{}`: {why}", i + 1, hop.spec)).into())
         };
-        let what = |i: usize, hop: &str, h: &Ssh| format!("ProxyJump hop {}/{n} `{hop}` ({}:{})", i + 1, h.host, h.port);
-        let first = hop_ssh(0, &hops[0])?;
-        let mut cur = open_session(&first, g, depth + 1).with_context(|| what(0, &hops[0], &first))?;
+        let what = |i: usize, h: &Ssh| format!("ProxyJump hop {}/{n} `{}` ({}:{})", i + 1, hops[i].spec, h.host, h.port);
+        let first = hop_ssh(0)?;
+        let mut cur = open_session(first, g, depth + 1).with_context(|| what(0, first))?;
         let mut cur_ka = first.keepalive_secs;
-        let mut cur_name = what(0, &hops[0], &first);
-        for (i, hop) in hops.iter().enumerate().skip(1) {
-            let h = hop_ssh(i, hop)?;
+        let mut cur_name = what(0, first);
+        for i in 1..n {
+            let h = hop_ssh(i)?;
             let (local, t) = through(cur, cur_ka, &h.host, h.port, &cur_name)?;
-            cur = handshake(local, Some(t), &h, g, false).with_context(|| what(i, hop, &h))?;
+            cur = handshake(local, Some(t), h, g, false).with_context(|| what(i, h))?;
             cur_ka = h.keepalive_secs;
-            cur_name = what(i, hop, &h);
+            cur_name = what(i, h);
         }
         let (local, t) = through(cur, cur_ka, &s.host, s.port, &cur_name)?;
         (local, Some(t))
@@ -797,9 +788,7 @@ fn passphrase_for(path: &Path) -> Option<String> {
     // A hop's key may be asked for while the target's notice is still pending: not mid-prompt.
     notice_stop();
     eprint!("passphrase for {}: ", path.display());
-    let _quiet = crate::commands::env::EchoOff::new();
-    let mut line = String::new();
-    std::io::stdin().read_line(&mut line).ok()?;
+    let line = crate::platform::read_hidden_line().ok()?;
     eprintln!();
     Some(line.trim_end_matches(['\n', '\r']).to_string())
 }

@@ -9,7 +9,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use crate::snapshot::{Entry, Kind};
+use super::entry::{Entry, Kind};
 
 /// Why a path is withheld, in words a user acts on.
 pub fn reason(source: &Path, e: &Entry) -> Option<&'static str> {

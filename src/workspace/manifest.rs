@@ -11,14 +11,8 @@ use std::sync::Arc;
 
 use sha2::Digest;
 
-use crate::snapshot::{Entry, Kind};
-
-/// Reserved root entry of an upload: bst's own files travel in the same tar stream.
-pub const UPLOAD_DIR: &str = ".bst-upload";
-
-/// The last entry of every upload. The stream is concatenated gzip members, and GNU tar
-/// accepts an archive cut at an entry boundary, so only this proves the stream was complete.
-pub const COMPLETE_MARKER: &str = ".bst-upload/complete";
+use super::cache::{cache_file, write_atomic, write_atomic_with};
+use super::entry::{Entry, Kind};
 
 /// First record of a manifest; an older format does not decode (one full upload follows).
 const MAGIC: &[u8] = b"bst-manifest-2";
@@ -34,7 +28,7 @@ pub struct Record {
     /// `f` file, `x` executable, `l` symlink.
     pub kind: char,
     pub size: u64,
-    /// [`crate::snapshot::Stat::stamp`]: the hash cache's proof that the file is untouched.
+    /// [`super::entry::Stat::stamp`]: the hash cache's proof that the file is untouched.
     /// The server keeps it opaque.
     pub stamp: u64,
     /// When the file last changed (ns), for the racy-clean rule; not encoded (0 once decoded).
@@ -50,10 +44,6 @@ fn kind_char(k: &Kind) -> char {
         Kind::File { exec: false } => 'f',
         Kind::Symlink => 'l',
     }
-}
-
-fn hex16(d: &[u8]) -> String {
-    d.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
 fn push_hex(out: &mut Vec<u8>, h: &Hash) {
@@ -92,7 +82,7 @@ fn hash_entry(path: &Path, symlink: bool) -> Option<Hash> {
     let mut h = sha2::Sha256::new();
     if symlink {
         // The target exactly as it ships (see `link_target`): what the server's copy hashes to.
-        let target = crate::snapshot::link_target(path).ok()?;
+        let target = super::entry::link_target(path).ok()?;
         #[cfg(unix)]
         h.update(std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str()));
         #[cfg(not(unix))]
@@ -125,7 +115,7 @@ pub fn local_manifest(source: &Path, entries: &[Entry], cache: &mut HashCache) -
         .map(|e| {
             let st = match e.stat {
                 Some(st) => st,
-                None => crate::snapshot::stat_of(&std::fs::symlink_metadata(source.join(&e.path)).ok()?)?,
+                None => super::entry::stat_of(&std::fs::symlink_metadata(source.join(&e.path)).ok()?)?,
             };
             let (size, stamp) = (st.size, st.stamp);
             let kind = kind_char(&e.kind);
@@ -147,7 +137,7 @@ pub fn local_manifest(source: &Path, entries: &[Entry], cache: &mut HashCache) -
     cache.changed = !misses.is_empty() || hits != cached.len();
     drop(cached);
     if !misses.is_empty() {
-        let hashed = crate::snapshot::par_filter_map(&misses, |&i| {
+        let hashed = super::entry::par_filter_map(&misses, |&i| {
             let (r, _) = recs[i].as_ref().expect("a miss has a record");
             Some((i, hash_entry(&source.join(&r.path), r.kind == 'l')))
         });
@@ -245,44 +235,6 @@ impl ManifestCache {
             w.write_all(manifest)
         });
     }
-}
-
-/// Temp file and rename: a reader sees the old file or the new one.
-pub fn write_atomic(file: &Path, data: &[u8]) {
-    write_atomic_with(file, &mut |w| w.write_all(data));
-}
-
-/// Writes through a buffer to a temp file renamed into place; failures leave no cache rather
-/// than a broken one (it is only a cache).
-fn write_atomic_with(file: &Path, fill: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>) {
-    let Some(dir) = file.parent() else { return };
-    if std::fs::create_dir_all(dir).is_err() {
-        return;
-    }
-    let tmp = file.with_extension(format!("tmp{}", std::process::id()));
-    let written = std::fs::File::create(&tmp).and_then(|f| {
-        let mut w = std::io::BufWriter::new(f);
-        fill(&mut w)?;
-        std::io::Write::flush(&mut w)
-    });
-    if written.is_err() || std::fs::rename(&tmp, file).is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-}
-
-/// The cache file of one `kind` for `identity` (a path, a host), named by its hash.
-pub fn cache_file(kind: &str, identity: &str) -> Option<PathBuf> {
-    cache_dir().map(|d| d.join(format!("{kind}-{}", hex16(&sha2::Sha256::digest(identity.as_bytes())))))
-}
-
-/// `$BST_CACHE_DIR`, else the platform's cache directory, plus `bst`.
-fn cache_dir() -> Option<PathBuf> {
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-    if let Some(d) = env("BST_CACHE_DIR") {
-        return Some(d);
-    }
-    let base = if cfg!(windows) { env("LOCALAPPDATA") } else { env("XDG_CACHE_HOME").or_else(|| env("HOME").map(|h| h.join(".cache"))) };
-    base.map(|b| b.join("bst"))
 }
 
 /// NUL-terminated records `kind\tsize\tmtime\thash\tpath` after a magic record: any path
@@ -425,6 +377,7 @@ pub fn encode_paths(paths: &[String]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workspace::cache::hex16;
 
     /// `t` stands in for the content: same `t`, same hash.
     fn r(kind: char, size: u64, t: u64, p: &str) -> Record {

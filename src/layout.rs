@@ -1,0 +1,14 @@
+//! Every name bst gives a file or directory on the server, once. Scripts, listings and the
+//! release rules all take them from here, so a rename cannot leave one spelling behind.
+
+/// Inside every release: bst's record of it.
+pub const META_FILE: &str = ".release-meta";
+/// Where a new meta is written before it is renamed over [`META_FILE`].
+pub const META_TMP: &str = ".release-meta.tmp";
+
+/// Reserved root entry of an upload: bst's own files travel in the same tar stream.
+pub const UPLOAD_DIR: &str = ".bst-upload";
+
+/// The last entry of every upload. The stream is concatenated gzip members, and GNU tar
+/// accepts an archive cut at an entry boundary, so only this proves the stream was complete.
+pub const COMPLETE_MARKER: &str = ".bst-upload/complete";

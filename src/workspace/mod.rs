@@ -1,0 +1,21 @@
+//! The local side of a deploy: which files of the workspace ship ([`listing`], with the
+//! secrets [`withheld`] by default), what each one is ([`entry`]), what changed since the
+//! server's last copy ([`manifest`]), and the upload stream ([`tar`], framed as the
+//! [`link_memo`] says pays on this link). [`cache`] keeps the local memos between runs.
+//!
+//! Imports point one way: `entry` and `cache` at the bottom, `withheld` on `entry`,
+//! `listing`/`manifest`/`tar`/`link_memo` on those. Commands use the names re-exported here.
+
+pub mod cache;
+pub mod entry;
+pub mod link_memo;
+pub mod listing;
+pub mod manifest;
+pub mod tar;
+pub mod withheld;
+
+pub use entry::{entry_size, link_target, par_filter_map, stat_of, Entry, Kind, Stat};
+pub use link_memo::LinkMemo;
+pub use listing::{check_in_git, check_source, collect, git_info, GitInfo, Listing, Rules, BST_OWNED};
+pub use manifest::{decode, encode, encode_patch, encode_paths, local_manifest, plan, HashCache, ManifestCache, Plan, Record};
+pub use tar::{stream_tar, write_tar_gz, Extra, Framing, Rates, Stats};

@@ -1,0 +1,597 @@
+//! The upload stream: a tar of the listed entries, as parallel 1 MiB gzip members (or bare
+//! tar), with the compression probe that stores blocks gzip cannot shrink.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+use anyhow::{bail, Context};
+
+use super::entry::{link_target, mtime, Entry, Kind};
+use crate::interrupt;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stats {
+    pub files: u64,
+    /// Uncompressed content bytes.
+    pub bytes: u64,
+    /// The gzip level the upload settled on (0: stored), when it was measured.
+    pub level: Option<u32>,
+    /// Snapshot bytes per second through the whole pipeline, when measured.
+    pub rates: Rates,
+}
+
+/// Uncompressed snapshot bytes per second through compressors, link and server, as one
+/// upload measured them: `plain` with nothing deflated (stored members or bare tar), `gzip`
+/// compressed.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Rates {
+    pub plain: Option<f64>,
+    pub gzip: Option<f64>,
+}
+
+/// How the tar stream travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Gzip members, deflated at this level or stored as [`Probe`] measures mid-stream.
+    Gzip(u32),
+    /// Bare tar, for a link already measured to be faster than deflate: even stored gzip
+    /// members cost the server a `gzip -d` (a CRC pass and one more pipe), 0.2 s per 60 MB.
+    Tar,
+}
+
+/// Streams `entries` as a gzip'd tar into `w`. Memory stays bounded: files are copied
+/// through, never loaded whole. `progress` gets each entry's content size.
+pub fn write_tar_gz<W: Write>(
+    source: &Path,
+    entries: &[Entry],
+    w: W,
+    level: u32,
+    progress: &mut dyn FnMut(&Entry, u64),
+) -> anyhow::Result<Stats> {
+    write_tar_gz_with(source, entries, &[], w, level, progress)
+}
+
+/// Files bst adds to the stream after the snapshot (the manifest, removals). Shared: the
+/// manifest of 50,000 files is 5 MB, already encoded once for the client's own cache.
+pub type Extra = (String, std::sync::Arc<Vec<u8>>);
+
+pub fn write_tar_gz_with<W: Write>(
+    source: &Path,
+    entries: &[Entry],
+    extra: &[Extra],
+    w: W,
+    level: u32,
+    progress: &mut dyn FnMut(&Entry, u64),
+) -> anyhow::Result<Stats> {
+    let open = std::rc::Rc::new(std::cell::Cell::new(true));
+    let valve = Valve { inner: w, open: open.clone() };
+    let gz = flate2::write::GzEncoder::new(valve, flate2::Compression::new(level));
+    let mut tar = tar::Builder::new(gz);
+    tar.follow_symlinks(false);
+    match append_all(&mut tar, source, entries, progress, &mut |_, _| {}).and_then(|stats| {
+        append_extra(&mut tar, extra)?;
+        Ok(stats)
+    }) {
+        Ok(stats) => {
+            let gz = tar.into_inner()?;
+            let mut w = gz.finish()?;
+            w.flush()?;
+            Ok(stats)
+        }
+        Err(e) => {
+            // tar::Builder and GzEncoder finish the archive in Drop. After a failure or
+            // Ctrl-C that would hand the server a well-formed but truncated snapshot.
+            open.set(false);
+            drop(tar);
+            Err(e)
+        }
+    }
+}
+
+/// Passes writes through until closed; then every write fails.
+struct Valve<W> {
+    inner: W,
+    open: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl<W: Write> Write for Valve<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if !self.open.get() {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "snapshot aborted"));
+        }
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.open.get() {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "snapshot aborted"));
+        }
+        self.inner.flush()
+    }
+}
+
+fn append_extra<W: Write>(tar: &mut tar::Builder<W>, extra: &[Extra]) -> anyhow::Result<()> {
+    for (path, data) in extra {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o600);
+        h.set_size(data.len() as u64);
+        h.set_mtime(u64::try_from(crate::release::now_unix()).unwrap_or(0));
+        tar.append_data(&mut h, path, &data[..])?;
+    }
+    Ok(())
+}
+
+/// Appends the entries; `hint` learns, before each one, whether its bytes are already
+/// compressed.
+fn append_all<W: Write>(
+    tar: &mut tar::Builder<W>,
+    source: &Path,
+    entries: &[Entry],
+    progress: &mut dyn FnMut(&Entry, u64),
+    hint: &mut dyn FnMut(&mut W, bool),
+) -> anyhow::Result<Stats> {
+    let mut stats = Stats::default();
+    for e in entries {
+        interrupt::check()?;
+        hint(tar.get_mut(), matches!(e.kind, Kind::File { .. }) && already_compressed(&e.path));
+        let full = source.join(&e.path);
+        let md = std::fs::symlink_metadata(&full).with_context(|| format!("cannot read {}", full.display()))?;
+        // The kind was listed from `lstat`; a file that became a link since must not be
+        // read through it.
+        if matches!(e.kind, Kind::File { .. }) && !md.is_file() {
+            bail!("{} changed from a file to something else while being deployed; deploy again", e.path);
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_mtime(mtime(&md));
+        h.set_uid(0);
+        h.set_gid(0);
+        match e.kind {
+            Kind::Symlink => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_mode(0o777);
+                h.set_size(0);
+                let target = link_target(&full).with_context(|| format!("cannot read link {}", full.display()))?;
+                tar.append_link(&mut h, &e.path, &target).with_context(|| format!("cannot add link {}", e.path))?;
+                progress(e, 0);
+            }
+            Kind::File { exec } => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(if exec { 0o755 } else { 0o644 });
+                let f = File::open(&full).with_context(|| format!("cannot open {}", full.display()))?;
+                let size = md.len();
+                h.set_size(size);
+                // A file that changes while we read it must not corrupt the stream: send
+                // exactly `size` bytes, failing if it shrank.
+                let mut tick = |n: u64| progress(e, n);
+                let mut body = Exact { inner: f.take(size), left: size, tick: &mut tick };
+                tar.append_data(&mut h, &e.path, &mut body).with_context(|| format!("cannot add {}", e.path))?;
+                stats.bytes += size;
+            }
+        }
+        stats.files += 1;
+    }
+    Ok(stats)
+}
+
+struct Exact<'a, R> {
+    inner: R,
+    left: u64,
+    /// Progress as bytes are read, so one large file still moves the bar.
+    tick: &'a mut dyn FnMut(u64),
+}
+
+impl<R: Read> Read for Exact<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let n = self.inner.read(buf)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while being read"));
+        }
+        self.left -= n as u64;
+        (self.tick)(n as u64);
+        Ok(n)
+    }
+}
+
+/// Raw tar bytes per gzip member. Members are compressed independently (in parallel) and
+/// concatenated: `gzip -d` reads them as one stream; the dictionary reset costs <0.1%.
+const BLOCK: usize = 1024 * 1024;
+
+/// File types that are already compressed: deflating them again burns CPU for nothing (a
+/// PNG is deflate inside, a woff2 is brotli). Blocks made of them are stored (level 0).
+const COMPRESSED: &[&str] = &[
+    "png", "jpg", "jpeg", "gif", "webp", "avif", "heic", "ico", "woff", "woff2", "gz", "tgz", "zip", "br", "zst", "xz", "bz2", "7z", "rar",
+    "jar", "mp3", "mp4", "m4a", "webm", "ogg", "mov", "pdf",
+];
+
+fn already_compressed(path: &str) -> bool {
+    path.rsplit_once('.').is_some_and(|(_, ext)| COMPRESSED.iter().any(|c| c.eq_ignore_ascii_case(ext)))
+}
+
+struct Block {
+    seq: u64,
+    data: Vec<u8>,
+    level: u32,
+    /// The level came from [`Probe`], not from the content being already compressed.
+    adaptive: bool,
+}
+
+/// Picks the compression level by measurement: a few blocks at `level`, a few stored, then
+/// whichever moved more snapshot bytes per second through the whole pipeline (compressors,
+/// link, server) for the rest of the upload. Over a LAN or anything slower, compression wins;
+/// where the link is faster than deflate (loopback, a fast LAN with a slow laptop) storing
+/// wins, and the server's `gzip -d` has less to do too.
+struct Probe {
+    level: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    max: u32,
+    /// Snapshot bytes and seconds observed per level (index 0: stored, 1: `max`).
+    seen: [(u64, f64, u32); 2],
+    decided: bool,
+}
+
+/// Blocks per probe phase; the first ones of a phase are not measured (pipeline refill).
+const PROBE_BLOCKS: u32 = 6;
+const PROBE_SKIP: u32 = 2;
+
+impl Probe {
+    /// Counts a block delivered; `i`: 0 plain, 1 deflated.
+    fn measure(&mut self, i: usize, raw: usize, secs: f64) -> u32 {
+        let s = &mut self.seen[i];
+        s.2 += 1;
+        if s.2 > PROBE_SKIP {
+            s.0 += raw as u64;
+            s.1 += secs;
+        }
+        s.2
+    }
+
+    fn rate(&self, i: usize) -> Option<f64> {
+        let (b, t, n) = self.seen[i];
+        (n >= PROBE_BLOCKS && t > 0.0).then(|| b as f64 / t)
+    }
+
+    fn observe(&mut self, block_level: u32, raw: usize, secs: f64) {
+        use std::sync::atomic::Ordering;
+        if self.decided || self.max == 0 {
+            return;
+        }
+        let i = usize::from(block_level != 0);
+        let n = self.measure(i, raw, secs);
+        if i == 1 && n >= PROBE_BLOCKS {
+            self.level.store(0, Ordering::Relaxed);
+        }
+        if i == 0 && n >= PROBE_BLOCKS {
+            let rate = |i| self.rate(i).unwrap_or(0.0);
+            // Ties go to compression: fewer bytes is kinder to a shared link.
+            let store = rate(0) > rate(1) * 1.1;
+            self.level.store(if store { 0 } else { self.max }, Ordering::Relaxed);
+            self.decided = true;
+        }
+    }
+}
+
+/// Cuts the raw tar stream into blocks for the compressors, noting how much of each block
+/// came from already-compressed files. After `close` every write fails, so an aborted
+/// snapshot never gets its end-of-archive trailer (tar::Builder writes it in Drop).
+struct BlockWriter {
+    tx: std::sync::mpsc::SyncSender<Block>,
+    /// One token per block in flight anywhere in the pipeline: memory stays bounded even if
+    /// one compressor lags and the writer has to hold later blocks back.
+    tokens: std::sync::mpsc::Receiver<()>,
+    buf: Vec<u8>,
+    seq: u64,
+    level: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    incompressible: usize,
+    current_incompressible: bool,
+    open: bool,
+}
+
+impl BlockWriter {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let stored = self.incompressible * 10 >= self.buf.len() * 9;
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(BLOCK));
+        let level = if stored { 0 } else { self.level.load(std::sync::atomic::Ordering::Relaxed) };
+        let block = Block { seq: self.seq, data, level, adaptive: !stored };
+        self.seq += 1;
+        self.incompressible = 0;
+        let gone = || io::Error::new(io::ErrorKind::BrokenPipe, "upload stopped");
+        self.tokens.recv().map_err(|_| gone())?;
+        self.tx.send(block).map_err(|_| gone())
+    }
+}
+
+impl Write for BlockWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if !self.open {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "snapshot aborted"));
+        }
+        let n = data.len().min(BLOCK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.current_incompressible {
+            self.incompressible += n;
+        }
+        if self.buf.len() >= BLOCK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.open {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "snapshot aborted"));
+        }
+        Ok(())
+    }
+}
+
+/// The tar of `entries` (then `extra`), framed as `framing` says. Gzip members are
+/// compressed on all cores while the caller's thread writes finished members, in order, to
+/// `w` (the SSH channel): reading, compressing and the network overlap instead of taking
+/// turns. Blocks of already-compressed files are stored, not deflated again. Bare tar goes
+/// through the same pipeline, so reading files still overlaps the writes.
+pub fn stream_tar(
+    source: &Path,
+    entries: &[Entry],
+    extra: &[Extra],
+    w: &mut dyn Write,
+    framing: Framing,
+    progress: &(dyn Fn(&Entry, u64) + Sync),
+) -> anyhow::Result<Stats> {
+    use std::sync::mpsc::{sync_channel, Receiver};
+    use std::sync::{Arc, Mutex};
+    // Four cores compress ~500 MB/s, more than a LAN carries; more workers only cost memory.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
+    let in_flight = workers + 2;
+    let level = match framing {
+        Framing::Gzip(level) => level,
+        Framing::Tar => 0,
+    };
+    let shared_level = Arc::new(std::sync::atomic::AtomicU32::new(level));
+    let mut probe = Probe { level: Arc::clone(&shared_level), max: level, seen: [(0, 0.0, 0); 2], decided: false };
+    let (block_tx, block_rx) = sync_channel::<Block>(workers);
+    type Done = (u64, io::Result<Vec<u8>>, u32, bool, usize);
+    let (done_tx, done_rx) = sync_channel::<Done>(in_flight);
+    let (token_tx, token_rx) = sync_channel::<()>(in_flight);
+    for _ in 0..in_flight {
+        let _ = token_tx.send(());
+    }
+    let block_rx: Arc<Mutex<Receiver<Block>>> = Arc::new(Mutex::new(block_rx));
+    std::thread::scope(|scope| {
+        let producer = scope.spawn(move || {
+            let mut bw = BlockWriter {
+                tx: block_tx,
+                tokens: token_rx,
+                buf: Vec::with_capacity(BLOCK),
+                seq: 0,
+                level: shared_level,
+                incompressible: 0,
+                current_incompressible: false,
+                open: true,
+            };
+            let mut tar = tar::Builder::new(&mut bw);
+            tar.follow_symlinks(false);
+            let r = append_all(&mut tar, source, entries, &mut |e, n| progress(e, n), &mut |bw, yes| bw.current_incompressible = yes)
+                .and_then(|stats| {
+                    append_extra(&mut tar, extra)?;
+                    tar.finish()?;
+                    Ok(stats)
+                });
+            if r.is_err() {
+                // Before the Builder's Drop can write the end-of-archive trailer.
+                tar.get_mut().open = false;
+            }
+            drop(tar);
+            let stats = r?;
+            bw.send()?;
+            Ok(stats)
+        });
+        for _ in 0..workers {
+            let rx = Arc::clone(&block_rx);
+            let tx = done_tx.clone();
+            scope.spawn(move || loop {
+                let next = rx.lock().map_err(|_| ()).and_then(|r| r.recv().map_err(|_| ()));
+                let Ok(block) = next else { break };
+                let raw = block.data.len();
+                let out = if framing == Framing::Tar {
+                    Ok(block.data)
+                } else {
+                    // Stored output is the input plus 5 bytes per 64 KiB: sized so it never doubles.
+                    let cap = if block.level == 0 { raw + raw / 8192 + 64 } else { raw / 2 + 64 };
+                    let mut gz = flate2::write::GzEncoder::new(Vec::with_capacity(cap), flate2::Compression::new(block.level));
+                    gz.write_all(&block.data).and_then(|()| gz.finish())
+                };
+                if tx.send((block.seq, out, block.level, block.adaptive, raw)).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(done_tx);
+        let mut write_err: Option<anyhow::Error> = None;
+        let mut next = 0u64;
+        let mut waiting = std::collections::BTreeMap::new();
+        let mut last = std::time::Instant::now();
+        for (seq, out, lvl, adaptive, raw) in done_rx.iter() {
+            waiting.insert(seq, (out, lvl, adaptive, raw));
+            while let Some((out, lvl, adaptive, raw)) = waiting.remove(&next) {
+                let r = out.map_err(anyhow::Error::from).and_then(|bytes| w.write_all(&bytes).map_err(anyhow::Error::from));
+                if let Err(e) = r {
+                    write_err = Some(e);
+                    break;
+                }
+                let now = std::time::Instant::now();
+                let secs = (now - last).as_secs_f64();
+                if framing == Framing::Tar {
+                    probe.measure(0, raw, secs);
+                } else if adaptive {
+                    probe.observe(lvl, raw, secs);
+                }
+                last = now;
+                next += 1;
+                let _ = token_tx.send(());
+            }
+            if write_err.is_some() {
+                break;
+            }
+        }
+        // Dropped before joining: a producer blocked on a full queue or waiting for a token
+        // then fails fast instead of waiting forever.
+        drop(done_rx);
+        drop(token_tx);
+        let produced = producer.join().map_err(|_| anyhow::anyhow!("snapshot thread panicked"))?;
+        match (write_err, produced) {
+            (Some(e), _) => Err(e.context("sending the snapshot failed")),
+            (None, Err(e)) => Err(e),
+            (None, Ok(stats)) => {
+                w.flush()?;
+                let level = probe.decided.then(|| probe.level.load(std::sync::atomic::Ordering::Relaxed));
+                let rates = match framing {
+                    Framing::Tar => Rates { plain: probe.rate(0), gzip: None },
+                    Framing::Gzip(_) if probe.decided => Rates { plain: probe.rate(0), gzip: probe.rate(1) },
+                    Framing::Gzip(_) => Rates::default(),
+                };
+                Ok(Stats { level, rates, ..stats })
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    use super::*;
+    use crate::workspace::listing::{collect, Rules};
+
+    #[cfg(unix)]
+    fn sh(dir: &Path, script: &str) {
+        let ok = Command::new("sh").arg("-c").arg(script).current_dir(dir).status().unwrap().success();
+        assert!(ok, "{script}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn parallel_members_round_trip_and_compressed_files_are_stored() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        // xorshift noise: incompressible, like a PNG's deflate stream.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let noise: Vec<u8> = (0..3_000_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(src.join("logo.png"), &noise).unwrap();
+        let text: String = (0..60_000).map(|i| format!("export const v{i} = {i};\n")).collect();
+        std::fs::write(src.join("mod.ts"), &text).unwrap();
+        let entries = collect(&src, &Rules { allow_no_git: true, ..Rules::default() }).unwrap().entries;
+        let mut tgz = Vec::new();
+        let stats = stream_tar(&src, &entries, &[], &mut tgz, Framing::Gzip(1), &|_, _| {}).unwrap();
+        assert_eq!(stats.bytes, (noise.len() + text.len()) as u64);
+        // Stored blocks cost ~5 bytes per 64 KiB; the text still shrinks to well under half.
+        assert!(tgz.len() > noise.len() && tgz.len() < noise.len() + text.len() / 2 + 4096, "{} bytes", tgz.len());
+        std::fs::create_dir(d.path().join("out")).unwrap();
+        let mut child =
+            Command::new("tar").args(["-xzf", "-", "-C"]).arg(d.path().join("out")).stdin(std::process::Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(&tgz).unwrap();
+        assert!(child.wait().unwrap().success());
+        assert!(std::fs::read(d.path().join("out/logo.png")).unwrap() == noise);
+        assert_eq!(std::fs::read_to_string(d.path().join("out/mod.ts")).unwrap(), text);
+    }
+
+    #[test]
+    fn the_probe_stores_only_when_storing_moves_more_bytes() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let run = |secs_stored: f64| {
+            let level = std::sync::Arc::new(AtomicU32::new(1));
+            let mut p = Probe { level: level.clone(), max: 1, seen: [(0, 0.0, 0); 2], decided: false };
+            for _ in 0..PROBE_BLOCKS {
+                p.observe(level.load(Ordering::Relaxed), BLOCK, 0.010);
+            }
+            assert_eq!(level.load(Ordering::Relaxed), 0, "the second phase stores");
+            for _ in 0..PROBE_BLOCKS {
+                p.observe(0, BLOCK, secs_stored);
+            }
+            assert!(p.decided);
+            level.load(Ordering::Relaxed)
+        };
+        // A link faster than deflate: stored blocks go through in half the time.
+        assert_eq!(run(0.005), 0);
+        // A slow link: stored blocks take longer per snapshot byte; keep compressing.
+        assert_eq!(run(0.016), 1);
+        // Within 10%: compression (fewer bytes on a shared link).
+        assert_eq!(run(0.0095), 1);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn bare_tar_round_trips_and_is_measured() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        let text: String = (0..400_000).map(|i| format!("export const v{i} = {i};\n")).collect();
+        std::fs::write(src.join("mod.ts"), &text).unwrap();
+        let entries = collect(&src, &Rules { allow_no_git: true, ..Rules::default() }).unwrap().entries;
+        let mut raw = Vec::new();
+        let stats = stream_tar(&src, &entries, &[], &mut raw, Framing::Tar, &|_, _| {}).unwrap();
+        assert!(raw.len() > text.len() && raw.len() < text.len() + 4096, "bare tar is the content plus headers: {} bytes", raw.len());
+        assert!(stats.rates.plain.is_some_and(|r| r > 0.0) && stats.rates.gzip.is_none(), "{:?}", stats.rates);
+        std::fs::create_dir(d.path().join("out")).unwrap();
+        let mut child =
+            Command::new("tar").args(["-xf", "-", "-C"]).arg(d.path().join("out")).stdin(std::process::Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(&raw).unwrap();
+        assert!(child.wait().unwrap().success());
+        assert_eq!(std::fs::read_to_string(d.path().join("out/mod.ts")).unwrap(), text);
+    }
+
+    #[test]
+    fn a_failed_snapshot_never_ends_as_a_valid_archive() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a"), "a").unwrap();
+        let entries = vec![
+            Entry { path: "a".into(), kind: Kind::File { exec: false }, stat: None },
+            Entry { path: "missing".into(), kind: Kind::File { exec: false }, stat: None },
+        ];
+        let mut buf = Vec::new();
+        assert!(write_tar_gz(d.path(), &entries, &mut buf, 1, &mut |_, _| {}).is_err());
+        let mut out = Vec::new();
+        let gz = flate2::read::GzDecoder::new(&buf[..]).read_to_end(&mut out);
+        assert!(gz.is_err(), "the gzip stream must stay unfinished, not a valid archive of the files so far");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn tar_round_trips_through_gnu_tar() {
+        let d = tempfile::tempdir().unwrap();
+        let long = "d/".repeat(60) + "long-name-file.txt";
+        sh(
+            d.path(),
+            &format!("mkdir -p src/$(dirname {long}) && echo hi > src/{long} && printf x > src/x && chmod +x src/x && ln -s x src/l"),
+        );
+        let src = d.path().join("src");
+        let entries = collect(&src, &Rules { allow_no_git: true, ..Rules::default() }).unwrap().entries;
+        let mut buf = Vec::new();
+        let stats = write_tar_gz(&src, &entries, &mut buf, 1, &mut |_, _| {}).unwrap();
+        assert_eq!(stats.files, 3);
+        std::fs::create_dir(d.path().join("out")).unwrap();
+        let mut child =
+            Command::new("tar").args(["-xzf", "-", "-C"]).arg(d.path().join("out")).stdin(std::process::Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(&buf).unwrap();
+        assert!(child.wait().unwrap().success());
+        assert_eq!(std::fs::read_to_string(d.path().join("out").join(&long)).unwrap(), "hi\n");
+        assert_eq!(std::fs::read_link(d.path().join("out/l")).unwrap(), PathBuf::from("x"));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(d.path().join("out/x")).unwrap().permissions().mode() & 0o777, 0o755);
+    }
+}
