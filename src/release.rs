@@ -1,6 +1,7 @@
 //! Pure release planning: ids, the server layout, `.release-meta`, and what rollback and
 //! prune choose. Nothing here does I/O, so every rule is unit-tested.
 
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 /// Release ids are UTC `YYYYMMDDTHHMMSSZ`: they sort by name in creation order, so we never
@@ -11,35 +12,33 @@ pub fn is_release_id(s: &str) -> bool {
 
 /// Seconds since the epoch for a well-formed id with a real calendar date.
 pub fn parse_id(s: &str) -> Option<i64> {
+    // The shape first, byte by byte: chrono's `%Y` would also take a sign or a fifth digit,
+    // and an id must be exactly the 16 characters that sort by name.
     let b = s.as_bytes();
-    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' || !digits(0..8) || !digits(9..15) {
         return None;
     }
-    let digits = |r: std::ops::Range<usize>| -> Option<i64> {
-        let part = s.get(r)?;
-        if part.bytes().all(|c| c.is_ascii_digit()) {
-            part.parse().ok()
-        } else {
-            None
-        }
-    };
-    let (y, mo, d) = (digits(0..4)?, digits(4..6)?, digits(6..8)?);
-    let (h, mi, se) = (digits(9..11)?, digits(11..13)?, digits(13..15)?);
-    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || se > 59 {
-        return None;
-    }
-    Some(civil_to_days(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se)
+    let t = NaiveDateTime::parse_from_str(&s[..15], ID_FORMAT).ok()?;
+    Some(t.and_utc().timestamp())
+}
+
+/// `YYYYMMDDTHHMMSS`, then a literal `Z`.
+const ID_FORMAT: &str = "%Y%m%dT%H%M%S";
+
+/// A time outside chrono's range (a quarter million years either way) cannot come from a
+/// clock: it shows as the epoch rather than as a panic.
+fn utc(unix: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(unix, 0).unwrap_or_default()
 }
 
 pub fn format_id(unix: i64) -> String {
-    let (y, mo, d, h, mi, s) = split(unix);
-    format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z")
+    format!("{}Z", utc(unix).format(ID_FORMAT))
 }
 
 /// RFC 3339 UTC, second precision: what `.release-meta` and reports carry.
 pub fn rfc3339(unix: i64) -> String {
-    let (y, mo, d, h, mi, s) = split(unix);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+    utc(unix).to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
 /// The id for a new release: now, or one second after the newest existing id when the clock
@@ -52,45 +51,6 @@ pub fn next_id(now_unix: i64, newest_existing: Option<&str>) -> String {
 
 pub fn now_unix() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-fn split(unix: i64) -> (i64, i64, i64, i64, i64, i64) {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    let (y, mo, d) = days_to_civil(days);
-    (y, mo, d, secs / 3600, secs % 3600 / 60, secs % 60)
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-// Howard Hinnant's days <-> civil algorithms (proleptic Gregorian).
-fn civil_to_days(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn days_to_civil(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
