@@ -10,21 +10,8 @@ pub fn local_user() -> Option<String> {
 }
 
 /// Containers and CI often run without `$USER`; the passwd entry still knows.
-#[cfg(unix)]
 fn passwd_user() -> Option<String> {
-    // SAFETY: getpwuid returns a pointer into static storage or null; we copy out at once.
-    unsafe {
-        let pw = libc::getpwuid(libc::geteuid());
-        if pw.is_null() || (*pw).pw_name.is_null() {
-            return None;
-        }
-        Some(std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned())
-    }
-}
-
-#[cfg(not(unix))]
-fn passwd_user() -> Option<String> {
-    None
+    whoami::username().ok().filter(|u| !u.is_empty())
 }
 
 pub fn home_dir() -> Option<PathBuf> {
@@ -48,17 +35,15 @@ pub fn expand_home_with(p: &str, home: Option<&Path>) -> PathBuf {
     }
 }
 
+/// As `gethostname` says (Windows: the computer name), for locks, audit lines and ssh
+/// config's `%l`/`%L`.
 pub fn hostname() -> String {
-    #[cfg(unix)]
-    {
-        let mut buf = [0u8; 256];
-        // SAFETY: gethostname writes at most buf.len() bytes into our buffer.
-        if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
-            let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-            return String::from_utf8_lossy(&buf[..end]).into_owned();
-        }
-    }
-    std::env::var("COMPUTERNAME").or_else(|_| std::env::var("HOSTNAME")).unwrap_or_else(|_| "unknown".into())
+    whoami::hostname()
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// `$BST_CACHE_DIR`, else the platform's cache directory, plus `bst`.
@@ -71,51 +56,14 @@ pub fn cache_dir() -> Option<PathBuf> {
     base.map(|b| b.join("bst"))
 }
 
-/// Reads one line from a terminal stdin without echoing it: `env set` values and key
-/// passphrases. The caller prints the prompt and says why the input is hidden.
+/// Reads one line from the terminal without echoing it: `env set` values and key
+/// passphrases. The caller prints the prompt and says why the input is hidden. rpassword
+/// does the terminal work on every OS (termios on Unix, the console mode on Windows, where
+/// echo-off was missing) and ends the line on the terminal itself. It drops control
+/// characters such as a tab, as a line editor would; a value that needs them comes in
+/// through a pipe, byte for byte.
 pub fn read_hidden_line() -> std::io::Result<String> {
-    let mut line = String::new();
-    let _quiet = EchoOff::new();
-    std::io::stdin().read_line(&mut line)?;
-    Ok(line)
-}
-
-struct EchoOff {
-    #[cfg(unix)]
-    saved: Option<libc::termios>,
-}
-
-impl EchoOff {
-    fn new() -> Self {
-        #[cfg(unix)]
-        {
-            // SAFETY: tcgetattr/tcsetattr on stdin with a zeroed termios we own.
-            unsafe {
-                let mut t: libc::termios = std::mem::zeroed();
-                if libc::tcgetattr(0, &mut t) == 0 {
-                    let saved = t;
-                    t.c_lflag &= !libc::ECHO;
-                    libc::tcsetattr(0, libc::TCSANOW, &t);
-                    return EchoOff { saved: Some(saved) };
-                }
-            }
-            EchoOff { saved: None }
-        }
-        #[cfg(not(unix))]
-        EchoOff {}
-    }
-}
-
-impl Drop for EchoOff {
-    fn drop(&mut self) {
-        #[cfg(unix)]
-        if let Some(t) = self.saved {
-            // SAFETY: restoring the settings read in `new`.
-            unsafe {
-                libc::tcsetattr(0, libc::TCSANOW, &t);
-            }
-        }
-    }
+    rpassword::read_password()
 }
 
 #[cfg(test)]

@@ -91,7 +91,6 @@ fn read_secret(key: &str) -> anyhow::Result<String> {
     if stdin.is_terminal() {
         eprint!("value for {key} (input hidden, then Enter): ");
         value = crate::platform::read_hidden_line()?;
-        eprintln!();
     } else {
         stdin.lock().read_to_string(&mut value)?;
     }

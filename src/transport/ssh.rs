@@ -789,7 +789,6 @@ fn passphrase_for(path: &Path) -> Option<String> {
     notice_stop();
     eprint!("passphrase for {}: ", path.display());
     let line = crate::platform::read_hidden_line().ok()?;
-    eprintln!();
     Some(line.trim_end_matches(['\n', '\r']).to_string())
 }
 
