@@ -167,10 +167,6 @@ impl EnvFile {
         &self.bytes
     }
 
-    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
-        self.entries.iter()
-    }
-
     /// The effective entry for `key`: the last one, as every consumer lets later lines win.
     pub fn get(&self, key: &str) -> Option<&Entry> {
         self.entries.iter().rfind(|e| e.key == key)

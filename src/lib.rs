@@ -2,30 +2,30 @@
 //! remote scripts run over a transport → a report.
 
 pub mod cli;
-pub mod commands;
+mod commands;
 pub mod complete;
-pub mod config;
+mod config;
 #[cfg(test)]
 mod corpus_tests;
-pub mod dotenv;
-pub mod error;
-pub mod health;
+mod dotenv;
+mod error;
+mod health;
 pub mod interrupt;
-pub mod known_hosts;
-pub mod layout;
-pub mod manpage;
-pub mod platform;
-pub mod release;
-pub mod remote;
+mod known_hosts;
+mod layout;
+mod manpage;
+mod platform;
+mod release;
+mod remote;
 pub mod report;
-pub mod schema;
-pub mod service;
-pub mod settings;
-pub mod shell;
-pub mod sshconfig;
-pub mod transport;
-pub mod watchdog;
-pub mod workspace;
+mod schema;
+mod service;
+mod settings;
+mod shell;
+mod sshconfig;
+mod transport;
+mod watchdog;
+mod workspace;
 
 use cli::{Cli, Command, ConfigCommand, DrillCommand, EnvCommand};
 use error::Error;

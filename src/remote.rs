@@ -937,12 +937,6 @@ pub fn confirm_and_prune(base: &str, ids: &[String], token: &str, audit_json: &s
     s
 }
 
-/// Prints `FOUND` and the file, or `MISSING`. The content never reaches the terminal: the
-/// caller parses it in memory.
-pub fn read_file(base: &str, rel: &str) -> String {
-    base_var(base) + &format!("F=\"$B/\"{}\nif [ -f \"$F\" ]; then echo FOUND; cat \"$F\"; else echo MISSING; fi\n", quote(rel))
-}
-
 /// Reads `<base>/<rel>` and counts its `.bak.*` backups: `FOUND <backups>` then the bytes, or
 /// `MISSING <backups>`.
 pub fn read_env(base: &str, rel: &str) -> String {
@@ -1142,7 +1136,7 @@ mod tests {
         std::fs::create_dir(&src).unwrap();
         std::fs::write(src.join("a.txt"), "a").unwrap();
         let entries =
-            vec![crate::workspace::Entry { path: "a.txt".into(), kind: crate::workspace::Kind::File { exec: false }, stat: None }];
+            vec![crate::workspace::Entry { path: "a.txt".into(), kind: crate::workspace::entry::Kind::File { exec: false }, stat: None }];
         for (framing, archive) in [(Framing::Gzip(1), "snapshot.tgz"), (Framing::Tar, "snapshot.tar")] {
             let base = d.path().join(archive);
             std::fs::create_dir_all(base.join("releases")).unwrap();
@@ -1174,7 +1168,8 @@ mod tests {
     #[cfg(unix)]
     #[test]
     fn the_cache_job_trusts_only_a_whole_archive_that_matches_its_manifest() {
-        use crate::workspace::{Entry, Framing, Kind};
+        use crate::workspace::entry::Kind;
+        use crate::workspace::{Entry, Framing};
         use std::sync::Arc;
         let d = tempfile::tempdir().unwrap();
         let src = d.path().join("src");

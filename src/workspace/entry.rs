@@ -149,7 +149,7 @@ pub(crate) fn mtime(md: &std::fs::Metadata) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workspace::tar::write_tar_gz;
+    use crate::workspace::tar::{stream_tar, Framing};
 
     /// A Windows checkout, seen from any OS: the walk spells paths with `\`, and a link is a
     /// plain file holding its target.
@@ -169,8 +169,8 @@ mod tests {
             Entry { path: release_path(Path::new(r"apps\api\src\index.ts")), kind: Kind::File { exec: false }, stat: None },
         ];
         let mut buf = Vec::new();
-        write_tar_gz(d.path(), &entries, &mut buf, 1, &mut |_, _| {}).unwrap();
-        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(&buf[..]));
+        stream_tar(d.path(), &entries, &[], &mut buf, Framing::Gzip(1), &|_, _| {}).unwrap();
+        let mut tar = tar::Archive::new(flate2::read::MultiGzDecoder::new(&buf[..]));
         let got: Vec<(String, tar::EntryType, Option<PathBuf>)> = tar
             .entries()
             .unwrap()

@@ -14,8 +14,8 @@ pub mod manifest;
 pub mod tar;
 pub mod withheld;
 
-pub use entry::{entry_size, link_target, par_filter_map, stat_of, Entry, Kind, Stat};
+pub use entry::{entry_size, Entry};
 pub use link_memo::LinkMemo;
-pub use listing::{check_in_git, check_source, collect, git_info, GitInfo, Listing, Rules, BST_OWNED};
+pub use listing::{check_in_git, check_source, collect, git_info, GitInfo, Listing, Rules};
 pub use manifest::{decode, encode, encode_patch, encode_paths, local_manifest, plan, HashCache, ManifestCache, Plan, Record};
-pub use tar::{stream_tar, write_tar_gz, Extra, Framing, Rates, Stats};
+pub use tar::{stream_tar, Extra, Framing, Stats};

@@ -40,76 +40,9 @@ pub enum Framing {
     Tar,
 }
 
-/// Streams `entries` as a gzip'd tar into `w`. Memory stays bounded: files are copied
-/// through, never loaded whole. `progress` gets each entry's content size.
-pub fn write_tar_gz<W: Write>(
-    source: &Path,
-    entries: &[Entry],
-    w: W,
-    level: u32,
-    progress: &mut dyn FnMut(&Entry, u64),
-) -> anyhow::Result<Stats> {
-    write_tar_gz_with(source, entries, &[], w, level, progress)
-}
-
 /// Files bst adds to the stream after the snapshot (the manifest, removals). Shared: the
 /// manifest of 50,000 files is 5 MB, already encoded once for the client's own cache.
 pub type Extra = (String, std::sync::Arc<Vec<u8>>);
-
-pub fn write_tar_gz_with<W: Write>(
-    source: &Path,
-    entries: &[Entry],
-    extra: &[Extra],
-    w: W,
-    level: u32,
-    progress: &mut dyn FnMut(&Entry, u64),
-) -> anyhow::Result<Stats> {
-    let open = std::rc::Rc::new(std::cell::Cell::new(true));
-    let valve = Valve { inner: w, open: open.clone() };
-    let gz = flate2::write::GzEncoder::new(valve, flate2::Compression::new(level));
-    let mut tar = tar::Builder::new(gz);
-    tar.follow_symlinks(false);
-    match append_all(&mut tar, source, entries, progress, &mut |_, _| {}).and_then(|stats| {
-        append_extra(&mut tar, extra)?;
-        Ok(stats)
-    }) {
-        Ok(stats) => {
-            let gz = tar.into_inner()?;
-            let mut w = gz.finish()?;
-            w.flush()?;
-            Ok(stats)
-        }
-        Err(e) => {
-            // tar::Builder and GzEncoder finish the archive in Drop. After a failure or
-            // Ctrl-C that would hand the server a well-formed but truncated snapshot.
-            open.set(false);
-            drop(tar);
-            Err(e)
-        }
-    }
-}
-
-/// Passes writes through until closed; then every write fails.
-struct Valve<W> {
-    inner: W,
-    open: std::rc::Rc<std::cell::Cell<bool>>,
-}
-
-impl<W: Write> Write for Valve<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if !self.open.get() {
-            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "snapshot aborted"));
-        }
-        self.inner.write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if !self.open.get() {
-            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "snapshot aborted"));
-        }
-        self.inner.flush()
-    }
-}
 
 fn append_extra<W: Write>(tar: &mut tar::Builder<W>, extra: &[Extra]) -> anyhow::Result<()> {
     for (path, data) in extra {
@@ -563,11 +496,21 @@ mod tests {
             Entry { path: "a".into(), kind: Kind::File { exec: false }, stat: None },
             Entry { path: "missing".into(), kind: Kind::File { exec: false }, stat: None },
         ];
-        let mut buf = Vec::new();
-        assert!(write_tar_gz(d.path(), &entries, &mut buf, 1, &mut |_, _| {}).is_err());
-        let mut out = Vec::new();
-        let gz = flate2::read::GzDecoder::new(&buf[..]).read_to_end(&mut out);
-        assert!(gz.is_err(), "the gzip stream must stay unfinished, not a valid archive of the files so far");
+        // The server trusts only a stream that ends with the completion marker: a snapshot
+        // that fails half-way must never send it, whatever members went out before.
+        let extra = [(crate::layout::COMPLETE_MARKER.to_string(), std::sync::Arc::new(Vec::new()))];
+        for framing in [Framing::Gzip(1), Framing::Tar] {
+            let mut buf = Vec::new();
+            assert!(stream_tar(d.path(), &entries, &extra, &mut buf, framing, &|_, _| {}).is_err());
+            let mut raw = Vec::new();
+            let _ = flate2::read::MultiGzDecoder::new(&buf[..]).read_to_end(&mut raw);
+            let tar_bytes = if framing == Framing::Tar { &buf } else { &raw };
+            let names: Vec<String> = tar::Archive::new(&tar_bytes[..])
+                .entries()
+                .map(|es| es.filter_map(|e| Some(e.ok()?.path().ok()?.to_string_lossy().into_owned())).collect())
+                .unwrap_or_default();
+            assert!(!names.iter().any(|n| n == crate::layout::COMPLETE_MARKER), "{framing:?}: {names:?}");
+        }
     }
 
     #[cfg(unix)]
@@ -582,7 +525,7 @@ mod tests {
         let src = d.path().join("src");
         let entries = collect(&src, &Rules { allow_no_git: true, ..Rules::default() }).unwrap().entries;
         let mut buf = Vec::new();
-        let stats = write_tar_gz(&src, &entries, &mut buf, 1, &mut |_, _| {}).unwrap();
+        let stats = stream_tar(&src, &entries, &[], &mut buf, Framing::Gzip(1), &|_, _| {}).unwrap();
         assert_eq!(stats.files, 3);
         std::fs::create_dir(d.path().join("out")).unwrap();
         let mut child =
