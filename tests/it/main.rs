@@ -5,6 +5,7 @@
 mod after_switch;
 mod core;
 mod delta;
+mod docs;
 mod ecosystem;
 mod envfile;
 mod faults;
