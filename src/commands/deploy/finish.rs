@@ -1,0 +1,175 @@
+//! After the upload: the build, the switch (unless the upload script made it), prune.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{ms, Deploy, Phases, Prepared, Uploaded, GZIP_LEVEL};
+use crate::commands::lock;
+use crate::error::Error;
+use crate::release::Status;
+use crate::report::human_bytes;
+use crate::transport::{Stream, Transport};
+use crate::watchdog;
+use crate::workspace;
+
+impl Deploy<'_> {
+    /// After the upload: a stale pristine copy means one more (full) upload; then the build and
+    /// the switch when the upload script did not already switch. Returns what was pruned, the
+    /// warnings, and (files sent, files removed) for a delta.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn after_upload(
+        &self,
+        t: &mut dyn Transport,
+        prep: &mut Prepared,
+        entries: &[workspace::Entry],
+        manifest: &Arc<Vec<u8>>,
+        uploaded: Option<Uploaded>,
+        phases: &mut Phases,
+    ) -> anyhow::Result<(Vec<String>, Vec<String>, Option<(usize, usize)>)> {
+        let Deploy { target, p, ref held, ref link, build, combined, started, upload_started, .. } = *self;
+        let id = prep.meta.id.clone();
+        let mut warnings = Vec::new();
+        if p.verbose > 0 {
+            if let Some((out, _)) = &uploaded {
+                for v in out.stderr_str().lines().filter_map(|l| l.strip_prefix("V ")) {
+                    eprintln!("server cache: {v}");
+                }
+            }
+        }
+        let (mut out, stats) = match uploaded {
+            Some((out, _)) if prep.plan.is_some() && out.status == crate::remote::DELTA_STALE => {
+                p.warn("the server's pristine copy changed under us; sending the full snapshot");
+                prep.plan = None;
+                self.upload_once(t, prep, entries, manifest, combined)?
+            }
+            Some(u) => u,
+            None => self.upload_once(t, prep, entries, manifest, combined)?,
+        };
+        let delta_used = prep.plan.as_ref().map(|(_, pl)| (pl.send.len(), pl.remove.len()));
+        let text = out.stdout_str();
+        let mark = |tag: &str| text.lines().find_map(|l| l.strip_prefix(tag)?.strip_prefix(' ')?.parse::<u64>().ok());
+        let switched = text.lines().any(|l| l == "SWITCHED");
+        let uploaded = !combined || mark("TU").is_some();
+        if !switched && (out.status != 0 || !uploaded) {
+            let mut msg = if uploaded {
+                format!("switching current to {id} failed: {}", out.stderr_str())
+            } else {
+                format!("upload failed: {}", out.stderr_str())
+            };
+            if let Some(fe) = &out.feed_error {
+                msg.push_str(&format!(" (while sending: {fe:#})"));
+            }
+            return Err(Error::Failed(msg).into());
+        }
+        if let Some(fe) = out.feed_error.take() {
+            if !switched {
+                return Err(fe.context("upload failed"));
+            }
+        }
+        for w in text.lines().filter_map(|l| l.strip_prefix("W ")) {
+            p.warn(w);
+            warnings.push(w.to_string());
+        }
+        p.timing(started, "upload command done");
+        phases.switch_ms = match (mark("TU"), mark("TS")) {
+            (Some(u), Some(s)) => s.saturating_sub(u),
+            _ => 0,
+        };
+        phases.upload_ms = ms(upload_started).saturating_sub(phases.switch_ms);
+        if p.verbose > 0 {
+            match (link.framing, stats.level) {
+                (workspace::Framing::Tar, _) => {
+                    eprintln!("compression: none, bare tar (storing beat gzip on this link when last measured)")
+                }
+                (_, Some(0)) => eprintln!(
+                    "compression: stored (measured against gzip level {GZIP_LEVEL}){}",
+                    if link.kept() { "; later uploads to this host send bare tar" } else { "" }
+                ),
+                (_, Some(level)) => eprintln!("compression: gzip level {level} (measured against storing)"),
+                (_, None) => {}
+            }
+        }
+        let local_files = prep.meta.files;
+        p.status(match delta_used {
+            Some((sent, removed)) => format!(
+                "uploaded {sent} changed files ({}), {removed} removed, of {local_files} in {:.1}s",
+                human_bytes(stats.bytes),
+                phases.upload_ms as f64 / 1000.0
+            ),
+            None => format!("uploaded {} files ({}) in {:.1}s", stats.files, human_bytes(stats.bytes), phases.upload_ms as f64 / 1000.0),
+        });
+        let meta = &mut prep.meta;
+        if combined {
+            if out.status != 0 {
+                p.warn(format!("the release went live, but a step after the switch failed: {}", out.stderr_str()));
+            }
+            meta.status = Status::Ok;
+            meta.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+            let pruned = crate::remote::pruned_ids(&text);
+            return Ok((pruned, warnings, delta_used));
+        }
+
+        if build {
+            let steps: Vec<&str> = target.install.iter().chain(&target.build).map(String::as_str).collect();
+            if steps.is_empty() {
+                p.warn(format!("--build given but target `{}` has no `install` or `build` command", target.name));
+            } else {
+                p.status(format!("building in {}/releases/{id} (log: logs/{id}.log)", target.base));
+                let script = crate::remote::build(&target.base, &id, &target.name, &steps);
+                let build_started = Instant::now();
+                let rc = t.run_streaming(&script, &mut |_: Stream, data: &[u8]| p.passthrough(data))?;
+                phases.build_ms = Some(ms(build_started));
+                if rc != 0 {
+                    return Err(Error::Failed(format!("build failed with exit code {rc} (log: {}/logs/{id}.log)", target.base)).into());
+                }
+            }
+        }
+
+        meta.status = Status::Ok;
+        meta.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+        let mut script = crate::remote::finish_deploy(
+            &target.base,
+            &id,
+            &serde_json::to_string(&meta)?,
+            if prep.gated { &[] } else { &prep.prune },
+            &prep.audit_json,
+            &held.token,
+            prep.gated,
+        );
+        if prep.gated {
+            // Armed before the switch, in the same script: from the moment `current` moves, the
+            // way back no longer depends on this client staying alive.
+            let mut failed = meta.clone();
+            failed.status = Status::Failed;
+            let previous = prep.state.current.as_deref();
+            failed.error = Some(match previous {
+                Some(prev) => format!("not confirmed healthy; the server's watchdog switched back to {prev}"),
+                None => "not confirmed healthy, and there was no earlier release to switch back to".to_string(),
+            });
+            let arm = watchdog::Arm {
+                token: &held.token,
+                secs: watchdog::deadline_secs(target, 1),
+                restore: previous,
+                trial: Some((&id, serde_json::to_string(&failed)?)),
+                audit_members: watchdog::audit_members(&lock::who(), &target.name, previous, Some(&id)),
+                restart: watchdog::restart_script(target),
+            };
+            script = crate::watchdog::arm(&target.base, &arm) + &script;
+        }
+        let switch_started = Instant::now();
+        let out = {
+            let _critical = crate::interrupt::Critical::enter();
+            t.run(&script)?
+        };
+        phases.switch_ms = ms(switch_started);
+        let text = out.stdout_str();
+        if out.status != 0 || !text.lines().any(|l| l == "SWITCHED") {
+            return Err(Error::Failed(format!("switching current to {id} failed: {}", out.stderr_str())).into());
+        }
+        for w in text.lines().filter_map(|l| l.strip_prefix("W ")) {
+            p.warn(w);
+            warnings.push(w.to_string());
+        }
+        Ok((crate::remote::pruned_ids(&text), warnings, delta_used))
+    }
+}

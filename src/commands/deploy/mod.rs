@@ -1,0 +1,380 @@
+//! `bst deploy`: snapshot → one streamed upload → optional build → atomic switch → prune.
+//! Any failure leaves `current` where it was, marks the new release failed, removes the
+//! staging dir and releases the lock.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::gate::{health_gate, Trial};
+use super::lock::{self, Held};
+use crate::error::Error;
+use crate::release::{self, Meta, State};
+use crate::report::{human_bytes, Printer};
+use crate::settings::{Globals, Target};
+use crate::transport;
+use crate::workspace;
+
+mod finish;
+mod plan;
+mod recover;
+mod upload;
+
+use plan::listing_rules;
+use upload::{announce, progress_bar, send_snapshot, show_continuation, upload_parts, Background};
+
+/// Level 1: ~4x faster than 6 for ~7% more bytes. The stream measures it against storing
+/// (see `workspace::Probe`) and keeps whichever moves the snapshot faster over this link.
+const GZIP_LEVEL: u32 = 1;
+
+#[derive(Debug, Serialize)]
+struct Summary<'a> {
+    schema_version: u32,
+    target: &'a str,
+    release_id: &'a str,
+    previous: Option<&'a str>,
+    status: &'static str,
+    build: bool,
+    files: u64,
+    bytes: u64,
+    bytes_sent: u64,
+    duration_ms: u64,
+    pruned: Vec<String>,
+    warnings: Vec<String>,
+    /// Files that looked like secrets and were not shipped.
+    withheld: Vec<String>,
+    phases_ms: Phases,
+    /// Only changed files were sent (the server kept a pristine copy of the last snapshot).
+    delta: bool,
+    files_sent: u64,
+    /// How the snapshot travelled: `tar.gz` or `tar`.
+    stream: &'static str,
+}
+
+/// Wall time per phase, for the summary and `--json` (benchmarks read it).
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+struct Phases {
+    snapshot_ms: u64,
+    upload_ms: u64,
+    build_ms: Option<u64>,
+    switch_ms: u64,
+}
+
+fn ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Everything decided once the lock is held and the state is known, before the upload.
+struct Prepared {
+    state: State,
+    meta: Meta,
+    plan: Option<(String, workspace::Plan)>,
+    /// What the upload script runs after it: the whole end of the deploy, or the cache job.
+    tail: String,
+    prologue: String,
+    meta_json: String,
+    prune: Vec<String>,
+    audit_json: String,
+    gated: bool,
+    /// What `<base>/.bst-cache/generation` says once this upload is in the pristine copy.
+    generation: String,
+    /// Manifest records to append on the server instead of a whole manifest (delta only).
+    patch: Option<Vec<u8>>,
+}
+
+/// One deploy's fixed inputs: what every step after the lock needs and none of them changes.
+struct Deploy<'a> {
+    target: &'a Target,
+    globals: &'a Globals,
+    p: &'a Printer,
+    held: Held,
+    link: workspace::LinkMemo,
+    build: bool,
+    /// Restart and health-check after the switch, with the server's watchdog armed.
+    gated: bool,
+    /// Neither a build nor a gate: the upload script also switches, in one remote command.
+    combined: bool,
+    started: Instant,
+    upload_started: Instant,
+}
+
+pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart: bool) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let rules = listing_rules(target);
+    let manifests = workspace::ManifestCache::for_target(&format!("{}:{}", target.host_label(), target.base));
+    let link = workspace::LinkMemo::for_host(&target.host_label(), GZIP_LEVEL);
+    // Refused here, before anything touches the server; later listing errors still leave it
+    // unchanged (the lock is released), but may have created an empty base on a first deploy.
+    workspace::check_source(&target.source, &target.exclude)?;
+    workspace::check_in_git(&target.source, &rules)?;
+    // The listing and hashing, git's view of the workspace and the cached manifest run while
+    // the connection is made and the remote command takes the lock and reports the state
+    // (at 50,000 files each is tens to hundreds of milliseconds, as is a round trip): they
+    // are waited for only where first needed.
+    let mut scan = {
+        let (source, trace) = (target.source.clone(), p.verbose > 1);
+        Background::spawn(move || {
+            let mut hashes = {
+                let source = source.clone();
+                Background::spawn(move || workspace::HashCache::open(&source))
+            };
+            let workspace::Listing { entries, untracked, withheld, git } = workspace::collect(&source, &rules)?;
+            crate::report::timing(trace, started, format_args!("listed {} files", entries.len()));
+            let mut hashes = hashes.take().expect("taken once");
+            let local = workspace::local_manifest(&source, &entries, &mut hashes);
+            let encoded = Arc::new(workspace::encode(&local));
+            let ms = ms(started);
+            crate::report::timing(trace, started, "hashed (cache hits and changed files)");
+            // Written while the deploy goes on; `Listed` holds the writer until the end.
+            let saving = hashes
+                .pending(&local, &encoded)
+                .map(|(file, data)| Background::spawn(move || workspace::cache::write_atomic(&file, &data)));
+            anyhow::Ok(Listed { entries, local, encoded, ms, saving: saving.into_iter().collect(), untracked, withheld, git })
+        })
+    };
+    let mut git = {
+        let (source, trace) = (target.source.clone(), p.verbose > 1);
+        Background::spawn(move || {
+            let info = workspace::git_info(&source);
+            crate::report::timing(trace, started, "git commit, branch and status read");
+            info
+        })
+    };
+    let mut preloaded = {
+        let manifests = manifests.clone();
+        Background::spawn(move || manifests.load())
+    };
+    let mut t = transport::connect(&target.host, globals)?;
+    p.timing(started, "connected");
+    let owner = lock::new_owner("deploy");
+    let held = Held { token: owner.token.clone() };
+    let known = manifests.generation();
+    let session = crate::remote::deploy_session(
+        &target.base,
+        &serde_json::to_string(&owner)?,
+        &owner.token,
+        known.as_deref().unwrap_or(""),
+        &target.forbidden_paths,
+    );
+    let gated = restart && !target.restart.is_empty();
+    // Without a build or a health gate nothing needs the client between the upload and the
+    // switch: the upload script also switches (one remote command for the whole deploy).
+    let combined = !build && !gated;
+    let mut broke = false;
+    let mut listed: Option<Listed> = None;
+    let d = Deploy { target, globals, p, held, link, build, gated, combined, started, upload_started: Instant::now() };
+    let mut attempts = 0;
+    let (prep, first) = loop {
+        attempts += 1;
+        let mut prep: Option<Prepared> = None;
+        let mut refusal: Option<anyhow::Error> = None;
+        let mut head_text = String::new();
+        let mut stats = workspace::Stats::default();
+        let mut bar = None;
+        let mut guard = None;
+        // One remote command: lock + state + manifest, then (same command) upload and switch.
+        let r = t.converse(&session, &mut |i| {
+            let head = i.read_until(&|b| crate::remote::split_session_head(b).is_some())?;
+            let Some((listing, remote_manifest)) = crate::remote::split_session_head(&head) else {
+                head_text = String::from_utf8_lossy(&head).into_owned();
+                return Ok(());
+            };
+            p.timing(started, "server state received (lock held)");
+            let listing = String::from_utf8_lossy(listing);
+            let state = release::parse_state(&listing);
+            super::tell_watchdog(p, &state);
+            // The server still holds the manifest this client left there: no need to send it.
+            let same: Option<usize> = listing.lines().find_map(|l| l.strip_prefix("MSAME ")?.parse().ok());
+            let cached = match (same, &state.cache_generation) {
+                (Some(_), Some(g)) => preloaded.take().flatten().or_else(|| manifests.load()).filter(|(cg, _)| cg == g),
+                _ => None,
+            };
+            let remote = match (remote_manifest, cached, same) {
+                (Some(gz), _, _) => Remote::Gz(gz),
+                (None, Some((_, recs)), Some(len)) => Remote::Known(recs, len),
+                _ => Remote::None,
+            };
+            if p.verbose > 0 {
+                match &remote {
+                    Remote::Gz(gz) => eprintln!("server manifest: received ({} bytes gzip'd)", gz.len()),
+                    Remote::Known(..) => eprintln!("server manifest: as this client left it, not sent"),
+                    Remote::None => eprintln!("server manifest: none (full upload)"),
+                }
+            }
+            let l = match &mut listed {
+                Some(l) => l,
+                None => match scan.take().expect("the listing is taken once") {
+                    Ok(l) => {
+                        announce(target, p, &l);
+                        listed.insert(l)
+                    }
+                    Err(e) => {
+                        // Closing stdin without BST-GO: the script unlocks and exits.
+                        refusal = Some(e);
+                        return Ok(());
+                    }
+                },
+            };
+            // Untracked files that ship make the release differ from the commit as surely as
+            // an edit does.
+            let mut git = git.get().clone();
+            git.dirty = git.dirty.map(|d| d || l.untracked > 0);
+            let pr = match d.prepare(state, remote, &l.local, &git) {
+                Ok(pr) => pr,
+                Err(e) => {
+                    refusal = Some(e);
+                    return Ok(());
+                }
+            };
+            let (script, send, extra) = upload_parts(target, &pr, &l.entries, &l.encoded, d.link.framing);
+            let mut continuation = format!("{}{script}{}", pr.prologue, pr.tail);
+            if !continuation.ends_with('\n') {
+                continuation.push('\n');
+            }
+            show_continuation(p, &continuation);
+            p.timing(started, "deploy prepared, upload starts");
+            prep = Some(pr);
+            i.write_all(continuation.as_bytes())?;
+            i.write_all(b"BST-GO\n")?;
+            bar = progress_bar(p, target, &send);
+            stats = send_snapshot(target, &d.link, &send, &extra, i.as_write(), bar.as_ref(), combined.then_some(&mut guard))?;
+            Ok(())
+        });
+        drop(guard);
+        if let Some(b) = &bar {
+            b.finish_and_clear();
+        }
+        match (r, prep) {
+            (Ok(out), Some(pr)) => break (pr, Ok((out, stats))),
+            // The server may go on without us: what it did is found out below.
+            (Err(e), Some(pr)) => break (pr, Err(e)),
+            (Err(e), None) => {
+                // The server may hold the lock for us with nobody reading: release it.
+                let _ = t.run(&crate::remote::unlock(&target.base, &d.held.token));
+                return Err(e);
+            }
+            (Ok(out), None) => {
+                if let Some(e) = refusal {
+                    return Err(e);
+                }
+                if out.status != 0 {
+                    return Err(lock::cannot_prepare(target, &out.stderr_str()));
+                }
+                lock::not_locked(&mut *t, target, &head_text, &mut broke, p)?;
+                if attempts >= lock::ATTEMPTS {
+                    return Err(Error::Locked { target: target.name.clone(), holder: "another run".into() }.into());
+                }
+            }
+        }
+    };
+    let mut prep = prep;
+    let Listed { entries, encoded, ms: snapshot_ms, mut saving, withheld, .. } = listed.expect("a prepared deploy has its listing");
+    // What the server's manifest will say (by content), for the next deploy from here.
+    let generation = prep.generation.clone();
+    saving.push({
+        let encoded = Arc::clone(&encoded);
+        Background::spawn(move || manifests.save(&generation, &encoded))
+    });
+    let mut phases = Phases { snapshot_ms, ..Phases::default() };
+    let done = match first {
+        Ok(uploaded) => d.after_upload(&mut *t, &mut prep, &entries, &encoded, Some(uploaded), &mut phases),
+        Err(e) => Err(e),
+    };
+    let done = match done {
+        Ok(d) => Ok((d, t)),
+        // Ok: the connection dropped, and over a new one the server says it switched.
+        Err(e) => d.fail(&mut *t, &prep, e).map(|(fresh, note)| {
+            let delta_used = prep.plan.as_ref().map(|(_, pl)| (pl.send.len(), pl.remove.len()));
+            ((Vec::new(), vec![note], delta_used), fresh)
+        }),
+    };
+    match done {
+        Ok(((mut pruned, mut warnings, delta_used), mut t)) => {
+            let withheld: Vec<String> = withheld.into_iter().map(|(p, _)| p).collect();
+            warnings.extend(withheld.iter().map(|w| format!("not shipped (looks like a secret): {w}")));
+            let id = prep.meta.id.clone();
+            let interrupted = crate::interrupt::check().is_err();
+            if interrupted && !gated {
+                return Err(anyhow::Error::from(Error::Interrupted)
+                    .context(format!("interrupted during the switch, which completed: current -> releases/{id}")));
+            }
+            if gated {
+                // Pruned only now: only now is it known which releases are no longer needed
+                // to switch back to.
+                let trial =
+                    Trial { id: &prep.meta.id, previous: prep.state.current.as_deref(), held: &d.held, interrupted, prune: &prep.prune };
+                pruned = health_gate(&mut *t, target, globals, p, &trial)?;
+            }
+            let meta = &prep.meta;
+            let sent = t.bytes_sent();
+            p.status(format!(
+                "deployed {} to {} in {:.1}s ({} files, {}, {} sent; snapshot {} ms, upload {} ms{}, switch {} ms){}",
+                id,
+                target.name,
+                started.elapsed().as_secs_f64(),
+                meta.files,
+                human_bytes(meta.bytes),
+                human_bytes(sent),
+                phases.snapshot_ms,
+                phases.upload_ms,
+                phases.build_ms.map_or(String::new(), |b| format!(", build {b} ms")),
+                phases.switch_ms,
+                if pruned.is_empty() { String::new() } else { format!("; pruned {}", pruned.join(", ")) }
+            ));
+            p.out(format!("{}: current -> releases/{id}", target.name));
+            p.timing(started, "done");
+            p.json(&Summary {
+                schema_version: 1,
+                target: &target.name,
+                release_id: &id,
+                previous: prep.state.current.as_deref(),
+                status: "ok",
+                build,
+                files: meta.files,
+                bytes: meta.bytes,
+                bytes_sent: sent,
+                duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                pruned,
+                warnings,
+                withheld,
+                phases_ms: phases,
+                delta: delta_used.is_some(),
+                files_sent: delta_used.map_or(meta.files, |(sent, _)| sent as u64),
+                stream: if d.link.framing == workspace::Framing::Tar { "tar" } else { "tar.gz" },
+            });
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The workspace as it ships: entries to stream and their manifest.
+struct Listed {
+    entries: Vec<workspace::Entry>,
+    local: Vec<workspace::Record>,
+    /// `local`, encoded once: both caches and the upload's manifest share it.
+    encoded: Arc<Vec<u8>>,
+    /// How long listing and hashing took (the summary's snapshot phase).
+    ms: u64,
+    /// Cache files being written.
+    saving: Vec<Background<()>>,
+    /// Shipped files git does not track.
+    untracked: usize,
+    /// Held back as secrets (named to the user).
+    withheld: Vec<(String, &'static str)>,
+    /// Listed from git (else a walk).
+    git: bool,
+}
+
+/// What the client knows of the server's manifest.
+enum Remote<'a> {
+    /// Sent by the server, gzip'd.
+    Gz(&'a [u8]),
+    /// The one this client left there (the server said its generation is unchanged), and the
+    /// size of the server's copy.
+    Known(Vec<workspace::Record>, usize),
+    None,
+}
+
+type Uploaded = (crate::transport::Output, workspace::Stats);
