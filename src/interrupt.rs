@@ -14,7 +14,12 @@ static CRITICAL: AtomicBool = AtomicBool::new(false);
 pub fn install() {
     let _ = ctrlc::set_handler(|| {
         if SEEN.swap(true, Ordering::SeqCst) {
-            eprintln!("bst: interrupted again, exiting without cleanup");
+            // The signal thread, below the printer (which asks this module whether a signal
+            // came): a second Ctrl-C exits at once and says so.
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("bst: interrupted again, exiting without cleanup");
+            }
             std::process::exit(code::INTERRUPTED);
         }
         PENDING.store(true, Ordering::SeqCst);

@@ -1,6 +1,10 @@
 //! bst: a single-binary deploy tool. Data flows one way: CLI + targets.toml → settings →
 //! remote scripts run over a transport → a report.
 
+// Output goes through `report` (the printer, `diag`, `prompt`): one place decides what a
+// quiet, JSON or verbose run shows.
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod cli;
 mod commands;
 pub mod complete;

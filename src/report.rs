@@ -1,6 +1,8 @@
 //! One printer decides what goes where: results on stdout (a table, or one JSON document
 //! with `--json`), progress and logs on stderr, nothing but errors with `-q`.
 
+#![allow(clippy::print_stdout, clippy::print_stderr)] // the one module that writes to the terminal
+
 use std::io::{IsTerminal, Write};
 
 use serde::Serialize;
@@ -31,6 +33,18 @@ pub struct Printer {
     /// printed its own document and then failed (a gate's FAIL, an unhealthy service) gets
     /// no second, error document.
     printed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// A diagnostic from code below the printer (the transport): the caller has checked the
+/// verbosity, or the line is one the user must see (a recorded host key).
+pub fn diag(line: impl std::fmt::Display) {
+    eprintln!("{line}");
+}
+
+/// A prompt's text, left on the line for the answer.
+pub fn prompt(text: impl std::fmt::Display) {
+    eprint!("{text}");
+    let _ = std::io::stderr().flush();
 }
 
 /// [`Printer::timing`] for threads that have no printer.
@@ -99,6 +113,18 @@ impl Printer {
             color_err: use_color(g.color, g.json, stderr_tty),
             printed: Default::default(),
         }
+    }
+
+    /// A `-v` diagnostic: what bst decided and why (the manifest it used, the compression).
+    pub fn verbose(&self, msg: impl AsRef<str>) {
+        if self.verbose > 0 {
+            eprintln!("{}", msg.as_ref());
+        }
+    }
+
+    /// A line on stderr that belongs to a result already shown (a failed unit's journal).
+    pub fn detail(&self, msg: impl AsRef<str>) {
+        eprintln!("{}", msg.as_ref());
     }
 
     /// Progress and status, for humans.

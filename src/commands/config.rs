@@ -149,7 +149,7 @@ pub fn validate(p: &Printer, path: &Path) -> anyhow::Result<()> {
         }
     }
     for e in &bad {
-        eprintln!("error: {e}");
+        p.detail(format!("error: {e}"));
     }
     p.out(format!(
         "{}: {} target(s) valid{}",

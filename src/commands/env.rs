@@ -89,7 +89,7 @@ fn read_secret(key: &str) -> anyhow::Result<String> {
     let stdin = std::io::stdin();
     let mut value = String::new();
     if stdin.is_terminal() {
-        eprint!("value for {key} (input hidden, then Enter): ");
+        crate::report::prompt(format_args!("value for {key} (input hidden, then Enter): "));
         value = crate::platform::read_hidden_line()?;
     } else {
         stdin.lock().read_to_string(&mut value)?;

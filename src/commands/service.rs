@@ -133,7 +133,7 @@ fn report(
         }
         if !r.ok {
             for j in &r.state.journal {
-                eprintln!("  | {j}");
+                p.detail(format!("  | {j}"));
             }
         }
     }

@@ -121,8 +121,8 @@ pub fn connect(host: &Host, globals: &Globals) -> anyhow::Result<Box<dyn Transpo
 pub(crate) fn show_command(verbose: u8, where_: &str, script: &str) {
     match verbose {
         0 => {}
-        1 => eprintln!("[{where_}] $ {}", one_line(script, ONE_LINE_WIDTH)),
-        _ => eprintln!("[{where_}] $ {}", script.trim_end().replace('\n', "\n    ")),
+        1 => crate::report::diag(format_args!("[{where_}] $ {}", one_line(script, ONE_LINE_WIDTH))),
+        _ => crate::report::diag(format_args!("[{where_}] $ {}", script.trim_end().replace('\n', "\n    "))),
     }
 }
 

@@ -4,6 +4,9 @@
 //! After authentication the session is non-blocking and every wait goes through
 //! [`Pump::wait`]: it polls the socket, sends keepalives (ssh2 only configures them), and
 //! turns Ctrl-C into an error, so long silent builds neither drop nor hang the run.
+//!
+//! Size: ~860 lines, because everything that touches ssh2 (its non-blocking quirks, the host
+//! key, auth, jump tunnels) stays behind this one file; nothing else in bst imports ssh2.
 
 use std::io::{self, BufWriter, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -230,7 +233,7 @@ fn notice_start(s: &Ssh, g: &Globals) {
     let line = format!("connecting to {}:{}…", s.host, s.port);
     let h = std::thread::spawn(move || {
         if rx.recv_timeout(NOTICE_AFTER) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
-            eprintln!("{line}");
+            crate::report::diag(line);
         }
     });
     *NOTICE.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((tx, h));
@@ -365,7 +368,7 @@ impl Transport for SshTransport {
         timeout: Duration,
     ) -> anyhow::Result<Vec<u8>> {
         if self.verbose > 0 {
-            eprintln!("[{}] tcp {host}:{port} (direct-tcpip)", self.label);
+            crate::report::diag(format_args!("[{}] tcp {host}:{port} (direct-tcpip)", self.label));
         }
         let deadline = Instant::now() + timeout;
         let pump = &self.pump;
@@ -518,7 +521,7 @@ fn open_session(s: &Ssh, g: &Globals, depth: u32) -> anyhow::Result<Opened> {
 fn note_ignored(s: &Ssh, g: &Globals) {
     if g.verbose > 0 && !s.ignored.is_empty() {
         let list: Vec<String> = s.ignored.iter().map(|(k, at)| format!("{k} ({at})")).collect();
-        eprintln!("bst: ssh config for {}: not used by bst: {}", s.alias, list.join(", "));
+        crate::report::diag(format_args!("bst: ssh config for {}: not used by bst: {}", s.alias, list.join(", ")));
     }
 }
 
@@ -754,7 +757,7 @@ fn verify_host_key(
                 return Err(Error::HostKeyUnknown { host: s.host.clone(), port: s.port, fingerprint: fp, known_hosts: shown }.into());
             };
             append_known_host(&path, &crate::known_hosts::line(name, &kind, key, s.hash_known_hosts))?;
-            eprintln!("bst: recorded host key {fp} for {name} in {shown}");
+            crate::report::diag(format_args!("bst: recorded host key {fp} for {name} in {shown}"));
             Ok(())
         }
     }
@@ -787,7 +790,7 @@ fn passphrase_for(path: &Path) -> Option<String> {
     }
     // A hop's key may be asked for while the target's notice is still pending: not mid-prompt.
     notice_stop();
-    eprint!("passphrase for {}: ", path.display());
+    crate::report::prompt(format_args!("passphrase for {}: ", path.display()));
     let line = crate::platform::read_hidden_line().ok()?;
     Some(line.trim_end_matches(['\n', '\r']).to_string())
 }

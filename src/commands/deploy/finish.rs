@@ -32,7 +32,7 @@ impl Deploy<'_> {
         if p.verbose > 0 {
             if let Some((out, _)) = &uploaded {
                 for v in out.stderr_str().lines().filter_map(|l| l.strip_prefix("V ")) {
-                    eprintln!("server cache: {v}");
+                    p.verbose(format!("server cache: {v}"));
                 }
             }
         }
@@ -79,13 +79,13 @@ impl Deploy<'_> {
         if p.verbose > 0 {
             match (link.framing, stats.level) {
                 (workspace::Framing::Tar, _) => {
-                    eprintln!("compression: none, bare tar (storing beat gzip on this link when last measured)")
+                    p.verbose("compression: none, bare tar (storing beat gzip on this link when last measured)")
                 }
-                (_, Some(0)) => eprintln!(
+                (_, Some(0)) => p.verbose(format!(
                     "compression: stored (measured against gzip level {GZIP_LEVEL}){}",
                     if link.kept() { "; later uploads to this host send bare tar" } else { "" }
-                ),
-                (_, Some(level)) => eprintln!("compression: gzip level {level} (measured against storing)"),
+                )),
+                (_, Some(level)) => p.verbose(format!("compression: gzip level {level} (measured against storing)")),
                 (_, None) => {}
             }
         }

@@ -197,9 +197,9 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
             };
             if p.verbose > 0 {
                 match &remote {
-                    Remote::Gz(gz) => eprintln!("server manifest: received ({} bytes gzip'd)", gz.len()),
-                    Remote::Known(..) => eprintln!("server manifest: as this client left it, not sent"),
-                    Remote::None => eprintln!("server manifest: none (full upload)"),
+                    Remote::Gz(gz) => p.verbose(format!("server manifest: received ({} bytes gzip'd)", gz.len())),
+                    Remote::Known(..) => p.verbose("server manifest: as this client left it, not sent"),
+                    Remote::None => p.verbose("server manifest: none (full upload)"),
                 }
             }
             let l = match &mut listed {

@@ -69,7 +69,7 @@ impl Deploy<'_> {
         };
         if p.verbose > 0 {
             if let Some((g, pl)) = &plan {
-                eprintln!("delta against {g}: {} to send, {} to remove, of {}", pl.send.len(), pl.remove.len(), local.len());
+                p.verbose(format!("delta against {g}: {} to send, {} to remove, of {}", pl.send.len(), pl.remove.len(), local.len()));
             }
         }
         if plan.as_ref().is_some_and(|(_, pl)| pl.send.len() * 5 > local.len() * 4) {
