@@ -18,6 +18,8 @@
 //! whole module in a debug build on 2 cores). A longer run, about a minute:
 //! `BST_FUZZ_CASES=200000 cargo test --lib corpus_tests`. `PROPTEST_RNG_SEED=<n>` makes a run
 //! repeatable.
+//!
+//! Size: test code only, one section per parser; the corpus files are the data.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;

@@ -4,6 +4,9 @@
 //! CPU's SHA extensions make it ~2 GB/s), not by mtime: a CI checkout or a second laptop has
 //! fresh mtimes for every file, and must still send only what differs. Hashes are cached
 //! locally by path, size and mtime, so a redeploy hashes only the files that were touched.
+//!
+//! Size: about 380 lines of code; the rest is its tests (encode/decode round trips, the
+//! racy-clean rule, a corrupt cache).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
