@@ -163,19 +163,6 @@ pub fn resolve_ssh(
     })
 }
 
-/// [`resolve_ssh`] for the host a target names, with its ProxyJump chain resolved too.
-fn resolve_target_ssh(
-    alias: &str,
-    user: Option<String>,
-    port: Option<u16>,
-    identity_file: Option<&str>,
-    known_hosts: Option<&str>,
-) -> Result<Ssh, String> {
-    let mut s = resolve_ssh(alias, user, port, identity_file, known_hosts)?;
-    resolve_jumps(&mut s, 0);
-    Ok(s)
-}
-
 /// Resolves the ProxyJump hops of `s` (opened at `depth`) as `ssh -J a,b` reads them: each
 /// hop through its own ssh config, the first one with its own ProxyJump or ProxyCommand,
 /// the later ones reached through the hop before. A hop that does not resolve keeps its
@@ -324,7 +311,12 @@ pub fn resolve_target(config: &Config, name: &str) -> anyhow::Result<Target> {
         Some(h) if h == "local" => Some(Host::Local),
         Some(host_s) => {
             let key = if raw.user.is_none() && local_user().is_none() { "user" } else { "host" };
-            match resolve_target_ssh(&host_s, raw.user.clone(), raw.port, raw.identity_file.as_deref(), raw.known_hosts.as_deref()) {
+            // The target's own host, with its ProxyJump chain: the transport reads no config.
+            let resolved = resolve_ssh(&host_s, raw.user.clone(), raw.port, raw.identity_file.as_deref(), raw.known_hosts.as_deref());
+            match resolved.map(|mut s| {
+                resolve_jumps(&mut s, 0);
+                s
+            }) {
                 Err(why) => {
                     errs.push(bad(key, format!("target `{name}`: {why}")));
                     None

@@ -315,11 +315,7 @@ fn from_walk(source: &Path, excluded: &Gitignore) -> anyhow::Result<Vec<Entry>> 
 mod tests {
     use super::*;
 
-    #[cfg(unix)]
-    fn sh(dir: &Path, script: &str) {
-        let ok = Command::new("sh").arg("-c").arg(script).current_dir(dir).status().unwrap().success();
-        assert!(ok, "{script}");
-    }
+    use crate::workspace::sh;
 
     #[cfg(unix)]
     #[test]

@@ -19,3 +19,10 @@ pub use link_memo::LinkMemo;
 pub use listing::{check_in_git, check_source, collect, git_info, GitInfo, Listing, Rules};
 pub use manifest::{decode, encode, encode_patch, encode_paths, local_manifest, plan, HashCache, ManifestCache, Plan, Record};
 pub use tar::{stream_tar, Extra, Framing, Stats};
+
+/// Runs `script` in `sh` in `dir` and insists it succeeds: the tests build workspaces so.
+#[cfg(all(test, unix))]
+fn sh(dir: &std::path::Path, script: &str) {
+    let ok = std::process::Command::new("sh").arg("-c").arg(script).current_dir(dir).status().unwrap().success();
+    assert!(ok, "{script}");
+}

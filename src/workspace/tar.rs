@@ -407,11 +407,7 @@ mod tests {
     use super::*;
     use crate::workspace::listing::{collect, Rules};
 
-    #[cfg(unix)]
-    fn sh(dir: &Path, script: &str) {
-        let ok = Command::new("sh").arg("-c").arg(script).current_dir(dir).status().unwrap().success();
-        assert!(ok, "{script}");
-    }
+    use crate::workspace::sh;
 
     #[cfg(unix)]
     #[test]
