@@ -378,7 +378,47 @@ pub fn append_audit(base: &str, line_json: &str) -> String {
 
 /// The releases a script's prune step removed: its `P <id>` lines.
 pub fn pruned_ids(stdout: &str) -> Vec<String> {
-    stdout.lines().filter_map(|l| l.strip_prefix("P ")).map(str::to_string).collect()
+    Reply::parse(stdout).pruned
+}
+
+/// What the scripts that upload, switch and prune print back, read in one place: each line
+/// is one of these, or not bst's (a build's output, say) and ignored.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reply {
+    /// `SWITCHED`: `current` points at the release, verified (`switch.sh`).
+    pub switched: bool,
+    /// `P <id>`: a release pruned (`prune.sh`).
+    pub pruned: Vec<String>,
+    /// `W <text>`: for the operator (`staging.sh`, `prune.sh`).
+    pub warnings: Vec<String>,
+    /// `<TAG> <ms>`: the script's phase timings ([`clock_mark`]).
+    pub marks: Vec<(String, u64)>,
+}
+
+impl Reply {
+    pub fn parse(stdout: &str) -> Reply {
+        let mut r = Reply::default();
+        for line in stdout.lines() {
+            if line == "SWITCHED" {
+                r.switched = true;
+            } else if let Some(id) = line.strip_prefix("P ") {
+                r.pruned.push(id.to_string());
+            } else if let Some(w) = line.strip_prefix("W ") {
+                r.warnings.push(w.to_string());
+            } else if let Some((tag, ms)) = line.split_once(' ') {
+                let is_tag = !tag.is_empty() && tag.bytes().all(|b| b.is_ascii_uppercase());
+                if let (true, Ok(ms)) = (is_tag, ms.parse::<u64>()) {
+                    r.marks.push((tag.to_string(), ms));
+                }
+            }
+        }
+        r
+    }
+
+    /// The milliseconds the script had run when it printed `tag`.
+    pub fn mark(&self, tag: &str) -> Option<u64> {
+        self.marks.iter().find(|(t, _)| t == tag).map(|&(_, ms)| ms)
+    }
 }
 
 /// The prune step (see `prune.sh`): nothing when there is nothing to prune.
@@ -603,6 +643,7 @@ mod tests {
         let (rc, out, err) = run_sh(&script, &stream);
         assert_eq!(rc, 0, "{err}");
         assert_eq!(out, "W shared file shared/apps/api/.env does not exist yet\n");
+        assert_eq!(Reply::parse(&out).warnings, ["shared file shared/apps/api/.env does not exist yet"]);
         let rel = base.join("releases").join(id);
         assert_eq!(std::fs::read_link(rel.join("apps/api/.env")).unwrap(), std::path::Path::new("../../../../shared/apps/api/.env"));
         assert_eq!(std::fs::read_link(rel.join("storage")).unwrap(), std::path::Path::new("../../shared/storage"));
@@ -953,6 +994,10 @@ mod tests {
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines[..2], ["SWITCHED", &format!("P {old}")]);
         assert!(lines[2].starts_with("TS ") && lines[2][3..].parse::<u64>().is_ok(), "{out}");
+        let reply = Reply::parse(&out);
+        assert!(reply.switched && reply.warnings.is_empty() && reply.marks.len() == 1, "{reply:?}");
+        assert_eq!(reply.pruned, [old]);
+        assert!(reply.mark("TS").is_some() && reply.mark("TU").is_none());
         assert_eq!(std::fs::read_link(base.join("current")).unwrap(), std::path::Path::new(&format!("releases/{new}")));
         let written = std::fs::read_to_string(base.join("releases").join(new).join(".release-meta")).unwrap();
         let ms: u64 = written
@@ -1191,6 +1236,24 @@ mod tests {
         assert_eq!(std::fs::read_to_string(c.join("manifest")).unwrap(), "bst-manifest-2\npatch\n");
         assert!(!c.join("generation").exists(), "the cache job writes it, once proven");
         assert!(!base.join(INCOMING_DIR).exists());
+    }
+
+    /// Only bst's own lines count: a build's output around them is not a reply.
+    #[test]
+    fn a_reply_is_read_from_bst_lines_only() {
+        let r = Reply::parse(
+            "npm WARN deprecated\nTU 12\nP 20260101T000000Z\nSWITCHED \nSWITCHED\nW could not remove releases/x\nTs 3\nTS x\n",
+        );
+        assert_eq!(
+            r,
+            Reply {
+                switched: true,
+                pruned: vec!["20260101T000000Z".into()],
+                warnings: vec!["could not remove releases/x".into()],
+                marks: vec![("TU".into(), 12)],
+            }
+        );
+        assert_eq!(Reply::parse(""), Reply::default());
     }
 
     /// Every file under `sh/` is part of some script: a file no code includes would be
