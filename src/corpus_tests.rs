@@ -633,7 +633,7 @@ fn odd_release_directories_through_the_real_listing_script() {
         std::fs::create_dir_all(base.join("releases").join(name)).unwrap();
     }
     let meta = std::fs::read_to_string(meta_path("ok-non-ascii-commit.json")).unwrap().replace(ID3, ID1);
-    std::fs::write(base.join("releases").join(ID1).join(release::META_FILE), meta).unwrap();
+    std::fs::write(base.join("releases").join(ID1).join(crate::layout::META_FILE), meta).unwrap();
     std::os::unix::fs::symlink(format!("releases/{ID1}"), base.join("current")).unwrap();
     let out = std::process::Command::new("sh").arg("-c").arg(crate::remote::read_state(&base.to_string_lossy())).output().unwrap();
     assert!(out.status.success(), "{}", lossy(&out.stderr));
@@ -782,7 +782,7 @@ fn meta_corpus_through_the_real_listing_script() {
     for (i, (name, bytes)) in corpus("meta").iter().enumerate() {
         let base = dir.path().join(i.to_string());
         std::fs::create_dir_all(base.join("releases").join(ID3)).unwrap();
-        std::fs::write(base.join("releases").join(ID3).join(release::META_FILE), bytes).unwrap();
+        std::fs::write(base.join("releases").join(ID3).join(crate::layout::META_FILE), bytes).unwrap();
         let out = std::process::Command::new("sh").arg("-c").arg(crate::remote::read_state(&base.to_string_lossy())).output().unwrap();
         assert!(out.status.success(), "meta/{name}: {}", lossy(&out.stderr));
         let s = parse_state(&lossy(&out.stdout));

@@ -3,6 +3,7 @@
 //! rollback drill and the service commands all use it, so none of them calls another.
 
 use crate::error::Error;
+use crate::remote::systemd;
 use crate::service::{self, Probe, UnitState};
 use crate::settings::{Service, Target};
 use crate::transport::Transport;
@@ -48,9 +49,9 @@ pub fn act(
     action: Action,
 ) -> anyhow::Result<(Vec<UnitState>, Vec<Option<Probe>>)> {
     let script = if action == Action::Status {
-        service::status_script(selected)
+        systemd::status_script(selected)
     } else {
-        service::action_script(selected, action.as_str(), target.health_timeout)
+        systemd::action_script(selected, action.as_str(), target.health_timeout)
     };
     // health_timeout counts from here: the restart's own time is part of it.
     let started = std::time::Instant::now();
@@ -95,7 +96,7 @@ fn settle(
         crate::interrupt::check()?;
         std::thread::sleep(left.min(std::time::Duration::from_millis(200)));
     }
-    let out = t.run(&service::status_script(selected))?;
+    let out = t.run(&systemd::status_script(selected))?;
     let mut after = service::parse_status(&out.stdout_str());
     let mut probes = Vec::new();
     let secs = target.settle.as_secs_f64();
@@ -138,7 +139,7 @@ pub fn verify_running(t: &mut dyn Transport, target: &Target) -> anyhow::Result<
     if services.is_empty() {
         services = target.services.iter().filter(|s| s.health.is_some()).collect();
     }
-    let out = t.run(&service::status_script(&services))?;
+    let out = t.run(&systemd::status_script(&services))?;
     let states = service::parse_status(&out.stdout_str());
     let mut probes = Vec::new();
     for (svc, st) in services.iter().zip(&states) {

@@ -75,8 +75,6 @@ impl Status {
     }
 }
 
-pub use crate::layout::{META_FILE, META_TMP};
-
 /// `.release-meta`: JSON, one line, written by bst into every release.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Meta {

@@ -1,76 +1,17 @@
-//! systemd control and health probes. Control is `systemctl` over the transport (with
-//! `--user` or `sudo -n` as configured); probes go through [`Transport::tcp_exchange`], so on
+//! What systemd says about a unit (`parse_status`; the scripts are `remote::systemd`'s) and
+//! the health probes. Probes go through [`Transport::tcp_exchange`], so on
 //! SSH they are direct-tcpip channels: nothing on the server needs curl or redis-cli, and no
 //! port has to be exposed.
 
-use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::release;
-use crate::settings::{Health, Scope, Service};
-use crate::shell::quote;
+use crate::settings::Health;
 use crate::transport::Transport;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The systemd functions every service script starts with (`sh/systemd.sh`), its header left
-/// out: it is for the reader of the file.
-pub const USER_ENV: &str = include_str!("remote/sh/systemd.sh");
-
-fn prelude() -> &'static str {
-    let mut body = USER_ENV;
-    while body.starts_with('#') {
-        body = body.split_once('\n').map_or("", |(_, rest)| rest);
-    }
-    body
-}
-
-/// The arguments every function of `systemd.sh` takes after the unit: SUDO and USER as 1/0.
-fn how(svc: &Service) -> String {
-    format!("{} {}", u8::from(svc.sudo), u8::from(svc.scope == Scope::User))
-}
-
-/// The command printing a unit's LoadState (`loaded`, `not-found`, …); runs after the prelude.
-pub fn load_state_cmd(svc: &Service) -> String {
-    format!("bst_ctl {} systemctl show -p LoadState --value {}", how(svc), quote(&svc.unit))
-}
-
-/// Prints, per service: `S <name>`, systemctl's `Key=Value` lines, and `CWD <dir>` for the
-/// main process (which release is live).
-pub fn status_script(services: &[&Service]) -> String {
-    let mut s = String::from(prelude());
-    for svc in services {
-        let _ = writeln!(s, "bst_status {} {} {}", quote(&svc.name), quote(&svc.unit), how(svc));
-    }
-    s
-}
-
-/// Runs `action` (start/stop/restart) on each service, then prints their status. A failed
-/// unit gets its last journal lines (`J ` prefixed).
-/// A start that never finishes (a `Type=notify` unit that never says ready) is bounded by
-/// `limit`: `timeout` stops waiting (the unit stays `activating`, and is reported so).
-pub fn action_script(services: &[&Service], action: &str, limit: Duration) -> String {
-    let secs = if action == "stop" { 0 } else { limit.as_millis().div_ceil(1000).max(1) };
-    let mut s = String::from(prelude());
-    for svc in services {
-        let _ = writeln!(s, "bst_act {} {} {} {} {secs}", quote(action), quote(&svc.name), quote(&svc.unit), how(svc));
-    }
-    for svc in services {
-        let _ = writeln!(s, "bst_status {} {} {}", quote(&svc.name), quote(&svc.unit), how(svc));
-    }
-    s
-}
-
-/// Journal lines for services that are not active, `J ` prefixed.
-pub fn journal_script(services: &[&Service]) -> String {
-    let mut s = String::from(prelude());
-    for svc in services {
-        let _ = writeln!(s, "bst_journal {} {}", quote(&svc.unit), how(svc));
-    }
-    s
-}
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct UnitState {
@@ -355,74 +296,5 @@ mod tests {
         assert_eq!(release_of("/home/bonk/x/releases/20260220T051228Z"), Some("20260220T051228Z".into()));
         assert_eq!(release_of("/home/bonk/x"), None);
         assert_eq!(release_of("/x/releases/junk/y"), None);
-    }
-
-    /// The scripts run in `sh` against stand-ins for systemctl, journalctl, sudo and timeout
-    /// that log their argv: the exact commands a server would run, and what bst reads back.
-    #[cfg(unix)]
-    #[test]
-    fn systemd_scripts_run_the_configured_commands_and_print_what_bst_parses() {
-        use std::os::unix::fs::PermissionsExt;
-        let d = tempfile::tempdir().unwrap();
-        let bin = d.path().join("bin");
-        std::fs::create_dir(&bin).unwrap();
-        let log = d.path().join("log");
-        let tool = |name: &str, body: &str| {
-            let f = bin.join(name);
-            std::fs::write(
-                &f,
-                format!("#!/bin/sh\nprintf '%s|' {name} \"$@\" >> '{}'; echo >> '{}'\n{body}\n", log.display(), log.display()),
-            )
-            .unwrap();
-            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
-        };
-        tool("sudo", r#"[ "$1" = -n ] && shift; exec "$@""#);
-        tool("timeout", r#"shift; exec "$@""#);
-        tool(
-            "systemctl",
-            r#"for a; do case $a in restart) echo boom; echo 'second line'; exit 1;; --value) echo 0; exit 0;; esac; done
-echo LoadState=loaded; echo ActiveState=failed"#,
-        );
-        tool("journalctl", "echo 'last words'");
-        let run = |script: &str| {
-            let _ = std::fs::remove_file(&log);
-            let out = std::process::Command::new("sh")
-                .arg("-c")
-                .arg(format!("{script}printf 'XDG=%s\\n' \"$XDG_RUNTIME_DIR\""))
-                .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
-                .env_remove("XDG_RUNTIME_DIR")
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            (String::from_utf8(out.stdout).unwrap(), std::fs::read_to_string(&log).unwrap_or_default())
-        };
-        let user = Service { name: "api".into(), unit: "bst core'api.service".into(), scope: Scope::User, sudo: true, health: None };
-        let (out, calls) = run(&action_script(&[&user], "restart", Duration::from_millis(29_001)));
-        assert!(
-            calls.starts_with("timeout|30|sudo|-n|systemctl|--user|restart|bst core'api.service|\nsudo|-n|systemctl|--user|restart|bst core'api.service|\nsystemctl|--user|restart|bst core'api.service|\n"),
-            "{calls}"
-        );
-        assert!(calls.contains("journalctl|--user|-u|bst core'api.service|-n|20|--no-pager|"), "{calls}");
-        let uid = String::from_utf8(std::process::Command::new("id").arg("-u").output().unwrap().stdout).unwrap();
-        assert_eq!(
-            out,
-            format!("E api boom second line\nJ last words\nS api\nLoadState=loaded\nActiveState=failed\nXDG=/run/user/{}\n", uid.trim())
-        );
-        let states = parse_status(&out);
-        assert_eq!(states[0].error.as_deref(), Some("boom second line"));
-        assert_eq!(states[0].journal, vec!["last words"]);
-
-        let system = Service { name: "app".into(), unit: "app.service".into(), scope: Scope::System, sudo: false, health: None };
-        let (out, calls) = run(&(status_script(&[&system]) + &journal_script(&[&system])));
-        assert_eq!(
-            calls,
-            "systemctl|show|app.service|-p|LoadState|-p|ActiveState|-p|SubState|-p|MainPID|-p|NRestarts|-p|ActiveEnterTimestamp|-p|Result|\nsystemctl|show|app.service|-p|MainPID|--value|\njournalctl|-u|app.service|-n|20|--no-pager|\n"
-        );
-        assert!(out.starts_with("S app\nLoadState=loaded\nActiveState=failed\nJ last words\n"), "{out}");
-        let (_, calls) = run(&action_script(&[&system], "stop", Duration::from_secs(30)));
-        assert!(calls.starts_with("systemctl|stop|app.service|\n"), "stop is never bounded: {calls}");
-        let check = format!("{}{}\n", status_script(&[]), load_state_cmd(&user));
-        let (_, calls) = run(&check);
-        assert_eq!(calls, "sudo|-n|systemctl|--user|show|-p|LoadState|--value|bst core'api.service|\nsystemctl|--user|show|-p|LoadState|--value|bst core'api.service|\n");
     }
 }

@@ -43,7 +43,7 @@ pub struct Arm<'a> {
     /// The audit line's fields after `at` (JSON object members, no braces); the watchdog
     /// adds `at` and `error` (the reason).
     pub audit_members: String,
-    /// The `restart` services' restart script ([`crate::service::action_script`]), empty
+    /// The `restart` services' restart script ([`crate::remote::systemd::action_script`]), empty
     /// when there is nothing to restart.
     pub restart: String,
 }
@@ -78,7 +78,7 @@ pub fn restart_script(target: &Target) -> String {
     if services.is_empty() {
         String::new()
     } else {
-        crate::service::action_script(&services, "restart", target.health_timeout)
+        crate::remote::systemd::action_script(&services, "restart", target.health_timeout)
     }
 }
 

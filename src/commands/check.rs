@@ -16,7 +16,6 @@ use serde_json::json;
 use super::gate::{baseline, read_env, shared_rel};
 use crate::error::Error;
 use crate::report::{human_bytes, md_cell, Gate, Printer};
-use crate::service;
 use crate::settings::{under, Globals, Target};
 use crate::transport;
 
@@ -84,7 +83,8 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, reports: &Path) -> a
                 push("host key", "SKIP", "local transport".into());
                 push("auth", "SKIP", "local transport".into());
             }
-            let units: Vec<(String, String)> = target.services.iter().map(|s| (s.name.clone(), service::load_state_cmd(s))).collect();
+            let units: Vec<(String, String)> =
+                target.services.iter().map(|s| (s.name.clone(), crate::remote::systemd::load_state_cmd(s))).collect();
             let (tools, notes) = build_tools(target);
             let out = t.run(&crate::remote::preflight(&target.base, &units, &target.forbidden_paths, &tools))?;
             let facts = out.stdout_str();

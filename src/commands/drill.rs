@@ -47,7 +47,7 @@ fn switch(t: &mut dyn Transport, target: &Target, id: &str, from: &str) -> anyho
     if out.stdout_str().lines().any(|l| l == "DECIDED") {
         return Err(Error::Failed("the server's watchdog took over (the drill ran past its deadline)".into()).into());
     }
-    if out.status != 0 || !out.stdout_str().lines().any(|l| l == "SWITCHED") {
+    if out.status != 0 || !crate::remote::Reply::parse(&out.stdout_str()).switched {
         return Err(Error::Failed(format!("switch to {id} failed: {}", out.stderr_str())).into());
     }
     Ok(format!("current -> releases/{id}"))

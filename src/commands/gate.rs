@@ -154,7 +154,7 @@ pub fn health_gate(
                         lock::release(t, target, held, p);
                     }
                     p.status(format!("{names} healthy on {id}"));
-                    return Ok(crate::remote::pruned_ids(&out.stdout_str()));
+                    return Ok(remote::Reply::parse(&out.stdout_str()).pruned);
                 }
                 // Whether the confirmation got there is the server's to say.
                 Err(e) => Gone::Lost(format!("{e:#}")),

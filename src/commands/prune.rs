@@ -29,11 +29,10 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, keep: Option<usize>)
     };
     let plan = state.prune_plan(keep, None);
     let out = t.run(&remote::prune(&target.base, &plan, &held.token, false))?;
-    let text = out.stdout_str();
-    for w in text.lines().filter_map(|l| l.strip_prefix("W ")) {
+    let remote::Reply { warnings, pruned, .. } = remote::Reply::parse(&out.stdout_str());
+    for w in &warnings {
         p.warn(w);
     }
-    let pruned = remote::pruned_ids(&text);
     if out.status != 0 {
         lock::release(&mut *t, target, &held, p);
         return Err(Error::Failed(format!("prune failed: {}", out.stderr_str())).into());

@@ -107,7 +107,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, release_id: Option<&
         let _critical = crate::interrupt::Critical::enter();
         t.run(&script)?
     };
-    if out.status != 0 || !out.stdout_str().lines().any(|l| l == "SWITCHED") {
+    if out.status != 0 || !remote::Reply::parse(&out.stdout_str()).switched {
         lock::release(&mut *t, target, &held, p);
         return Err(Error::Failed(format!("rollback to {chosen} failed: {}", out.stderr_str())).into());
     }

@@ -7,7 +7,7 @@ use super::Audit;
 use crate::error::Error;
 use crate::health::{self, Action};
 use crate::report::Printer;
-use crate::service::{self, Probe, UnitState};
+use crate::service::{Probe, UnitState};
 use crate::settings::{Globals, Service, Target};
 use crate::transport;
 
@@ -65,7 +65,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, service: Option<&str
     let (mut states, probes) = health::act(&mut *t, target, &selected, action)?;
     for ((svc, st), pr) in selected.iter().zip(states.iter_mut()).zip(&probes) {
         if !row_ok(action, st, pr.as_ref()) && st.journal.is_empty() {
-            if let Ok(out) = t.run(&service::journal_script(&[svc])) {
+            if let Ok(out) = t.run(&crate::remote::systemd::journal_script(&[svc])) {
                 st.journal = out.stdout_str().lines().filter_map(|l| l.strip_prefix("J ")).map(str::to_string).collect();
             }
         }

@@ -301,7 +301,7 @@ fn the_cache_job_is_registered_before_the_lock_is_released() {
     let run = env.bst(&["deploy", "t", "-vv"]).ok();
     let script = run.stderr.split("same command, after BST-GO").nth(1).unwrap_or_else(|| panic!("no script in -v:\n{}", run.stderr));
     let job = script.find("bst-cache-job").expect("the cache job is started");
-    let unlock = script.rfind("rm -rf \"$B/.bst-lock\"").expect("the lock is released");
+    let unlock = script.rfind("rm -rf \"${B:?}/$bst_lock\"").expect("the lock is released");
     assert!(job < unlock, "the cache job starts after the lock is released");
     let registered = script[job..].find("job.pid\" ] && [ $n -lt 500 ]").map(|i| i + job).expect("waits for job.pid");
     assert!(registered < unlock, "the lock is released before the job has registered");

@@ -7,6 +7,7 @@ use super::{ms, Deploy, Phases, Prepared, Uploaded, GZIP_LEVEL};
 use crate::commands::lock;
 use crate::error::Error;
 use crate::release::Status;
+use crate::remote::Reply;
 use crate::report::human_bytes;
 use crate::transport::{Stream, Transport};
 use crate::watchdog;
@@ -46,10 +47,9 @@ impl Deploy<'_> {
             None => self.upload_once(t, prep, entries, manifest, combined)?,
         };
         let delta_used = prep.plan.as_ref().map(|(_, pl)| (pl.send.len(), pl.remove.len()));
-        let text = out.stdout_str();
-        let mark = |tag: &str| text.lines().find_map(|l| l.strip_prefix(tag)?.strip_prefix(' ')?.parse::<u64>().ok());
-        let switched = text.lines().any(|l| l == "SWITCHED");
-        let uploaded = !combined || mark("TU").is_some();
+        let reply = Reply::parse(&out.stdout_str());
+        let switched = reply.switched;
+        let uploaded = !combined || reply.mark("TU").is_some();
         if !switched && (out.status != 0 || !uploaded) {
             let mut msg = if uploaded {
                 format!("switching current to {id} failed: {}", out.stderr_str())
@@ -66,12 +66,12 @@ impl Deploy<'_> {
                 return Err(fe.context("upload failed"));
             }
         }
-        for w in text.lines().filter_map(|l| l.strip_prefix("W ")) {
+        for w in &reply.warnings {
             p.warn(w);
-            warnings.push(w.to_string());
+            warnings.push(w.clone());
         }
         p.timing(started, "upload command done");
-        phases.switch_ms = match (mark("TU"), mark("TS")) {
+        phases.switch_ms = match (reply.mark("TU"), reply.mark("TS")) {
             (Some(u), Some(s)) => s.saturating_sub(u),
             _ => 0,
         };
@@ -105,8 +105,7 @@ impl Deploy<'_> {
             }
             meta.status = Status::Ok;
             meta.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
-            let pruned = crate::remote::pruned_ids(&text);
-            return Ok((pruned, warnings, delta_used));
+            return Ok((reply.pruned, warnings, delta_used));
         }
 
         if build {
@@ -162,14 +161,14 @@ impl Deploy<'_> {
             t.run(&script)?
         };
         phases.switch_ms = ms(switch_started);
-        let text = out.stdout_str();
-        if out.status != 0 || !text.lines().any(|l| l == "SWITCHED") {
+        let reply = Reply::parse(&out.stdout_str());
+        if out.status != 0 || !reply.switched {
             return Err(Error::Failed(format!("switching current to {id} failed: {}", out.stderr_str())).into());
         }
-        for w in text.lines().filter_map(|l| l.strip_prefix("W ")) {
+        for w in &reply.warnings {
             p.warn(w);
-            warnings.push(w.to_string());
+            warnings.push(w.clone());
         }
-        Ok((crate::remote::pruned_ids(&text), warnings, delta_used))
+        Ok((reply.pruned, warnings, delta_used))
     }
 }
