@@ -28,7 +28,6 @@ mod settings;
 mod shell;
 mod sshconfig;
 mod transport;
-mod watchdog;
 mod workspace;
 
 use cli::{Cli, Command, ConfigCommand, DrillCommand, EnvCommand};

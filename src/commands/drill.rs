@@ -14,11 +14,12 @@ use anyhow::Context;
 use super::Audit;
 use crate::error::Error;
 use crate::health::{act, problems, Action};
+use crate::release;
 use crate::remote;
+use crate::remote::watchdog;
 use crate::report::{md_cell, Gate, Printer};
 use crate::settings::{Globals, Target};
 use crate::transport::{self, Transport};
-use crate::{release, watchdog};
 
 #[derive(Serialize)]
 struct Step {

@@ -10,10 +10,10 @@ use crate::dotenv::EnvFile;
 use crate::error::Error;
 use crate::release;
 use crate::remote;
+use crate::remote::watchdog;
 use crate::report::Printer;
 use crate::settings::{Globals, Target};
 use crate::transport::{self, Transport};
-use crate::watchdog;
 
 /// The release a health gate is trying, and what to do once it is confirmed.
 #[derive(Clone, Copy)]

@@ -8,10 +8,10 @@ use super::Audit;
 use crate::error::Error;
 use crate::release::Status;
 use crate::remote;
+use crate::remote::watchdog;
 use crate::report::Printer;
 use crate::settings::{Globals, Target};
 use crate::transport;
-use crate::watchdog;
 
 #[derive(Serialize)]
 struct Done<'a> {

@@ -17,6 +17,7 @@ use crate::shell::quote;
 use crate::workspace::Framing;
 
 pub mod systemd;
+pub mod watchdog;
 
 use crate::layout::{CACHE_DIR, INCOMING_DIR, LOCK_DIR, TRASH_DIR};
 
@@ -144,17 +145,6 @@ impl Script {
     }
 }
 
-/// For scripts that must finish once started (switch, prune, unlock): a client that dies
-/// (kill -9, cut connection) must not take the script down half-way through.
-/// The script also records its pid in the lock, so a lock whose client died is not broken
-/// while its last script is still switching or pruning on the server. Needs [`base_var`].
-pub(crate) const DETACHED: &str = concat!(include_str!("sh/detached.sh"), include_str!("sh/register.sh"));
-
-/// The prologue of a script that appends shell of its own: `B` and every layout name.
-pub(crate) fn base_var(base: &str) -> String {
-    Script { all_layout: true, ..Script::at(base) }.build()
-}
-
 pub fn read_state(base: &str) -> String {
     Script::at(base).part(STATE).build()
 }
@@ -275,17 +265,6 @@ pub fn after_drop(base: &str, token: &str, id: &str, wait_secs: u64) -> String {
     owned_by(Script::at(base), token).var("bst_id", id).var("bst_ticks", &(wait_secs * 10).to_string()).part(AFTER_DROP).build()
 }
 
-/// Writes a release's `.release-meta` without following a link at either name (see
-/// `meta.sh`). `dir` and `printf` are shell text: the release directory and the `printf`
-/// command that prints the JSON. One command, for an `if … then …; fi` of the caller's.
-pub(crate) fn write_meta(dir: &str, printf: &str) -> String {
-    format!("{}bst_write_meta {dir} {printf}", Script::new().part(META).build())
-}
-
-pub(crate) fn printf_json(json: &str) -> String {
-    format!("printf '%s\\n' {}", quote(json))
-}
-
 /// `../` enough times to get from a path inside `releases/<id>/` back to `<base>`.
 fn up_to_base(rel_path: &str) -> String {
     "../".repeat(rel_path.matches('/').count() + 2)
@@ -353,12 +332,6 @@ fn staging(s: Script, shared_files: &[String], shared_dirs: &[String], meta_json
 pub fn build(base: &str, id: &str, target: &str, steps: &[&str]) -> String {
     let job = Script::at(base).var("bst_id", id).var("bst_target", target).list("bst_steps", steps).part(BUILD).build();
     Script::at(base).var("bst_id", id).var("bst_job", &job).part(REGISTER).part(BUILD_START).build()
-}
-
-/// Points `current` at `releases/<id>` atomically (see `switch.sh`); run in the base under
-/// `set -e`.
-pub(crate) fn switch_fragment(id: &str) -> String {
-    Script::new().var("bst_id", id).part(SWITCH).build()
 }
 
 /// Appends one audit line when the target has a layout (service actions on a target that was
@@ -537,7 +510,7 @@ pub fn prune(base: &str, ids: &[String], token: &str, background: bool) -> Strin
 /// and the unlock. Stops with `NOT-CONFIRMED` (lock left to the watchdog) when the watchdog
 /// decided first.
 pub fn confirm_and_prune(base: &str, ids: &[String], token: &str, audit_json: &str) -> String {
-    let s = Script::at(base).part(DETACHED_SH).part(REGISTER).part(IN_BASE).part(&crate::watchdog::confirm_fragment(token));
+    let s = Script::at(base).part(DETACHED_SH).part(REGISTER).part(IN_BASE).part(&watchdog::confirm_fragment(token));
     let s = if audit_json.is_empty() { s } else { s.var("bst_audit", audit_json).part(AUDIT) };
     prune_parts(s, ids, true).var("bst_token", token).part(UNLOCK).build()
 }
@@ -848,7 +821,11 @@ mod tests {
             tar.truncate(tar.len() - cut);
             std::fs::write(c.join(untar(Framing::Tar).1), &tar).unwrap();
             std::fs::write(c.join("upload/manifest"), manifest).unwrap();
-            let script = format!("{}{}", base_var(base.to_str().unwrap()), start_cache_job("20260220T051228Z abc"));
+            let script = format!(
+                "{}{}",
+                Script { all_layout: true, ..Script::at(base.to_str().unwrap()) }.build(),
+                start_cache_job("20260220T051228Z abc")
+            );
             assert!(std::process::Command::new("sh").arg("-c").arg(&script).status().unwrap().success());
             let pid = std::fs::read_to_string(c.join("job.pid")).unwrap();
             while std::path::Path::new(&format!("/proc/{}", pid.trim())).exists() {
@@ -1241,7 +1218,7 @@ mod tests {
     #[test]
     fn every_sh_file_is_included() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/remote/sh");
-        let code = [include_str!("mod.rs"), include_str!("systemd.rs")].concat();
+        let code = [include_str!("mod.rs"), include_str!("systemd.rs"), include_str!("watchdog.rs")].concat();
         let mut n = 0;
         for e in std::fs::read_dir(&dir).unwrap() {
             let name = e.unwrap().file_name().into_string().unwrap();

@@ -7,10 +7,10 @@ use super::{ms, Deploy, Phases, Prepared, Uploaded, GZIP_LEVEL};
 use crate::commands::lock;
 use crate::error::Error;
 use crate::release::Status;
+use crate::remote::watchdog;
 use crate::remote::Reply;
 use crate::report::human_bytes;
 use crate::transport::{Stream, Transport};
-use crate::watchdog;
 use crate::workspace;
 
 impl Deploy<'_> {
@@ -153,7 +153,7 @@ impl Deploy<'_> {
                 audit_members: watchdog::audit_members(&lock::who(), &target.name, previous, Some(&id)),
                 restart: watchdog::restart_script(target),
             };
-            script = crate::watchdog::arm(&target.base, &arm) + &script;
+            script = crate::remote::watchdog::arm(&target.base, &arm) + &script;
         }
         let switch_started = Instant::now();
         let out = {

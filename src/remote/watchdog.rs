@@ -18,17 +18,17 @@
 //! - `busy/`: held by a client switch made while armed (the drill), which the watchdog waits
 //!   for before it touches `current`.
 
-use std::fmt::Write as _;
-
-use crate::remote::{base_var, printf_json, switch_fragment, write_meta, DETACHED};
+use super::{Script, DETACHED_SH, META, REGISTER, STRICT, SWITCH};
 use crate::settings::Target;
-use crate::shell::quote;
+
+const WATCHDOG: &str = include_str!("sh/watchdog.sh");
+const ARM: &str = include_str!("sh/arm.sh");
+const CONFIRM: &str = include_str!("sh/confirm.sh");
+const FIRE: &str = include_str!("sh/fire.sh");
 
 /// The watchdog's process name on the server: a pid file left by a reboot must never make
 /// us wait for, or signal, an unrelated process that reused the pid.
 pub const NAME: &str = "bst-watchdog";
-
-const LOCK: &str = "$B/.bst-lock";
 
 /// What the watchdog restores, and how.
 pub struct Arm<'a> {
@@ -43,7 +43,7 @@ pub struct Arm<'a> {
     /// The audit line's fields after `at` (JSON object members, no braces); the watchdog
     /// adds `at` and `error` (the reason).
     pub audit_members: String,
-    /// The `restart` services' restart script ([`crate::remote::systemd::action_script`]), empty
+    /// The `restart` services' restart script ([`super::systemd::action_script`]), empty
     /// when there is nothing to restart.
     pub restart: String,
 }
@@ -78,88 +78,38 @@ pub fn restart_script(target: &Target) -> String {
     if services.is_empty() {
         String::new()
     } else {
-        crate::remote::systemd::action_script(&services, "restart", target.health_timeout)
+        super::systemd::action_script(&services, "restart", target.health_timeout)
     }
 }
 
-/// The watchdog itself: run detached, with `$1` the base.
+/// The watchdog itself (`sh/watchdog.sh`), run detached with `$1` the base.
 fn body(a: &Arm) -> String {
-    let mut s = format!(
-        r#"B=$1; L="{LOCK}"; TOKEN={token}; SECS={secs}
-cd "$B" || exit 0
-ours() {{ grep -qF "$TOKEN" "$L/owner" 2>/dev/null; }}
-ours || exit 0
-echo $$ > "$L/watchdog.pid.tmp" && mv -f "$L/watchdog.pid.tmp" "$L/watchdog.pid" || exit 0
-end=$(( $(date +%s) + SECS ))
-why='"not confirmed healthy within '"$SECS"'s: the client went away"'
-how=deadline
-while :; do
-  ours || exit 0
-  [ -d "$L/decided" ] && exit 0
-  if [ -f "$L/fire" ]; then why=$(cat "$L/fire" 2>/dev/null); how=asked; break; fi
-  [ "$(date +%s)" -lt "$end" ] || break
-  # While armed the lock is in use: a lock whose scripts all ended must not look stale.
-  a=$(cat "$L/active" 2>/dev/null); if [ -z "$a" ] || ! kill -0 "$a" 2>/dev/null; then echo $$ > "$L/active" 2>/dev/null; fi
-  sleep 0.2 2>/dev/null || sleep 1
-done
-mkdir "$L/decided" 2>/dev/null || exit 0
-echo watchdog > "$L/decided/by"
-n=0; while [ -d "$L/busy" ] && [ $n -lt 300 ]; do sleep 0.1 2>/dev/null || sleep 1; n=$((n+1)); done
-trap '' PIPE HUP TERM INT
-echo "$(date -u +%FT%TZ) $how: $why"
-"#,
-        token = quote(a.token),
-        secs = a.secs,
-    );
-    if let Some(r) = a.restore {
-        let _ = writeln!(
-            s,
-            "if [ \"$(readlink current)\" != releases/{r} ]; then ( set -e; {} ) >&2 || echo 'could not switch back'; fi",
-            switch_fragment(r).trim_end().replace('\n', "\n  ")
-        );
-    }
-    if let Some((id, meta)) = &a.trial {
-        let _ = writeln!(
-            s,
-            "if [ -d releases/{id} ] && {{ [ \"$(readlink current)\" != releases/{id} ] || {none}; }}; then {}; fi",
-            write_meta(&format!("releases/{id}"), &printf_json(meta)),
-            none = if a.restore.is_none() { "true" } else { "false" },
-        );
-    }
-    if !a.restart.is_empty() {
-        let _ = writeln!(s, "sh -c {} > /dev/null 2>&1", quote(&a.restart));
-    }
-    let _ = write!(
-        s,
-        r#"line=$(printf '{{"at":"%s",%s,"error":%s}}' "$(date -u +%FT%TZ)" {members} "$why")
-printf '%s\n' "$line" >> logs/deploys.jsonl
-# The next bst command tells whoever runs it: nobody was there to see this one.
-if [ "$how" = deadline ]; then printf '%s\n' "$line" >> logs/.watchdog-unseen; fi
-if ours; then rm -rf "$L"; fi
-"#,
-        members = quote(&a.audit_members),
-    );
-    s
+    let (trial, trial_meta) = a.trial.as_ref().map_or(("", ""), |(id, meta)| (*id, meta.as_str()));
+    let switch_back = a.restore.map_or(String::new(), |r| Script::new().var("bst_id", r).part(SWITCH).build());
+    Script::new()
+        .var("bst_token", a.token)
+        .var("bst_secs", &a.secs.to_string())
+        .var("bst_restore", a.restore.unwrap_or(""))
+        .var("bst_switch_back", &switch_back)
+        .var("bst_trial", trial)
+        .var("bst_trial_meta", trial_meta)
+        .var("bst_restart", &a.restart)
+        .var("bst_members", &a.audit_members)
+        .part(META)
+        .part(WATCHDOG)
+        .build()
 }
 
 /// Starts the watchdog while the lock is held, before the switch it guards, and waits until
 /// it is registered: prints `WATCHDOG <pid>`, or fails the script (nothing switched yet).
+/// Runs after a prologue that set `B`.
 pub fn arm_fragment(a: &Arm) -> String {
-    let q = quote(&body(a)).into_owned();
-    format!(
-        r#"rm -rf "{LOCK}/decided" "{LOCK}/fire" "{LOCK}/busy" "{LOCK}/watchdog.pid"
-if command -v setsid >/dev/null 2>&1; then setsid sh -c {q} {NAME} "$B" < /dev/null >> "$B/logs/watchdog.log" 2>&1 &
-else sh -c {q} {NAME} "$B" < /dev/null >> "$B/logs/watchdog.log" 2>&1 & fi
-n=0; while [ ! -f "{LOCK}/watchdog.pid" ] && [ $n -lt 500 ]; do sleep 0.01 2>/dev/null || sleep 1; n=$((n+1)); done
-if [ ! -f "{LOCK}/watchdog.pid" ]; then echo "could not start the watchdog on the server; nothing was switched" >&2; exit 1; fi
-echo "WATCHDOG $(cat "{LOCK}/watchdog.pid")"
-"#
-    )
+    Script::new().var("bst_watchdog", &body(a)).var("bst_name", NAME).part(ARM).build()
 }
 
 /// A script of its own that arms the watchdog (the drill arms before its first switch).
 pub fn arm(base: &str, a: &Arm) -> String {
-    base_var(base) + DETACHED + "set -e\n" + &arm_fragment(a)
+    Script::at(base).part(DETACHED_SH).part(REGISTER).part(STRICT).build() + &arm_fragment(a)
 }
 
 /// The client's confirmation, first in the script that ends a passed gate: prints
@@ -168,12 +118,7 @@ pub fn arm(base: &str, a: &Arm) -> String {
 /// The confirmation also leaves this run's token in `logs/.bst-confirmed`: a client whose
 /// connection broke while confirming learns from it whether the confirmation got there.
 pub fn confirm_fragment(token: &str) -> String {
-    format!(
-        r#"if mkdir "{LOCK}/decided" 2>/dev/null; then echo client > "{LOCK}/decided/by"; printf '%s\n' {token} > "$B/logs/.bst-confirmed"; echo CONFIRMED
-else echo "NOT-CONFIRMED $(cat "{LOCK}/decided/by" 2>/dev/null)"; exit 0; fi
-"#,
-        token = quote(token)
-    )
+    Script::new().var("bst_token", token).part(CONFIRM).build()
 }
 
 /// Asks the armed watchdog to switch back now (unless someone decided already) and waits,
@@ -181,23 +126,13 @@ else echo "NOT-CONFIRMED $(cat "{LOCK}/decided/by" 2>/dev/null)"; exit 0; fi
 /// Safe to run over any connection, again and again.
 pub fn fire(base: &str, token: &str, reason: &str, wait_secs: u64) -> String {
     let reason = serde_json::to_string(reason).unwrap_or_else(|_| "\"asked\"".into());
-    format!(
-        r#"{B}L="{LOCK}"; TOKEN={token}
-ours() {{ grep -qF "$TOKEN" "$L/owner" 2>/dev/null; }}
-if ours && [ ! -d "$L/decided" ]; then printf '%s' {reason} > "$L/fire.tmp" && mv -f "$L/fire.tmp" "$L/fire"; fi
-p=$(cat "$L/watchdog.pid" 2>/dev/null)
-alive() {{ [ -n "$p" ] && kill -0 "$p" 2>/dev/null && {{ if [ -r "/proc/$p/cmdline" ]; then tr '\0' ' ' < "/proc/$p/cmdline" | grep -q {NAME}; else ps -p "$p" -o args= 2>/dev/null | grep -q {NAME}; fi; }}; }}
-n=0; while alive && [ $n -lt {ticks} ]; do sleep 0.1 2>/dev/null || sleep 1; n=$((n+1)); done
-printf 'C %s\n' "$(readlink "$B/current" 2>/dev/null)"
-if grep -qxF "$TOKEN" "$B/logs/.bst-confirmed" 2>/dev/null; then echo CONFIRMED; fi
-if ours; then echo HELD; fi
-if alive; then echo RUNNING; fi
-"#,
-        B = base_var(base),
-        token = quote(token),
-        reason = quote(&reason),
-        ticks = wait_secs * 10,
-    )
+    Script::at(base)
+        .var("bst_token", token)
+        .var("bst_reason", &reason)
+        .var("bst_ticks", &(wait_secs * 10).to_string())
+        .var("bst_name", NAME)
+        .part(FIRE)
+        .build()
 }
 
 /// What [`fire`] saw.
@@ -254,7 +189,7 @@ mod tests {
             String::from_utf8_lossy(&out.stdout).into_owned()
         };
         let base = b.to_str().unwrap();
-        let confirm = format!("{}{}", base_var(base), confirm_fragment("tok-1"));
+        let confirm = format!("{}{}", Script::at(base).build(), confirm_fragment("tok-1"));
         assert_eq!(run(confirm.clone()), "CONFIRMED\n");
         assert_eq!(run(confirm), "NOT-CONFIRMED client\n");
         let seen = parse_outcome(&run(fire(base, "tok-1", "late", 0)));
@@ -262,5 +197,54 @@ mod tests {
         assert!(!b.join(".bst-lock/fire").exists(), "fire after a decision must not ask for a switch back");
         let other = parse_outcome(&run(fire(base, "tok-2", "late", 0)));
         assert!(!other.confirmed && !other.held, "{other:?}");
+    }
+
+    /// arm.sh starts watchdog.sh detached; nobody confirms, so at its deadline it switches
+    /// current back, marks the trial failed, writes the audit line and releases the lock.
+    #[cfg(unix)]
+    #[test]
+    fn an_unconfirmed_watchdog_switches_back_marks_the_trial_failed_and_unlocks() {
+        let d = tempfile::tempdir().unwrap();
+        let b = d.path();
+        let (old, new) = ("20260101T000000Z", "20260102T000000Z");
+        for id in [old, new] {
+            std::fs::create_dir_all(b.join("releases").join(id)).unwrap();
+            std::fs::write(b.join("releases").join(id).join(".release-meta"), "{\"status\":\"ok\"}\n").unwrap();
+        }
+        std::fs::create_dir_all(b.join(".bst-lock")).unwrap();
+        std::fs::create_dir_all(b.join("logs")).unwrap();
+        std::fs::write(b.join(".bst-lock/owner"), "{\"token\":\"tok-9\"}\n").unwrap();
+        std::os::unix::fs::symlink(format!("releases/{new}"), b.join("current")).unwrap();
+        let restarted = b.join("restarted");
+        let arm_it = Arm {
+            token: "tok-9",
+            secs: 1,
+            restore: Some(old),
+            trial: Some((new, "{\"status\":\"failed\"}".into())),
+            audit_members: audit_members("me@here", "t", Some(old), Some(new)),
+            restart: format!("touch '{}'", restarted.display()),
+        };
+        let out = std::process::Command::new("sh").arg("-c").arg(arm(b.to_str().unwrap(), &arm_it)).output().unwrap();
+        assert!(out.status.success() && armed(&String::from_utf8_lossy(&out.stdout)), "{out:?}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while b.join(".bst-lock").exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the watchdog never acted: {:?}",
+                std::fs::read_to_string(b.join("logs/watchdog.log"))
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert_eq!(std::fs::read_link(b.join("current")).unwrap(), std::path::PathBuf::from(format!("releases/{old}")));
+        assert_eq!(std::fs::read_to_string(b.join("releases").join(new).join(".release-meta")).unwrap(), "{\"status\":\"failed\"}\n");
+        assert!(restarted.exists(), "the restart script ran");
+        let audit = std::fs::read_to_string(b.join("logs/deploys.jsonl")).unwrap();
+        let line: serde_json::Value = serde_json::from_str(audit.trim()).unwrap();
+        assert_eq!(
+            (line["command"].as_str(), line["result"].as_str(), line["release"].as_str()),
+            (Some("watchdog"), Some("rolled-back"), Some(old))
+        );
+        assert!(line["error"].as_str().unwrap().contains("not confirmed healthy within 1s"), "{line}");
+        assert_eq!(std::fs::read_to_string(b.join("logs/.watchdog-unseen")).unwrap(), audit);
     }
 }
