@@ -14,6 +14,7 @@ mod first_hour_check;
 mod gates;
 mod harness;
 mod integrity;
+mod layers;
 mod locks;
 mod model;
 mod reconnect;
