@@ -108,25 +108,7 @@ fn takes_value(cmd: &clap::Command, is: impl Fn(&clap::Arg) -> bool) -> bool {
 }
 
 /// Appended to clap's bash script: the helper's names first, else clap's own completion.
-pub const BASH: &str = r#"
-# Target and service names come from targets.toml: bst prints those that fit.
-_bst_names() {
-    local names
-    names=$("${COMP_WORDS[0]}" __complete -- "${COMP_WORDS[@]:0:COMP_CWORD+1}" 2>/dev/null)
-    if [[ -n "$names" ]]; then
-        # Names are letters, digits, `-`, `_` and `.`: nothing to glob.
-        local IFS=$'\n'
-        COMPREPLY=( $names )
-        return 0
-    fi
-    _bst "$@"
-}
-if [[ "${BASH_VERSINFO[0]}" -eq 4 && "${BASH_VERSINFO[1]}" -ge 4 || "${BASH_VERSINFO[0]}" -gt 4 ]]; then
-    complete -F _bst_names -o nosort -o bashdefault -o default bst
-else
-    complete -F _bst_names -o bashdefault -o default bst
-fi
-"#;
+pub const BASH: &str = include_str!("complete.bash");
 
 /// `bst completions <shell>`.
 pub fn print_script(shell: clap_complete::Shell) {
