@@ -61,7 +61,7 @@ pub fn journal_script(services: &[&Service]) -> String {
     s
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
     use crate::service::parse_status;

@@ -311,10 +311,11 @@ fn from_walk(source: &Path, excluded: &Gitignore) -> anyhow::Result<Vec<Entry>> 
     Ok(out)
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 
+    #[cfg(unix)]
     use crate::workspace::sh;
 
     #[cfg(unix)]

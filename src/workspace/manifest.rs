@@ -193,7 +193,7 @@ impl HashCache {
     }
 
     /// [`pending`](Self::pending), written now: the tests' shortcut.
-    #[cfg(test)]
+    #[cfg(all(test, unix))]
     pub fn save(&self, local: &[Record]) {
         if let Some((file, data)) = self.pending(local, &Arc::new(encode(local))) {
             super::cache::write_atomic(&file, &data);
@@ -381,6 +381,7 @@ pub fn encode_paths(paths: &[String]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(unix)]
     use crate::workspace::cache::hex16;
 
     /// `t` stands in for the content: same `t`, same hash.

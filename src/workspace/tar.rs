@@ -401,12 +401,16 @@ pub fn stream_tar(
 
 #[cfg(test)]
 mod tests {
+    #[cfg(unix)]
     use std::path::PathBuf;
+    #[cfg(unix)]
     use std::process::Command;
 
     use super::*;
+    #[cfg(unix)]
     use crate::workspace::listing::{collect, Rules};
 
+    #[cfg(unix)]
     use crate::workspace::sh;
 
     #[cfg(unix)]
