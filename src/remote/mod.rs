@@ -88,15 +88,12 @@ const WRITE_ENV: &str = include_str!("sh/write_env.sh");
 pub(crate) struct Script {
     vars: String,
     parts: String,
-    /// Every layout name, not only those the parts use: the caller appends shell of its own.
-    all_layout: bool,
-    layout: bool,
 }
 
 impl Script {
     /// A script that runs after another set `B` (a fragment of a larger script).
     pub(crate) fn new() -> Self {
-        Script { vars: String::new(), parts: String::new(), all_layout: false, layout: true }
+        Script { vars: String::new(), parts: String::new() }
     }
 
     /// A script of its own for the target whose base is `base` (`B`).
@@ -137,12 +134,10 @@ impl Script {
 
     pub(crate) fn build(self) -> String {
         let mut s = self.vars;
-        if self.layout {
-            // Only the names the parts use: `-v` shows every script, and a short one reads better.
-            for (name, value) in LAYOUT {
-                if self.all_layout || self.parts.contains(&format!("${name}")) || self.parts.contains(&format!("${{{name}")) {
-                    let _ = writeln!(s, "{name}={}", quote(value));
-                }
+        // Only the names the parts use: `-v` shows every script, and a short one reads better.
+        for (name, value) in LAYOUT {
+            if self.parts.contains(&format!("${name}")) || self.parts.contains(&format!("${{{name}")) {
+                let _ = writeln!(s, "{name}={}", quote(value));
             }
         }
         s + &self.parts
@@ -542,6 +537,20 @@ pub fn write_env(base: &str, rel: &str, stamp: &str, keep: usize, audit_json: &s
         .build()
 }
 
+/// A base with `logs/`, `shared/` and the given releases, each with a meta of that status,
+/// and `current` on the first one: the layout the tests of every script here start from.
+#[cfg(all(test, unix))]
+fn layout_with(base: &std::path::Path, releases: &[(&str, &str)]) {
+    std::fs::create_dir_all(base.join("logs")).unwrap();
+    std::fs::create_dir_all(base.join("shared")).unwrap();
+    for (id, status) in releases {
+        std::fs::create_dir_all(base.join("releases").join(id)).unwrap();
+        std::fs::write(base.join("releases").join(id).join(".release-meta"), format!("{{\"id\":\"{id}\",\"status\":\"{status}\"}}\n"))
+            .unwrap();
+    }
+    std::os::unix::fs::symlink(format!("releases/{}", releases[0].0), base.join("current")).unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -825,11 +834,7 @@ mod tests {
             tar.truncate(tar.len() - cut);
             std::fs::write(c.join(untar(Framing::Tar).1), &tar).unwrap();
             std::fs::write(c.join("upload/manifest"), manifest).unwrap();
-            let script = format!(
-                "{}{}",
-                Script { all_layout: true, ..Script::at(base.to_str().unwrap()) }.build(),
-                start_cache_job("20260220T051228Z abc")
-            );
+            let script = format!("{}{}", Script::at(base.to_str().unwrap()).build(), start_cache_job("20260220T051228Z abc"));
             assert!(std::process::Command::new("sh").arg("-c").arg(&script).status().unwrap().success());
             let pid = std::fs::read_to_string(c.join("job.pid")).unwrap();
             while std::path::Path::new(&format!("/proc/{}", pid.trim())).exists() {
@@ -858,12 +863,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let base = d.path();
         let (good, bad, gone) = ("20260220T051228Z", "20260221T051228Z", "20260222T051228Z");
-        for (id, status) in [(good, "ok"), (bad, "failed")] {
-            std::fs::create_dir_all(base.join("releases").join(id)).unwrap();
-            std::fs::write(base.join("releases").join(id).join(".release-meta"), format!("{{\"id\":\"{id}\",\"status\":\"{status}\"}}\n"))
-                .unwrap();
-        }
-        std::os::unix::fs::symlink(format!("releases/{good}"), base.join("current")).unwrap();
+        layout_with(base, &[(good, "ok"), (bad, "failed")]);
         std::fs::create_dir_all(base.join(".bst-lock")).unwrap();
         let b = base.to_str().unwrap();
         for id in [bad, gone] {
@@ -886,12 +886,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let base = d.path();
         let (a, b) = ("20260220T051228Z", "20260221T051228Z");
-        for id in [a, b] {
-            std::fs::create_dir_all(base.join("releases").join(id)).unwrap();
-            std::fs::write(base.join("releases").join(id).join(".release-meta"), format!("{{\"id\":\"{id}\",\"status\":\"ok\"}}\n"))
-                .unwrap();
-        }
-        std::os::unix::fs::symlink(format!("releases/{a}"), base.join("current")).unwrap();
+        layout_with(base, &[(a, "ok"), (b, "ok")]);
         std::fs::create_dir_all(base.join(".bst-lock/decided")).unwrap();
         let out = std::process::Command::new("sh").arg("-c").arg(guarded_switch(base.to_str().unwrap(), b, "{}")).output().unwrap();
         assert!(out.status.success());
@@ -921,18 +916,6 @@ mod tests {
     }
 
     /// Two releases, `releases/<id>` with a meta of `status`, and `current` on the first.
-    #[cfg(unix)]
-    fn layout_with(base: &std::path::Path, releases: &[(&str, &str)]) {
-        std::fs::create_dir_all(base.join("logs")).unwrap();
-        std::fs::create_dir_all(base.join("shared")).unwrap();
-        for (id, status) in releases {
-            std::fs::create_dir_all(base.join("releases").join(id)).unwrap();
-            std::fs::write(base.join("releases").join(id).join(".release-meta"), format!("{{\"id\":\"{id}\",\"status\":\"{status}\"}}\n"))
-                .unwrap();
-        }
-        std::os::unix::fs::symlink(format!("releases/{}", releases[0].0), base.join("current")).unwrap();
-    }
-
     /// The meta says ok before the switch (a switch refuses any other), the duration is filled
     /// in by the script that knows it, and pruning and the audit come after.
     #[cfg(unix)]

@@ -207,14 +207,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let b = d.path();
         let (old, new) = ("20260101T000000Z", "20260102T000000Z");
-        for id in [old, new] {
-            std::fs::create_dir_all(b.join("releases").join(id)).unwrap();
-            std::fs::write(b.join("releases").join(id).join(".release-meta"), "{\"status\":\"ok\"}\n").unwrap();
-        }
+        // current -> the trial release, the first one named.
+        crate::remote::layout_with(b, &[(new, "ok"), (old, "ok")]);
         std::fs::create_dir_all(b.join(".bst-lock")).unwrap();
-        std::fs::create_dir_all(b.join("logs")).unwrap();
         std::fs::write(b.join(".bst-lock/owner"), "{\"token\":\"tok-9\"}\n").unwrap();
-        std::os::unix::fs::symlink(format!("releases/{new}"), b.join("current")).unwrap();
         let restarted = b.join("restarted");
         let arm_it = Arm {
             token: "tok-9",
