@@ -23,3 +23,4 @@ mod ssh_oracle;
 mod systemd;
 mod terminal;
 mod watchdog;
+mod wine;
