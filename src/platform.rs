@@ -56,6 +56,17 @@ pub fn cache_dir() -> Option<PathBuf> {
     base.map(|b| b.join("bst"))
 }
 
+/// Whether this terminal shows ANSI colour: always on Unix; on Windows once the console's
+/// virtual-terminal mode is on (Windows Terminal has it; conhost gets it switched on here, and
+/// a console that refuses gets no colour rather than escape codes as text).
+pub fn terminal_shows_ansi() -> bool {
+    if cfg!(windows) {
+        anstyle_query::windows::enable_ansi_colors().unwrap_or(false)
+    } else {
+        true
+    }
+}
+
 /// Reads one line from the terminal without echoing it: `env set` values and key
 /// passphrases. The caller prints the prompt and says why the input is hidden. rpassword
 /// does the terminal work on every OS (termios on Unix, the console mode on Windows, where
