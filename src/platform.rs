@@ -56,6 +56,42 @@ pub fn cache_dir() -> Option<PathBuf> {
     base.map(|b| b.join("bst"))
 }
 
+/// Whether this terminal shows ANSI colour: always on Unix; on Windows once the console's
+/// virtual-terminal mode is on (Windows Terminal has it; conhost gets it switched on here, and
+/// a console that refuses gets no colour rather than escape codes as text).
+pub fn terminal_shows_ansi() -> bool {
+    if cfg!(windows) {
+        anstyle_query::windows::enable_ansi_colors().unwrap_or(false)
+    } else {
+        true
+    }
+}
+
+/// `std::fs::canonicalize`, in the form a Windows user writes. There std returns the verbatim
+/// form (`\\?\Z:\tmp\ws`), which bst then showed in `deploying …`, `--json`, errors,
+/// `.release-meta` and reports, where Windows users know only `Z:\tmp\ws`. dunce drops the
+/// `\\?\` only where the plain path names the same file: a drive path whose names are all
+/// ordinary (no `CON`, no trailing dot or space, no `..`) and under 260 characters.
+/// `\\?\UNC\server\share\…` and the rest stay verbatim, where stripping would change what
+/// the path means. On other systems this is `std::fs::canonicalize` itself.
+pub fn canonical(p: &Path) -> std::io::Result<PathBuf> {
+    dunce::canonicalize(p)
+}
+
+/// `std::path::absolute` (no I/O, for a path that may not exist yet), shown as
+/// [`canonical`] shows paths: a `\\?\C:\…` that came in (`--config`, a source written so in
+/// `targets.toml`) goes out as `C:\…` where that is the same file.
+pub fn absolute(p: &Path) -> std::io::Result<PathBuf> {
+    std::path::absolute(p).map(|a| shown(&a).to_path_buf())
+}
+
+/// A path as users see it: [`canonical`]'s rule without the file system (`dunce::simplified`).
+/// Only Windows has verbatim paths; elsewhere `\\?\C:\x` is an ordinary file name and is
+/// returned as it is.
+pub fn shown(p: &Path) -> &Path {
+    dunce::simplified(p)
+}
+
 /// Reads one line from the terminal without echoing it: `env set` values and key
 /// passphrases. The caller prints the prompt and says why the input is hidden. rpassword
 /// does the terminal work on every OS (termios on Unix, the console mode on Windows, where
@@ -85,5 +121,34 @@ mod tests {
             assert_eq!(expand_home_with(untouched, Some(home)), PathBuf::from(untouched), "{untouched}");
         }
         assert_eq!(expand_home_with("~/x", None), PathBuf::from("~/x"));
+    }
+
+    /// The verbatim prefix goes where the plain path names the same file and stays where
+    /// it does not, as dunce decides; off Windows nothing is a verbatim path.
+    #[test]
+    fn shown_paths_drop_the_verbatim_prefix_only_where_windows_means_the_same_file() {
+        let same = |p: &str| shown(Path::new(p)).to_str().unwrap().to_string();
+        let kept = [r"\\?\UNC\server\share\ws", r"\\?\C:\tmp\CON", r"\\?\C:\tmp\x.", r"\\.\pipe\openssh-ssh-agent", r"C:\tmp\ws"];
+        for p in kept {
+            assert_eq!(same(p), p);
+        }
+        if cfg!(windows) {
+            assert_eq!(same(r"\\?\C:\x"), r"C:\x");
+            assert_eq!(same(r"\\?\Z:\tmp\ws"), r"Z:\tmp\ws");
+        } else {
+            assert_eq!(same(r"\\?\C:\x"), r"\\?\C:\x");
+            assert_eq!(same("/tmp/ws"), "/tmp/ws");
+        }
+    }
+
+    #[test]
+    fn canonical_and_absolute_paths_are_never_verbatim_for_an_ordinary_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let canon = canonical(d.path()).unwrap();
+        assert!(canon.is_absolute() && canon.is_dir(), "{}", canon.display());
+        assert!(!canon.to_string_lossy().starts_with(r"\\?\"), "{}", canon.display());
+        assert_eq!(canonical(&canon.join(".")).unwrap(), canon);
+        let missing = absolute(&canon.join("not-yet")).unwrap();
+        assert_eq!(missing, canon.join("not-yet"));
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::config::{Config, RawTarget};
 use crate::dotenv::Dialect;
 use crate::error::Error;
-use crate::platform::{expand_home, home_dir, local_user};
+use crate::platform::{self, expand_home, home_dir, local_user};
 pub use crate::transport::{Hop, Host, Ssh, UserFrom};
 
 pub use crate::report::Globals;
@@ -286,10 +286,11 @@ impl Target {
     }
 }
 
-/// Canonical where it exists (so it compares with the canonical `source`), else absolute.
+/// Canonical where it exists (so it compares with the canonical `source`), else absolute;
+/// never in Windows' verbatim `\\?\` form (see [`platform::canonical`]).
 fn absolute_dir(p: &Path) -> PathBuf {
     let p = if p.as_os_str().is_empty() { Path::new(".") } else { p };
-    std::fs::canonicalize(p).or_else(|_| std::path::absolute(p)).unwrap_or_else(|_| p.to_path_buf())
+    platform::canonical(p).or_else(|_| platform::absolute(p)).unwrap_or_else(|_| p.to_path_buf())
 }
 
 pub fn resolve_target(config: &Config, name: &str) -> anyhow::Result<Target> {
@@ -351,7 +352,8 @@ pub fn resolve_target(config: &Config, name: &str) -> anyhow::Result<Target> {
     };
 
     let source = config.dir().join(raw.source.as_deref().unwrap_or("."));
-    let source = std::fs::canonicalize(&source).unwrap_or(source);
+    // Shown in `deploying …`, `config show` and `--json`: not `\\?\Z:\…` on Windows.
+    let source = platform::canonical(&source).unwrap_or(source);
     let config_dir = absolute_dir(config.dir());
     let reports = config_dir.join("reports");
     let mut byproducts = vec![reports.clone()];

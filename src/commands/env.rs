@@ -83,19 +83,49 @@ fn backups_text(n: usize, target: &Target) -> String {
     format!("{n} backup{} (env set keeps the newest {})", if n == 1 { "" } else { "s" }, target.env_backups_keep)
 }
 
-/// Reads a secret value: from a pipe as is (one trailing newline dropped), from a terminal
-/// with echo off. Never from argv, where `ps` and shell history would see it.
+/// Reads a secret value: from a pipe as [`piped_value`] decodes it, from a terminal with
+/// echo off. Never from argv, where `ps` and shell history would see it.
 fn read_secret(key: &str) -> anyhow::Result<String> {
     let stdin = std::io::stdin();
-    let mut value = String::new();
     if stdin.is_terminal() {
         crate::report::prompt(format_args!("value for {key} (input hidden, then Enter): "));
-        value = crate::platform::read_hidden_line()?;
-    } else {
-        stdin.lock().read_to_string(&mut value)?;
+        return Ok(drop_line_end(&crate::platform::read_hidden_line()?).to_string());
     }
-    let value = value.strip_suffix('\n').map(|v| v.strip_suffix('\r').unwrap_or(v)).unwrap_or(&value).to_string();
-    Ok(value)
+    let mut bytes = Vec::new();
+    stdin.lock().read_to_end(&mut bytes)?;
+    piped_value(&bytes).map_err(|why| {
+        Error::Usage(format!("refusing the value for {key}: stdin is {why} (values are never shown); nothing was written")).into()
+    })
+}
+
+/// The value a pipe carries: its bytes as is, but for what the sending shell adds. One line
+/// end at the very end is dropped, `\n` or `\r\n` (what `echo` and PowerShell's `|` append).
+/// A leading byte order mark is dropped too: PowerShell encodes what it pipes to a program
+/// with `$OutputEncoding`, and an encoding with a preamble (`[Text.Encoding]::UTF8`) sends a
+/// UTF-8 BOM first, `[Text.Encoding]::Unicode` UTF-16 with its BOM, which is decoded. A BOM
+/// never belongs to a value (`env check` reports one as a hidden character). Anything else
+/// must be UTF-8.
+fn piped_value(bytes: &[u8]) -> Result<String, &'static str> {
+    let utf16 = |b: &[u8], unit: fn([u8; 2]) -> u16| -> Result<String, &'static str> {
+        if b.len() % 2 != 0 {
+            return Err("UTF-16 with an odd number of bytes");
+        }
+        String::from_utf16(&b.chunks_exact(2).map(|c| unit([c[0], c[1]])).collect::<Vec<_>>()).map_err(|_| "invalid UTF-16")
+    };
+    let text = if let Some(rest) = bytes.strip_prefix(b"\xEF\xBB\xBF") {
+        std::str::from_utf8(rest).map_err(|_| "not UTF-8")?.to_string()
+    } else if let Some(rest) = bytes.strip_prefix(b"\xFF\xFE") {
+        utf16(rest, u16::from_le_bytes)?
+    } else if let Some(rest) = bytes.strip_prefix(b"\xFE\xFF") {
+        utf16(rest, u16::from_be_bytes)?
+    } else {
+        std::str::from_utf8(bytes).map_err(|_| "not UTF-8")?.to_string()
+    };
+    Ok(drop_line_end(&text).to_string())
+}
+
+fn drop_line_end(v: &str) -> &str {
+    v.strip_suffix('\n').map_or(v, |v| v.strip_suffix('\r').unwrap_or(v))
 }
 
 pub fn edit(target: &Target, globals: &Globals, p: &Printer, key: &str, value: Option<String>) -> anyhow::Result<()> {
@@ -272,4 +302,48 @@ pub fn compare(
     }
     let doc = json!({"left": files[0].0, "right": files[1].0, "left_exists": files[0].1.is_some(), "right_exists": files[1].1.is_some(), "keys": rows});
     Gate { name: "env-parity", key: "ENV_PARITY_RESULT", reports }.finish(p, pass, doc, &md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::piped_value;
+
+    /// What `echo`, `printf` and PowerShell 5.1/7 (`"v" | bst env set …`,
+    /// `Get-Content .\token.txt | …`) send for the value `tok-é`.
+    #[test]
+    fn a_piped_value_loses_what_the_shell_adds_and_nothing_else() {
+        let utf16le: Vec<u8> = [0xFF, 0xFE].into_iter().chain("tok-é\r\n".encode_utf16().flat_map(u16::to_le_bytes)).collect();
+        let utf16be: Vec<u8> = [0xFE, 0xFF].into_iter().chain("tok-é\r\n".encode_utf16().flat_map(u16::to_be_bytes)).collect();
+        let sent: [&[u8]; 7] = [
+            b"tok-\xC3\xA9",
+            b"tok-\xC3\xA9\n",
+            b"tok-\xC3\xA9\r\n",
+            b"\xEF\xBB\xBFtok-\xC3\xA9\r\n",
+            b"\xEF\xBB\xBFtok-\xC3\xA9",
+            &utf16le,
+            &utf16be,
+        ];
+        for bytes in sent {
+            assert_eq!(piped_value(bytes).as_deref(), Ok("tok-é"), "{bytes:?}");
+        }
+        // Only one line end is the shell's: a second one, inner line ends, a BOM inside and
+        // whitespace stay in the value, for `env set` to refuse or keep as its rules say.
+        for (bytes, value) in [
+            (&b"tok\r\n\r\n"[..], "tok\r\n"),
+            (b"tok\n\n", "tok\n"),
+            (b"a\nb\n", "a\nb"),
+            (b"tok \r\n", "tok "),
+            (b"\r", "\r"),
+            (b"t\xEF\xBB\xBFok", "t\u{FEFF}ok"),
+            (b"\xEF\xBB\xBF\xEF\xBB\xBFtok", "\u{FEFF}tok"),
+            (b"", ""),
+            (b"\xEF\xBB\xBF\r\n", ""),
+        ] {
+            assert_eq!(piped_value(bytes).as_deref(), Ok(value), "{bytes:?}");
+        }
+        assert_eq!(piped_value(b"caf\xE9\n"), Err("not UTF-8"));
+        assert_eq!(piped_value(b"\xEF\xBB\xBFcaf\xE9"), Err("not UTF-8"));
+        assert_eq!(piped_value(b"\xFF\xFEt\x00o"), Err("UTF-16 with an odd number of bytes"));
+        assert_eq!(piped_value(b"\xFF\xFE\x00\xD8"), Err("invalid UTF-16"));
+    }
 }

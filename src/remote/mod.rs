@@ -773,8 +773,12 @@ mod tests {
         let src = d.path().join("src");
         std::fs::create_dir(&src).unwrap();
         std::fs::write(src.join("a.txt"), "a").unwrap();
-        let entries =
-            vec![crate::workspace::Entry { path: "a.txt".into(), kind: crate::workspace::entry::Kind::File { exec: false }, stat: None }];
+        let entries = vec![crate::workspace::Entry {
+            path: "a.txt".into(),
+            kind: crate::workspace::entry::Kind::File { exec: false },
+            stat: None,
+            clean: None,
+        }];
         for (framing, archive) in [(Framing::Gzip(1), "snapshot.tgz"), (Framing::Tar, "snapshot.tar")] {
             let base = d.path().join(archive);
             std::fs::create_dir_all(base.join("releases")).unwrap();
@@ -816,9 +820,9 @@ mod tests {
         std::fs::write(src.join("dir/b.sh"), "#!/bin/sh\n").unwrap();
         std::os::unix::fs::symlink("a.txt", src.join("l")).unwrap();
         let entries = vec![
-            Entry { path: "a.txt".into(), kind: Kind::File { exec: false }, stat: None },
-            Entry { path: "dir/b.sh".into(), kind: Kind::File { exec: true }, stat: None },
-            Entry { path: "l".into(), kind: Kind::Symlink, stat: None },
+            Entry { path: "a.txt".into(), kind: Kind::File { exec: false }, stat: None, clean: None },
+            Entry { path: "dir/b.sh".into(), kind: Kind::File { exec: true }, stat: None, clean: None },
+            Entry { path: "l".into(), kind: Kind::Symlink, stat: None, clean: None },
         ];
         let manifest = crate::workspace::encode(&crate::workspace::local_manifest(&src, &entries, &mut Default::default()));
         let run = |case: &str, manifest: &[u8], marker: bool, cut: usize| -> bool {

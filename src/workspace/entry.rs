@@ -19,6 +19,10 @@ pub struct Entry {
     /// From the listing's own `lstat`, so the manifest need not stat 50,000 files a second
     /// time.
     pub stat: Option<Stat>,
+    /// git's clean-side line-ending rule, where it may change the file: what ships is what
+    /// `git add` would store (a CRLF checkout ships LF). `stat` then still describes the
+    /// working file.
+    pub clean: Option<super::git::Clean>,
 }
 
 /// What the hash cache trusts instead of reading a file again. Like git's index it covers
@@ -70,6 +74,12 @@ pub fn entry_size(source: &Path, e: &Entry) -> u64 {
     e.stat.map(|st| st.size).or_else(|| std::fs::symlink_metadata(source.join(&e.path)).ok().map(|m| m.len())).unwrap_or(0)
 }
 
+/// A converted file's bytes as they ship: read whole, as git does to convert it.
+pub fn shipped_bytes(full: &Path, clean: &super::git::Clean) -> io::Result<Vec<u8>> {
+    let data = std::fs::read(full)?;
+    Ok(clean.apply(&data)?.unwrap_or(data))
+}
+
 /// `items.iter().filter_map(f)` on all cores (up to 8), in order: stat'ing and hashing tens
 /// of thousands of files is syscall- and CPU-bound per file. A panic in `f` is the caller's.
 pub fn par_filter_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> Option<R> + Sync) -> Vec<R> {
@@ -81,6 +91,18 @@ pub fn par_filter_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> Option<R>
             .map(|chunk| scope.spawn(move || chunk.iter().filter_map(f).collect::<Vec<R>>()))
             .collect();
         handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    })
+}
+
+/// A path bst must ship byte for byte or not at all: a name that is not UTF-8 is refused,
+/// never dropped or mangled without a word.
+pub(crate) fn utf8_name(raw: &[u8]) -> anyhow::Result<&str> {
+    std::str::from_utf8(raw).map_err(|_| {
+        crate::error::Error::Usage(format!(
+            "cannot ship `{}`: its name is not valid UTF-8; rename it, or ignore it in .gitignore",
+            String::from_utf8_lossy(raw).escape_debug()
+        ))
+        .into()
     })
 }
 
@@ -103,7 +125,7 @@ pub(crate) fn entry_from_fs(source: &Path, path: &str) -> anyhow::Result<Option<
     } else {
         return Ok(None);
     };
-    Ok(Some(Entry { path: path.to_string(), kind, stat: stat_of(&md) }))
+    Ok(Some(Entry { path: path.to_string(), kind, stat: stat_of(&md), clean: None }))
 }
 
 #[cfg(unix)]
@@ -165,8 +187,8 @@ mod tests {
         std::fs::write(d.path().join("apps/api/src/index.ts"), "x").unwrap();
         std::fs::write(d.path().join(".env"), "../../shared/.env\n").unwrap();
         let entries = [
-            Entry { path: release_path(Path::new(".env")), kind: Kind::Symlink, stat: None },
-            Entry { path: release_path(Path::new(r"apps\api\src\index.ts")), kind: Kind::File { exec: false }, stat: None },
+            Entry { path: release_path(Path::new(".env")), kind: Kind::Symlink, stat: None, clean: None },
+            Entry { path: release_path(Path::new(r"apps\api\src\index.ts")), kind: Kind::File { exec: false }, stat: None, clean: None },
         ];
         let mut buf = Vec::new();
         stream_tar(d.path(), &entries, &[], &mut buf, Framing::Gzip(1), &|_, _| {}).unwrap();

@@ -1,39 +1,21 @@
 //! The workspace listing: which files ship.
 //!
-//! The list comes from git when `source` is inside a work tree (tracked files plus untracked
-//! ones not ignored; modes from the index, so a Windows checkout still ships `chmod +x`
-//! scripts and symlinks), else from a walk honouring ignore files. `.git` never ships.
+//! The list comes from the repository when `source` is inside a work tree (tracked files plus
+//! untracked ones not ignored; modes from the index, so a Windows checkout still ships
+//! `chmod +x` scripts and symlinks; read by [`super::git`], no `git` process), else from a walk
+//! honouring ignore files. `.git` never ships.
 
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{bail, Context};
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
 use super::entry::{entry_from_fs, is_exec, par_filter_map, release_path, stat_of, Entry, Kind};
+use super::git::{GitInfo, Repo, Tracked};
 
-#[derive(Debug, Clone, Default)]
-pub struct GitInfo {
-    pub commit: Option<String>,
-    pub branch: Option<String>,
-    pub dirty: Option<bool>,
-}
-
-fn git(source: &Path, args: &[&str]) -> Option<Vec<u8>> {
-    let out = Command::new("git").arg("-C").arg(source).args(args).output().ok()?;
-    out.status.success().then_some(out.stdout)
-}
-
-fn in_git_work_tree(source: &Path) -> bool {
-    git(source, &["rev-parse", "--is-inside-work-tree"]).is_some_and(|o| o.starts_with(b"true"))
-}
-
-/// Outside a work tree (or before the first commit) the git commands fail: all `None`.
+/// Outside a work tree (or before the first commit) all `None`.
 pub fn git_info(source: &Path) -> GitInfo {
-    let refs = git(source, &["rev-parse", "HEAD", "--abbrev-ref", "HEAD"]).map(|o| String::from_utf8_lossy(&o).into_owned());
-    let mut lines = refs.as_deref().unwrap_or("").lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string);
-    let (commit, branch) = (lines.next(), lines.next());
-    GitInfo { commit, branch, dirty: git(source, &["status", "--porcelain", "--untracked-files=no"]).map(|o| !o.is_empty()) }
+    Repo::open(source).map(|r| r.info()).unwrap_or_default()
 }
 
 /// The errors of [`collect`] that need no listing: a missing source, a bad exclude pattern.
@@ -102,11 +84,15 @@ pub fn collect(source: &Path, rules: &Rules) -> anyhow::Result<Listing> {
             && !rules.skip.iter().any(|s| under(path, s))
             && (rules.exclude.is_empty() || !excluded.matched_path_or_any_parents(path, false).is_ignore())
     };
-    let git = in_git_work_tree(source);
+    let repo = Repo::open(source);
+    let git = repo.is_some();
     if !git && !rules.allow_no_git {
-        return Err(not_git(source, "git does not see one"));
+        return Err(not_git(source, "no work tree holds it"));
     }
-    let (mut entries, untracked) = if git { from_git(source)? } else { (from_walk(source, &excluded)?, Vec::new()) };
+    let (mut entries, untracked) = match &repo {
+        Some(repo) => from_git(source, repo)?,
+        None => (from_walk(source, &excluded)?, Vec::new()),
+    };
     entries.retain(|e| keep(&e.path));
     if let Some(e) = entries.iter().find(|e| BST_OWNED.iter().any(|owned| under(&e.path, owned))) {
         bail!(crate::error::Error::Usage(format!(
@@ -139,67 +125,54 @@ fn check_patterns(source: &Path, patterns: &[String], key: &str) -> anyhow::Resu
 }
 
 /// The entries, and the paths among them that git does not track.
-fn from_git(source: &Path) -> anyhow::Result<(Vec<Entry>, Vec<String>)> {
+fn from_git(source: &Path, repo: &Repo) -> anyhow::Result<(Vec<Entry>, Vec<String>)> {
     // The untracked listing walks the whole tree (0.25 s at 50,000 files): the tracked files
-    // are stat'ed on the other cores meanwhile.
+    // are stat'ed on the other cores meanwhile. gix's repository is not shared between
+    // threads, so the walk opens its own.
+    let (symlinks, file_mode) = repo.checkout_flags();
+    let checkout = Checkout { symlinks, file_mode };
     let (tracked, others) = std::thread::scope(|scope| {
-        let others = scope.spawn(|| git(source, &["ls-files", "-z", "--others", "--exclude-standard"]));
-        let checkout = scope.spawn(|| Checkout::of(source));
-        let staged = git(source, &["ls-files", "-z", "--stage"]);
-        let checkout = checkout.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        let tracked = staged.map(|staged| -> anyhow::Result<Vec<Entry>> {
-            let mut recs = Vec::new();
-            for rec in staged.split(|b| *b == 0).filter(|r| !r.is_empty()) {
-                if let Some((mode, path)) = split_stage_record(rec)? {
-                    recs.push((mode, path));
-                }
-            }
+        let others = scope.spawn(|| Repo::open(source).context("the repository vanished while being read")?.untracked());
+        let tracked = repo.tracked().map(|mut recs| {
             // git does not look beyond a symbolic link: a tracked `apps/web/x` whose `apps/web`
             // is now a link (or a file) is deleted in git's eyes, and reading it would read
             // through the link, outside the workspace.
-            let beyond = links_among_parents(source, recs.iter().map(|(_, p)| p.as_str()));
-            recs.retain(|(_, p)| !beyond.iter().any(|d| under(p, d)));
-            Ok(par_filter_map(&recs, |(mode, path)| staged_entry(source, mode, path, &checkout)))
+            let beyond = links_among_parents(source, recs.iter().map(|t| t.path.as_str()));
+            recs.retain(|t| !beyond.iter().any(|d| under(&t.path, d)));
+            par_filter_map(&recs, |t| staged_entry(source, t, &checkout).map(|e| (e, t.blob)))
         });
-        (tracked, others.join().ok().flatten())
+        (tracked, others.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
     });
-    let mut out = tracked.context("git ls-files failed")??;
-    let others = others.context("git ls-files failed")?;
+    let tracked = tracked?;
     let mut untracked = Vec::new();
-    for rec in others.split(|b| *b == 0).filter(|r| !r.is_empty()) {
-        let path = utf8_name(rec)?;
-        if path.ends_with('/') {
-            continue; // a nested repository
-        }
-        if let Some(e) = entry_from_fs(source, path)? {
+    let mut out: Vec<(Entry, Option<gix::ObjectId>)> = tracked.into_iter().map(|(e, b)| (e, Some(b))).collect();
+    for path in others? {
+        if let Some(e) = entry_from_fs(source, &path)? {
             untracked.push(e.path.clone());
-            out.push(e);
+            out.push((e, None));
         }
     }
-    Ok((out, untracked))
+    // Only regular files are converted; a link checked out as a file holds its target.
+    let files: Vec<(&str, Option<gix::ObjectId>)> =
+        out.iter().filter(|(e, _)| matches!(e.kind, Kind::File { .. })).map(|(e, b)| (e.path.as_str(), *b)).collect();
+    let mut rules = repo.clean_rules(&files)?.into_iter();
+    let mut entries = Vec::with_capacity(out.len());
+    for (mut e, _) in out {
+        if matches!(e.kind, Kind::File { .. }) {
+            e.clean = rules.next().flatten();
+            if let (Some(c), Some(st)) = (&e.clean, e.stat.as_mut()) {
+                // The hash cache keys a converted file by its working copy's stat and the
+                // rule: its cached size is the converted one.
+                st.stamp = st.stamp.rotate_left(7) ^ st.size.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ c.rule_tag();
+            }
+        }
+        entries.push(e);
+    }
+    Ok((entries, untracked))
 }
 
 fn under(path: &str, dir: &str) -> bool {
     path == dir || path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'))
-}
-
-/// A path bst must ship byte for byte or not at all: a name that is not UTF-8 is refused,
-/// never dropped or mangled without a word.
-fn utf8_name(raw: &[u8]) -> anyhow::Result<&str> {
-    std::str::from_utf8(raw).map_err(|_| {
-        crate::error::Error::Usage(format!(
-            "cannot ship `{}`: its name is not valid UTF-8; rename it, or ignore it in .gitignore",
-            String::from_utf8_lossy(raw).escape_debug()
-        ))
-        .into()
-    })
-}
-
-/// `<mode> <object> <stage>\t<path>` from `git ls-files --stage -z`.
-fn split_stage_record(rec: &[u8]) -> anyhow::Result<Option<(String, String)>> {
-    let Some(tab) = rec.iter().position(|&b| b == b'\t') else { return Ok(None) };
-    let mode = String::from_utf8_lossy(&rec[..tab]).split(' ').next().unwrap_or("").to_string();
-    Ok(Some((mode, utf8_name(&rec[tab + 1..])?.to_string())))
 }
 
 /// The parent directories of `paths` that are not real directories on disk now (symlinks,
@@ -236,47 +209,33 @@ struct Checkout {
     file_mode: bool,
 }
 
-impl Checkout {
-    fn of(source: &Path) -> Checkout {
-        let mut c = Checkout { symlinks: cfg!(unix), file_mode: cfg!(unix) };
-        // Exit 1 (None) when neither is set: the defaults hold.
-        let out = git(source, &["config", "--bool", "--get-regexp", r"^core\.(symlinks|filemode)$"]).unwrap_or_default();
-        for line in String::from_utf8_lossy(&out).lines() {
-            match line.split_once(' ') {
-                Some((k, v)) if k.eq_ignore_ascii_case("core.symlinks") => c.symlinks = v == "true",
-                Some((k, v)) if k.eq_ignore_ascii_case("core.filemode") => c.file_mode = v == "true",
-                _ => {}
-            }
-        }
-        c
-    }
-}
-
-/// One `git ls-files --stage` record as an entry, if it ships. The kind is what is on disk
+/// One index record as an entry, if it ships. The kind is what is on disk
 /// now (`lstat`), as `git add` would see it: a tracked file replaced by a link ships the
 /// link, never the bytes behind it. The index only speaks for what the checkout cannot show
 /// (links checked out as files, exec bits where `core.fileMode` is off).
-fn staged_entry(source: &Path, mode: &str, path: &str, checkout: &Checkout) -> Option<Entry> {
-    if !matches!(mode, "120000" | "100755" | "100644") {
-        return None; // 160000: submodules are not snapshotted
+fn staged_entry(source: &Path, t: &Tracked, checkout: &Checkout) -> Option<Entry> {
+    use gix::index::entry::Mode;
+    let (mode, path) = (t.mode, t.path.as_str());
+    if !(mode == Mode::SYMLINK || mode == Mode::FILE || mode == Mode::FILE_EXECUTABLE) {
+        return None; // submodules are not snapshotted; a sparse index's directories are not files
     }
     // Files deleted in the work tree do not ship: the work tree is the truth.
     let md = std::fs::symlink_metadata(source.join(path)).ok()?;
     let kind = if md.file_type().is_symlink() {
         Kind::Symlink
     } else if md.is_file() {
-        if mode == "120000" && !checkout.symlinks {
+        if mode == Mode::SYMLINK && !checkout.symlinks {
             Kind::Symlink
         } else if checkout.file_mode {
             Kind::File { exec: is_exec(&md) }
         } else {
-            Kind::File { exec: mode == "100755" }
+            Kind::File { exec: mode == Mode::FILE_EXECUTABLE }
         }
     } else {
         // A directory now: what is in it is listed as untracked. Anything else never ships.
         return None;
     };
-    Some(Entry { path: path.to_string(), kind, stat: stat_of(&md) })
+    Some(Entry { path: path.to_string(), kind, stat: stat_of(&md), clean: None })
 }
 
 fn from_walk(source: &Path, excluded: &Gitignore) -> anyhow::Result<Vec<Entry>> {

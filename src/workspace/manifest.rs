@@ -81,7 +81,9 @@ fn digest16(h: sha2::Sha256) -> Hash {
     out
 }
 
-fn hash_entry(path: &Path, symlink: bool) -> Option<Hash> {
+/// The hash of what ships, and its size when that is not the working file's (a converted
+/// file).
+fn hash_entry(path: &Path, symlink: bool, clean: Option<&super::git::Clean>) -> Option<(Hash, Option<u64>)> {
     let mut h = sha2::Sha256::new();
     if symlink {
         // The target exactly as it ships (see `link_target`): what the server's copy hashes to.
@@ -90,6 +92,10 @@ fn hash_entry(path: &Path, symlink: bool) -> Option<Hash> {
         h.update(std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str()));
         #[cfg(not(unix))]
         h.update(target.to_string_lossy().as_bytes());
+    } else if let Some(clean) = clean {
+        let data = super::entry::shipped_bytes(path, clean).ok()?;
+        h.update(&data);
+        return Some((digest16(h), Some(data.len() as u64)));
     } else {
         let mut f = std::fs::File::open(path).ok()?;
         let mut buf = vec![0u8; 256 * 1024];
@@ -102,7 +108,7 @@ fn hash_entry(path: &Path, symlink: bool) -> Option<Hash> {
             }
         }
     }
-    Some(digest16(h))
+    Some((digest16(h), None))
 }
 
 /// The workspace's manifest, in entry order. Entries that vanished since listing are skipped
@@ -126,13 +132,18 @@ pub fn local_manifest(source: &Path, entries: &[Entry], cache: &mut HashCache) -
             while cached.get(at).is_some_and(|c| c.path < e.path) {
                 at += 1;
             }
+            // A converted file's record holds the converted size; its stamp covers the
+            // working file's size and the rule instead (see `listing::from_git`).
             let hit = cached
                 .get(at)
-                .filter(|c| c.path == e.path && c.size == size && c.stamp == stamp && (c.kind == 'l') == (kind == 'l'))
-                .map(|c| c.hash);
+                .filter(|c| {
+                    c.path == e.path && (e.clean.is_some() || c.size == size) && c.stamp == stamp && (c.kind == 'l') == (kind == 'l')
+                })
+                .map(|c| (c.hash, c.size));
             hits += usize::from(hit.is_some());
             let changed_ns = st.changed_ns;
-            Some((Record { kind, size, stamp, changed_ns, hash: hit.unwrap_or_default(), path: e.path.clone() }, hit.is_some()))
+            let (hash, size) = hit.unwrap_or(([0; 16], size));
+            Some((Record { kind, size, stamp, changed_ns, hash, path: e.path.clone() }, hit.is_some()))
         })
         .collect();
     let misses: Vec<usize> = recs.iter().enumerate().filter(|(_, r)| r.as_ref().is_some_and(|(_, known)| !known)).map(|(i, _)| i).collect();
@@ -142,16 +153,36 @@ pub fn local_manifest(source: &Path, entries: &[Entry], cache: &mut HashCache) -
     if !misses.is_empty() {
         let hashed = super::entry::par_filter_map(&misses, |&i| {
             let (r, _) = recs[i].as_ref().expect("a miss has a record");
-            Some((i, hash_entry(&source.join(&r.path), r.kind == 'l')))
+            Some((i, hash_entry(&source.join(&r.path), r.kind == 'l', entries[i].clean.as_ref())))
         });
         for (i, h) in hashed {
             match h {
-                Some(h) => recs[i].as_mut().expect("a miss has a record").0.hash = h,
+                Some((h, shipped)) => {
+                    let r = &mut recs[i].as_mut().expect("a miss has a record").0;
+                    r.hash = h;
+                    r.size = shipped.unwrap_or(r.size);
+                }
                 None => recs[i] = None,
             }
         }
     }
     recs.into_iter().flatten().map(|(r, _)| r).collect()
+}
+
+/// How many of `entries` ship other bytes than the working file's (git's line-ending
+/// conversion only ever shortens a file). `local` is `local_manifest(entries)`.
+pub fn normalized(entries: &[Entry], local: &[Record]) -> usize {
+    let mut at = 0;
+    let mut n = 0;
+    for r in local {
+        while entries.get(at).is_some_and(|e| e.path < r.path) {
+            at += 1;
+        }
+        if let Some(e) = entries.get(at).filter(|e| e.path == r.path && e.clean.is_some()) {
+            n += usize::from(e.stat.is_some_and(|st| st.size != r.size));
+        }
+    }
+    n
 }
 
 /// Content hashes of workspace files by path, valid while size and mtime (ns) are unchanged;
@@ -452,9 +483,9 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(2100));
         std::os::unix::fs::symlink("a", src.join("l")).unwrap();
         let entries = vec![
-            Entry { path: "a".into(), kind: Kind::File { exec: false }, stat: None },
-            Entry { path: "b".into(), kind: Kind::File { exec: false }, stat: None },
-            Entry { path: "l".into(), kind: Kind::Symlink, stat: None },
+            Entry { path: "a".into(), kind: Kind::File { exec: false }, stat: None, clean: None },
+            Entry { path: "b".into(), kind: Kind::File { exec: false }, stat: None, clean: None },
+            Entry { path: "l".into(), kind: Kind::Symlink, stat: None, clean: None },
         ];
         let file = d.path().join("cache");
         let open = || cache_at(&file);
@@ -500,8 +531,8 @@ mod tests {
         set_old("b");
         std::thread::sleep(std::time::Duration::from_millis(2100));
         let entries = vec![
-            Entry { path: "a".into(), kind: Kind::File { exec: false }, stat: None },
-            Entry { path: "b".into(), kind: Kind::File { exec: false }, stat: None },
+            Entry { path: "a".into(), kind: Kind::File { exec: false }, stat: None, clean: None },
+            Entry { path: "b".into(), kind: Kind::File { exec: false }, stat: None, clean: None },
         ];
         let file = d.path().join("cache");
         let open = || cache_at(&file);

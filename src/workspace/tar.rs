@@ -93,6 +93,17 @@ fn append_all<W: Write>(
                 tar.append_link(&mut h, &e.path, &target).with_context(|| format!("cannot add link {}", e.path))?;
                 progress(e, 0);
             }
+            Kind::File { exec } if e.clean.is_some() => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(if exec { 0o755 } else { 0o644 });
+                let clean = e.clean.as_ref().expect("matched");
+                let data = super::entry::shipped_bytes(&full, clean).with_context(|| format!("cannot read {}", full.display()))?;
+                let size = data.len() as u64;
+                h.set_size(size);
+                tar.append_data(&mut h, &e.path, &data[..]).with_context(|| format!("cannot add {}", e.path))?;
+                progress(e, size);
+                stats.bytes += size;
+            }
             Kind::File { exec } => {
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_mode(if exec { 0o755 } else { 0o644 });
@@ -497,8 +508,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("a"), "a").unwrap();
         let entries = vec![
-            Entry { path: "a".into(), kind: Kind::File { exec: false }, stat: None },
-            Entry { path: "missing".into(), kind: Kind::File { exec: false }, stat: None },
+            Entry { path: "a".into(), kind: Kind::File { exec: false }, stat: None, clean: None },
+            Entry { path: "missing".into(), kind: Kind::File { exec: false }, stat: None, clean: None },
         ];
         // The server trusts only a stream that ends with the completion marker: a snapshot
         // that fails half-way must never send it, whatever members went out before.

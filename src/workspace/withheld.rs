@@ -51,7 +51,7 @@ mod tests {
     use super::*;
 
     fn file(path: &str) -> Entry {
-        Entry { path: path.into(), kind: Kind::File { exec: false }, stat: None }
+        Entry { path: path.into(), kind: Kind::File { exec: false }, stat: None, clean: None }
     }
 
     #[test]
@@ -81,7 +81,7 @@ mod tests {
         assert!(r("src/key.ts").is_none(), "source files are not read");
         assert!(r("Makefile").is_none());
         assert!(r("apps/.envrc").is_some(), "direnv files hold secrets too");
-        let link = Entry { path: "deploy_key".into(), kind: Kind::Symlink, stat: None };
+        let link = Entry { path: "deploy_key".into(), kind: Kind::Symlink, stat: None, clean: None };
         assert!(reason(d.path(), &link).is_none(), "a link ships as a link, never its target's bytes");
     }
 }

@@ -1,8 +1,8 @@
 //! Issue 15: the docs hold together. A deleted example went unnoticed once
 //! (`examples/github-actions/deploy.yml`, linked from the README); now every relative link in
 //! README.md and docs/*.md must reach a file of this repository (and, with `#anchor`, a heading
-//! of the markdown file it names, slugged as GitHub slugs it), and every workflow and example
-//! YAML must parse. Files only: no network, no server, nothing built.
+//! of the markdown file it names, slugged as GitHub slugs it), every workflow and example
+//! YAML must parse, and so must the `packaging/` JSON. Files only: no network, no server, nothing built.
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -444,6 +444,48 @@ fn every_workflow_and_example_yaml_parses() {
     yaml.extend(examples);
     let problems: Vec<String> = yaml.iter().filter_map(|p| yaml_problem(p, &read(p)).map(|why| format!("{}: {why}", rel(p)))).collect();
     assert!(problems.is_empty(), "{} YAML file(s) are not valid:\n{}", problems.len(), problems.join("\n"));
+}
+
+/// Every JSON file under `packaging/` parses, and the scoop manifest (README: Windows) names
+/// the archive the release workflow publishes: `bst-v<version>-x86_64-pc-windows-msvc.zip`
+/// with `bst.exe` in it, its hash read from `SHA256SUMS`. A renamed archive would otherwise
+/// break `scoop install` and nothing here would notice.
+#[test]
+fn packaging_json_parses_and_the_scoop_manifest_names_the_release_zip() {
+    let json = files(&root().join("packaging"), &["json"], true);
+    assert!(!json.is_empty(), "no JSON under packaging/: the scoop manifest is gone");
+    for p in &json {
+        serde_json::from_str::<serde_json::Value>(&read(p)).unwrap_or_else(|e| panic!("{}: does not parse as JSON: {e}", rel(p)));
+    }
+    let path = root().join("packaging/scoop/bst.json");
+    let m: serde_json::Value = serde_json::from_str(&read(&path)).unwrap();
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or_else(|| panic!("{}: {v} is not a string", rel(&path))).to_string();
+    let version = s(&m["version"]);
+    let url = s(&m["architecture"]["64bit"]["url"]);
+    let zip = format!("bst-v{version}-x86_64-pc-windows-msvc.zip");
+    assert!(
+        url.ends_with(&format!("/releases/download/v{version}/{zip}")),
+        "{}: url {url} is not the v{version} release's {zip}",
+        rel(&path)
+    );
+    assert_eq!(s(&m["autoupdate"]["architecture"]["64bit"]["url"]).replace("$version", &version), url, "{}: autoupdate url", rel(&path));
+    assert!(url.starts_with(&format!("{}/", s(&m["homepage"]))), "{}: url {url} is not under homepage", rel(&path));
+    let hash = s(&m["architecture"]["64bit"]["hash"]);
+    assert!(hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()), "{}: hash must be 64 hex digits (SHA-256)", rel(&path));
+    assert_eq!(s(&m["autoupdate"]["hash"]["url"]), "$baseurl/SHA256SUMS", "{}: the hash comes from SHA256SUMS", rel(&path));
+    assert_eq!(s(&m["bin"]), "bst.exe");
+    let release = read(&root().join(".github/workflows/release.yml"));
+    for part in [
+        "target: x86_64-pc-windows-msvc",
+        "$name = \"bst-$env:GITHUB_REF_NAME-${{ matrix.target }}\"",
+        "release/bst.exe\", README.md -DestinationPath \"dist/$name.zip\"",
+        "sha256sum bst-* > SHA256SUMS",
+    ] {
+        assert!(
+            release.contains(part),
+            "release.yml no longer has `{part}`: update packaging/scoop/bst.json and the README's Windows section with it"
+        );
+    }
 }
 
 /// The checks themselves, on small inputs: a check that passes because it reads nothing would

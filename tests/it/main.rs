@@ -4,6 +4,7 @@
 
 mod after_switch;
 mod core;
+mod crlf;
 mod delta;
 mod docs;
 mod ecosystem;

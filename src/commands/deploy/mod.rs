@@ -124,13 +124,14 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
             let mut hashes = hashes.take().expect("taken once");
             let local = workspace::local_manifest(&source, &entries, &mut hashes);
             let encoded = Arc::new(workspace::encode(&local));
+            let normalized = workspace::normalized(&entries, &local);
             let ms = ms(started);
             crate::report::timing(trace, started, "hashed (cache hits and changed files)");
             // Written while the deploy goes on; `Listed` holds the writer until the end.
             let saving = hashes
                 .pending(&local, &encoded)
                 .map(|(file, data)| Background::spawn(move || workspace::cache::write_atomic(&file, &data)));
-            anyhow::Ok(Listed { entries, local, encoded, ms, saving: saving.into_iter().collect(), untracked, withheld, git })
+            anyhow::Ok(Listed { entries, local, encoded, ms, saving: saving.into_iter().collect(), untracked, withheld, git, normalized })
         })
     };
     let mut git = {
@@ -365,6 +366,8 @@ struct Listed {
     withheld: Vec<(String, &'static str)>,
     /// Listed from git (else a walk).
     git: bool,
+    /// Files that ship with git's line-ending conversion applied.
+    normalized: usize,
 }
 
 /// What the client knows of the server's manifest.

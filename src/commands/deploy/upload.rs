@@ -72,6 +72,22 @@ pub(super) fn announce(target: &Target, p: &Printer, l: &Listed) {
         target.host_label(),
         target.base
     ));
+    if p.verbose > 0 && !l.git {
+        p.status(if cfg!(windows) {
+            "  exec bits are unknown without a git index: no file ships executable"
+        } else {
+            "  without a git index, exec bits and line endings ship as they are on disk"
+        });
+    } else if p.verbose > 0 && l.normalized > 0 {
+        let one = l.normalized == 1;
+        p.status(format!(
+            "  {} file{} with CRLF line endings ship{} as LF, as `git add` would store {}",
+            l.normalized,
+            if one { "" } else { "s" },
+            if one { "s" } else { "" },
+            if one { "it" } else { "them" }
+        ));
+    }
     if p.verbose > 0 || !l.git {
         for (dir, files, size) in largest_folders(&target.source, &l.entries, 10) {
             p.status(format!("  {:>10}  {files:>6} file{}  {dir}", human_bytes(size), if files == 1 { " " } else { "s" }));
