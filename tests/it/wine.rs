@@ -5,6 +5,14 @@
 //! given is a `Z:\…` path (Wine maps `Z:` to `/`); what the server ends up with is checked on
 //! disk here, with Linux's view of it.
 //!
+//! The machine is shaped like an operator's: Git for Windows installed where its installer
+//! puts it (its system gitconfig says `core.autocrlf=true`, the installer's default; its
+//! `git.exe` is a placeholder that cannot run), and each workspace is the checkout Git for
+//! Windows makes ([`windows_checkout`]: no exec bits or symlinks on disk, the index's modes
+//! count). A checkout made by Linux git and read through Wine is another case (a repository
+//! shared with WSL): there `core.fileMode=true` and links Wine follows mean what git on
+//! Windows would see too, exec bits and links lost.
+//!
 //! `scripts/wine-test` installs Wine, builds `bst.exe` and the `bcryptprimitives.dll` shim
 //! (`tests/wine/`), makes a throwaway `WINEPREFIX` and runs these tests with `BST_WINE_EXE`
 //! set; without it they are ignored.
@@ -56,7 +64,51 @@ fn wine() -> Wine {
     // Wine names the Windows user after the Linux one: USERPROFILE=C:\users\<user>.
     let profile = prefix.join("drive_c/users").join(whoami());
     assert!(profile.is_dir(), "{} missing: is WINEPREFIX={} initialised (wineboot -i)?", profile.display(), prefix.display());
+    static GIT: std::sync::Once = std::sync::Once::new();
+    GIT.call_once(|| install_git_for_windows(&prefix));
     Wine { exe, profile }
+}
+
+/// Where a Windows program finds Git for Windows' launcher: the installer puts it on `PATH`.
+const GIT_CMD_DIR: &str = "C:\\Program Files\\Git\\cmd";
+
+/// Git for Windows as its installer lays it out, as far as bst (gix) looks at it: the system
+/// gitconfig beside a `mingw64` runtime, found from `git.exe` on `PATH` without running it.
+/// The config is the installer's `[core]` section: "Checkout Windows-style, commit Unix-style"
+/// is `autocrlf = true`. The two `git.exe` are not programs: bst must not run git.
+fn install_git_for_windows(prefix: &Path) {
+    let root = prefix.join("drive_c/Program Files/Git");
+    for exe in ["cmd/git.exe", "mingw64/bin/git.exe"] {
+        let exe = root.join(exe);
+        std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
+        std::fs::write(exe, "a placeholder: bst reads repositories in-process and never runs git\n").unwrap();
+    }
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/gitconfig"), "[core]\n\tautocrlf = true\n\tfscache = true\n\tsymlinks = false\n").unwrap();
+}
+
+/// Turns a checkout made by Linux git into the one Git for Windows makes: its clone writes
+/// `core.filemode=false` (NTFS keeps no exec bits; the index's modes count),
+/// `core.symlinks=false` (a link is checked out as a file holding its target) and
+/// `core.ignorecase=true`.
+fn windows_checkout(ws: &Path) {
+    sh(
+        ws,
+        "git config core.filemode false && git config core.symlinks false && git config core.ignorecase true
+git ls-files -s | sed -n 's/^120000 [0-9a-f]* [0-9]\t//p' | while IFS= read -r p; do rm -f -- \"$p\" && git checkout -q -- \"$p\"; done",
+    );
+}
+
+/// [`Workspace::new`], checked out as Git for Windows does: `entry.ts` a file holding
+/// `apps/api/src/index.ts`, `scripts/run.sh` without an exec bit on disk.
+fn windows_workspace() -> Workspace {
+    let ws = Workspace::new();
+    windows_checkout(ws.path());
+    let entry = std::fs::symlink_metadata(ws.path().join("entry.ts")).unwrap();
+    assert!(entry.is_file(), "entry.ts is still a link");
+    assert_eq!(std::fs::read_to_string(ws.path().join("entry.ts")).unwrap(), "apps/api/src/index.ts");
+    assert_eq!(sh(ws.path(), "git status --porcelain --untracked-files=no"), "", "the Windows checkout is not clean to git");
+    ws
 }
 
 impl Wine {
@@ -75,6 +127,8 @@ impl Wine {
             .arg(win(config))
             .args(args)
             .env("WINEDEBUG", "-all")
+            // Appended to the Windows PATH by Wine.
+            .env("WINEPATH", GIT_CMD_DIR)
             .env("BST_CACHE_DIR", win(&config.parent().unwrap().join("bst-cache")))
             .env_remove("BST_SSH_CONFIG")
             .env_remove("SSH_AUTH_SOCK")
@@ -224,7 +278,7 @@ fn ssh_lines(sshd: &Sshd) -> String {
     )
 }
 
-/// The files `Workspace::new()` ships (as `core.rs` checks them natively).
+/// The files [`windows_workspace`] ships (as `core.rs` checks them natively).
 const SHIPPED: [&str; 6] = [".gitignore", "apps/api/src/index.ts", "entry.ts", "package.json", "scripts/run.sh", "untracked.txt"];
 
 /// Full deploy of a git workspace, then a delta redeploy after one file changed.
@@ -233,7 +287,14 @@ const SHIPPED: [&str; 6] = [".gitignore", "apps/api/src/index.ts", "entry.ts", "
 fn deploys_a_git_workspace_then_a_delta() {
     let wine = wine();
     let sshd = Sshd::start();
-    let ws = Workspace::new();
+    let ws = windows_workspace();
+    // Big enough that a delta visibly sends less than the whole tree.
+    std::fs::write(ws.path().join("asset.bin"), noise(300_000, 14)).unwrap();
+    let shipped: Vec<&str> = {
+        let mut v = SHIPPED.to_vec();
+        v.insert(2, "asset.bin");
+        v
+    };
     let env = WinEnv::new(ws.path(), &ssh_lines(&sshd), "");
 
     let first = wine.bst(&env, &["deploy", "t", "--json"]).ok().json();
@@ -243,8 +304,8 @@ fn deploys_a_git_workspace_then_a_delta() {
     assert_eq!(first["delta"], false, "nothing to diff against on the first deploy: {first}");
     assert_eq!(env.release_ids(), vec![id1.clone()]);
     let rel = env.base.join("current");
-    assert_eq!(release_files(&rel), SHIPPED, "ignored files, .git and .env must not ship");
-    for f in ["package.json", "apps/api/src/index.ts", "untracked.txt", "scripts/run.sh"] {
+    assert_eq!(release_files(&rel), shipped, "ignored files, .git and .env must not ship");
+    for f in ["package.json", "apps/api/src/index.ts", "untracked.txt", "scripts/run.sh", "asset.bin"] {
         assert_eq!(std::fs::read(rel.join(f)).unwrap(), std::fs::read(ws.path().join(f)).unwrap(), "{f} differs");
     }
     assert_eq!(env.mode("current/scripts/run.sh"), 0o755, "the exec bit git records was lost");
@@ -262,11 +323,12 @@ fn deploys_a_git_workspace_then_a_delta() {
     assert_eq!(second["previous"], id1.as_str(), "{second}");
     assert_eq!(second["delta"], true, "the redeploy diffs against the first release: {second}");
     assert_eq!(second["files_sent"], 1, "one file changed: {second}");
-    assert!(second["bytes_sent"].as_u64().unwrap() < first["bytes_sent"].as_u64().unwrap(), "{second}");
+    assert!(first["bytes_sent"].as_u64().unwrap() > 300_000, "{first}");
+    assert!(second["bytes_sent"].as_u64().unwrap() < 100_000, "the delta sent the whole tree again: {second}");
     assert_eq!(env.release_ids(), vec![id1.clone(), id2.clone()]);
     assert_eq!(env.read("current/apps/api/src/index.ts"), "export const x = 2; // edited on Windows\n", "the change did not arrive");
     assert_eq!(env.read(&format!("releases/{id1}/apps/api/src/index.ts")), "export const x = 1;\n", "the old release changed");
-    assert_eq!(release_files(&rel), SHIPPED);
+    assert_eq!(release_files(&rel), shipped);
     assert_eq!(env.mode("current/scripts/run.sh"), 0o755, "the delta lost the exec bit");
 }
 
@@ -276,7 +338,7 @@ fn deploys_a_git_workspace_then_a_delta() {
 fn lists_and_rolls_back_to_a_named_release() {
     let wine = wine();
     let sshd = Sshd::start();
-    let ws = Workspace::new();
+    let ws = windows_workspace();
     let env = WinEnv::new(ws.path(), &ssh_lines(&sshd), "");
     ws.write("version.txt", "1\n");
     ws.commit("v1");
@@ -298,7 +360,7 @@ fn lists_and_rolls_back_to_a_named_release() {
     assert_eq!(releases.iter().map(|r| r["current"].as_bool().unwrap()).collect::<Vec<_>>(), vec![true, false]);
     for r in releases {
         assert_eq!(r["commit"].as_str().map(str::len), Some(40), "{r}");
-        assert_eq!(r["dirty"], true, "untracked.txt ships: {r}");
+        assert_eq!(r["dirty"], false, "everything was committed, and the checkout is clean to git: {r}");
     }
     assert_ne!(releases[0]["commit"], releases[1]["commit"]);
 
@@ -325,7 +387,7 @@ fn lists_and_rolls_back_to_a_named_release() {
 fn env_set_from_stdin_then_env_check_passes() {
     let wine = wine();
     let sshd = Sshd::start();
-    let ws = Workspace::new();
+    let ws = windows_workspace();
     let env = WinEnv::new(ws.path(), &ssh_lines(&sshd), "shared_files = [\".env\"]\nrequired_env = [\"OPS_DB_URL\"]");
     std::fs::create_dir_all(env.base.join("shared")).unwrap();
     std::fs::write(env.base.join("shared/.env"), "# core-api\nOTHER=1\n").unwrap();
@@ -378,7 +440,7 @@ fn unknown_host_key_is_refused_then_recorded_in_the_profile() {
     let wine = wine();
     let ssh = wine.fresh_ssh_dir();
     let sshd = Sshd::start();
-    let ws = Workspace::new();
+    let ws = windows_workspace();
     let host =
         format!("host = \"127.0.0.1\"\nport = {}\nuser = \"{}\"\nidentity_file = {}\n", sshd.port, whoami(), toml_win(&sshd.user_key));
     let env = WinEnv::new(ws.path(), &host, "");
@@ -406,7 +468,7 @@ fn ssh_config_alias_from_the_profile() {
     let wine = wine();
     let ssh = wine.fresh_ssh_dir();
     let sshd = Sshd::start();
-    let ws = Workspace::new();
+    let ws = windows_workspace();
     std::fs::create_dir_all(&ssh.dir).unwrap();
     std::fs::copy(&sshd.user_key, ssh.dir.join("wine_ed25519")).unwrap();
     std::fs::write(
@@ -457,6 +519,7 @@ git add -A && git -c user.name=t -c user.email=t@example.com commit -qm init",
     let ws = clones.path().join("ws");
     let out = Command::new("git").args(["-c", "core.autocrlf=true", "clone", "-q"]).arg(origin.path()).arg(&ws).output().unwrap();
     assert!(out.status.success(), "git clone: {}", String::from_utf8_lossy(&out.stderr));
+    windows_checkout(&ws);
     // What Git for Windows leaves: CRLF files that git itself calls unmodified.
     for f in ["run.sh", "notes.txt"] {
         assert!(std::fs::read_to_string(ws.join(f)).unwrap().contains("\r\n"), "{f} was checked out without CRLF");
@@ -485,7 +548,7 @@ git add -A && git -c user.name=t -c user.email=t@example.com commit -qm init",
 fn paths_are_shown_as_given_never_verbatim() {
     let wine = wine();
     let sshd = Sshd::start();
-    let ws = Workspace::new();
+    let ws = windows_workspace();
     let env = WinEnv::new(ws.path(), &ssh_lines(&sshd), "");
     let show = wine.bst(&env, &["config", "show", "t"]).ok();
     assert!(show.stdout.contains(&win(ws.path())), "config show does not show the source as {}:\n{}", win(ws.path()), show.stdout);
