@@ -1,9 +1,9 @@
 //! Issue 14, item 5: the real Windows binary (`bst.exe`, cross-built for
 //! `x86_64-pc-windows-gnu`) under Wine, against the loopback sshd. Operators deploy from
-//! Windows, where there is no `git` on `PATH` for bst to spawn, the home is `%USERPROFILE%`,
-//! paths are `Z:\…` and Git for Windows checks text files out with CRLF. Every path bst is
-//! given is a `Z:\…` path (Wine maps `Z:` to `/`); what the server ends up with is checked on
-//! disk here, with Linux's view of it.
+//! Windows, where bst runs no `git` process (none that works is installed here), the home is
+//! `%USERPROFILE%`, paths are `Z:\…` and Git for Windows checks text files out with CRLF.
+//! Every path bst is given is a `Z:\…` path (Wine maps `Z:` to `/`); what the server ends up
+//! with is checked on disk here, with Linux's view of it.
 //!
 //! The machine is shaped like an operator's: Git for Windows installed where its installer
 //! puts it (its system gitconfig says `core.autocrlf=true`, the installer's default; its
@@ -127,7 +127,7 @@ impl Wine {
             .arg(win(config))
             .args(args)
             .env("WINEDEBUG", "-all")
-            // Appended to the Windows PATH by Wine.
+            // Wine adds it to the Windows PATH, where Git for Windows' installer puts its `cmd`.
             .env("WINEPATH", GIT_CMD_DIR)
             .env("BST_CACHE_DIR", win(&config.parent().unwrap().join("bst-cache")))
             .env_remove("BST_SSH_CONFIG")
