@@ -167,11 +167,14 @@ impl Repo {
         Ok(out)
     }
 
-    /// `core.symlinks` and `core.fileMode`, defaulting as git does on this platform.
+    /// `core.symlinks` and `core.fileMode`, defaulting as git does on this platform. Off
+    /// Unix the disk has no exec bits at all, so the index's mode counts even where the
+    /// repository says `core.fileMode=true` (one made by Linux git, shared with WSL): git
+    /// there would drop every `+x`, and a deploy would ship scripts that cannot run.
     pub fn checkout_flags(&self) -> (bool, bool) {
         let cfg = self.repo.config_snapshot();
         let symlinks = cfg.boolean("core.symlinks").unwrap_or(cfg!(unix));
-        let file_mode = cfg.boolean("core.fileMode").unwrap_or(cfg!(unix));
+        let file_mode = cfg!(unix) && cfg.boolean("core.fileMode").unwrap_or(true);
         (symlinks, file_mode)
     }
 

@@ -332,6 +332,22 @@ fn deploys_a_git_workspace_then_a_delta() {
     assert_eq!(env.mode("current/scripts/run.sh"), 0o755, "the delta lost the exec bit");
 }
 
+/// A checkout made by Linux git and read from Windows (a repository shared with WSL): its
+/// config says `core.fileMode=true`, but a Windows disk has no exec bits, so the index's
+/// modes must count.
+#[test]
+#[ignore = "needs Wine: run by scripts/wine-test"]
+fn a_linux_made_checkout_keeps_the_exec_bits_git_records() {
+    let wine = wine();
+    let sshd = Sshd::start();
+    let ws = Workspace::new();
+    assert_eq!(sh(ws.path(), "git config core.filemode").trim(), "true");
+    let env = WinEnv::new(ws.path(), &ssh_lines(&sshd), "");
+    wine.bst(&env, &["deploy", "t"]).ok();
+    assert_eq!(env.mode("current/scripts/run.sh"), 0o755, "the exec bit git records was lost");
+    assert_eq!(env.mode("current/package.json") & 0o111, 0);
+}
+
 /// `list --json` names both releases, `rollback --release-id` puts `current` back.
 #[test]
 #[ignore = "needs Wine: run by scripts/wine-test"]
