@@ -24,6 +24,9 @@ pub struct GitInfo {
 /// A work tree and where `source` sits in it.
 pub struct Repo {
     repo: gix::Repository,
+    /// The same repository for other threads (the untracked walk, the conversions):
+    /// opened once, its index snapshot shared.
+    shared: Arc<gix::ThreadSafeRepository>,
     /// `source` relative to the work tree, `/`-separated, with a trailing `/`; empty at the top.
     prefix: String,
 }
@@ -104,7 +107,8 @@ pub struct Tracked {
 impl Repo {
     /// The work tree holding `source`, if any. A bare repository or a `.git` folder is none.
     pub fn open(source: &Path) -> Option<Repo> {
-        let repo = gix::discover(source).ok()?;
+        let shared = Arc::new(gix::ThreadSafeRepository::discover(source).ok()?);
+        let repo = shared.to_thread_local();
         let top = repo.workdir()?;
         let (top, at) = (real(top), real(source));
         let rel = at.strip_prefix(&top).ok()?;
@@ -115,7 +119,12 @@ impl Repo {
         if !prefix.is_empty() {
             prefix.push('/');
         }
-        Some(Repo { repo, prefix })
+        Some(Repo { repo, shared, prefix })
+    }
+
+    /// This repository for another thread (`gix::Repository` is not `Sync`).
+    pub fn for_another_thread(&self) -> Repo {
+        Repo { repo: self.shared.to_thread_local(), shared: self.shared.clone(), prefix: self.prefix.clone() }
     }
 
     fn index(&self) -> anyhow::Result<gix::worktree::Index> {
@@ -188,7 +197,6 @@ impl Repo {
             .attributes_only(&index, gix::worktree::stack::state::attributes::Source::WorktreeThenIdMapping)
             .context("cannot read .gitattributes")?;
         let mut outcome = stack.selected_attribute_matches(["text", "eol", "crlf"]);
-        let shared = Arc::new(self.repo.clone().into_sync());
         let mut out = Vec::with_capacity(paths.len());
         for (path, blob) in paths {
             let full = format!("{}{path}", self.prefix);
@@ -197,7 +205,7 @@ impl Repo {
             platform.matching_attributes(&mut outcome);
             let attrs: Vec<_> = outcome.iter_selected().map(|m| m.assignment.state).collect();
             let digest = digest(&attrs, config);
-            out.push((digest != AttributesDigest::Binary).then(|| Clean { digest, blob: *blob, repo: shared.clone() }));
+            out.push((digest != AttributesDigest::Binary).then(|| Clean { digest, blob: *blob, repo: self.shared.clone() }));
         }
         Ok(out)
     }
@@ -215,10 +223,10 @@ impl Repo {
     }
 }
 
-/// Canonical, so a `source` reached through a symlink still sits inside the work tree (only
-/// compared, never shown).
+/// Canonical as `source` is (see `settings::resolve_target`), so a `source` reached through a
+/// symlink still sits inside the work tree.
 fn real(p: &Path) -> PathBuf {
-    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+    crate::platform::canonical(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
 fn eol_config(repo: &gix::Repository) -> eol::Configuration {

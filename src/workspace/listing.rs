@@ -127,12 +127,12 @@ fn check_patterns(source: &Path, patterns: &[String], key: &str) -> anyhow::Resu
 /// The entries, and the paths among them that git does not track.
 fn from_git(source: &Path, repo: &Repo) -> anyhow::Result<(Vec<Entry>, Vec<String>)> {
     // The untracked listing walks the whole tree (0.25 s at 50,000 files): the tracked files
-    // are stat'ed on the other cores meanwhile. gix's repository is not shared between
-    // threads, so the walk opens its own.
+    // are stat'ed on the other cores meanwhile.
     let (symlinks, file_mode) = repo.checkout_flags();
     let checkout = Checkout { symlinks, file_mode };
+    let walker = repo.for_another_thread();
     let (tracked, others) = std::thread::scope(|scope| {
-        let others = scope.spawn(|| Repo::open(source).context("the repository vanished while being read")?.untracked());
+        let others = scope.spawn(move || walker.untracked());
         let tracked = repo.tracked().map(|mut recs| {
             // git does not look beyond a symbolic link: a tracked `apps/web/x` whose `apps/web`
             // is now a link (or a file) is deleted in git's eyes, and reading it would read
@@ -153,22 +153,18 @@ fn from_git(source: &Path, repo: &Repo) -> anyhow::Result<(Vec<Entry>, Vec<Strin
         }
     }
     // Only regular files are converted; a link checked out as a file holds its target.
-    let files: Vec<(&str, Option<gix::ObjectId>)> =
-        out.iter().filter(|(e, _)| matches!(e.kind, Kind::File { .. })).map(|(e, b)| (e.path.as_str(), *b)).collect();
-    let mut rules = repo.clean_rules(&files)?.into_iter();
-    let mut entries = Vec::with_capacity(out.len());
-    for (mut e, _) in out {
-        if matches!(e.kind, Kind::File { .. }) {
-            e.clean = rules.next().flatten();
-            if let (Some(c), Some(st)) = (&e.clean, e.stat.as_mut()) {
-                // The hash cache keys a converted file by its working copy's stat and the
-                // rule: its cached size is the converted one.
-                st.stamp = st.stamp.rotate_left(7) ^ st.size.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ c.rule_tag();
-            }
+    let is_file = |e: &Entry| matches!(e.kind, Kind::File { .. });
+    let files: Vec<(&str, Option<gix::ObjectId>)> = out.iter().filter(|(e, _)| is_file(e)).map(|(e, b)| (e.path.as_str(), *b)).collect();
+    let rules = repo.clean_rules(&files)?;
+    for ((e, _), rule) in out.iter_mut().filter(|(e, _)| is_file(e)).zip(rules) {
+        e.clean = rule;
+        if let (Some(c), Some(st)) = (&e.clean, e.stat.as_mut()) {
+            // The hash cache keys a converted file by its working copy's stat and the
+            // rule: its cached size is the converted one.
+            st.stamp = st.stamp.rotate_left(7) ^ st.size.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ c.rule_tag();
         }
-        entries.push(e);
     }
-    Ok((entries, untracked))
+    Ok((out.into_iter().map(|(e, _)| e).collect(), untracked))
 }
 
 fn under(path: &str, dir: &str) -> bool {

@@ -93,28 +93,28 @@ fn append_all<W: Write>(
                 tar.append_link(&mut h, &e.path, &target).with_context(|| format!("cannot add link {}", e.path))?;
                 progress(e, 0);
             }
-            Kind::File { exec } if e.clean.is_some() => {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_mode(if exec { 0o755 } else { 0o644 });
-                let clean = e.clean.as_ref().expect("matched");
-                let data = super::entry::shipped_bytes(&full, clean).with_context(|| format!("cannot read {}", full.display()))?;
-                let size = data.len() as u64;
-                h.set_size(size);
-                tar.append_data(&mut h, &e.path, &data[..]).with_context(|| format!("cannot add {}", e.path))?;
-                progress(e, size);
-                stats.bytes += size;
-            }
             Kind::File { exec } => {
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_mode(if exec { 0o755 } else { 0o644 });
-                let f = File::open(&full).with_context(|| format!("cannot open {}", full.display()))?;
-                let size = md.len();
-                h.set_size(size);
-                // A file that changes while we read it must not corrupt the stream: send
-                // exactly `size` bytes, failing if it shrank.
-                let mut tick = |n: u64| progress(e, n);
-                let mut body = Exact { inner: f.take(size), left: size, tick: &mut tick };
-                tar.append_data(&mut h, &e.path, &mut body).with_context(|| format!("cannot add {}", e.path))?;
+                let size = if let Some(clean) = &e.clean {
+                    // Converted in memory, as git converts it: the size is known only then.
+                    let data = super::entry::shipped_bytes(&full, clean).with_context(|| format!("cannot read {}", full.display()))?;
+                    let size = data.len() as u64;
+                    h.set_size(size);
+                    tar.append_data(&mut h, &e.path, &data[..]).with_context(|| format!("cannot add {}", e.path))?;
+                    progress(e, size);
+                    size
+                } else {
+                    let f = File::open(&full).with_context(|| format!("cannot open {}", full.display()))?;
+                    let size = md.len();
+                    h.set_size(size);
+                    // A file that changes while we read it must not corrupt the stream: send
+                    // exactly `size` bytes, failing if it shrank.
+                    let mut tick = |n: u64| progress(e, n);
+                    let mut body = Exact { inner: f.take(size), left: size, tick: &mut tick };
+                    tar.append_data(&mut h, &e.path, &mut body).with_context(|| format!("cannot add {}", e.path))?;
+                    size
+                };
                 stats.bytes += size;
             }
         }
