@@ -779,12 +779,20 @@ mod tests {
             stat: None,
             clean: None,
         }];
-        for (framing, archive) in [(Framing::Gzip(1), "snapshot.tgz"), (Framing::Tar, "snapshot.tar")] {
+        for (framing, archive) in [(Framing::Gzip(6), "snapshot.tgz"), (Framing::Tar, "snapshot.tar")] {
             let base = d.path().join(archive);
             std::fs::create_dir_all(base.join("releases")).unwrap();
             let run = |extra: &[crate::workspace::Extra]| {
                 let mut stream = Vec::new();
-                crate::workspace::stream_tar(&src, &entries, extra, &mut stream, framing, &|_, _| {}).unwrap();
+                crate::workspace::stream_tar(
+                    &src,
+                    &entries,
+                    extra,
+                    &mut stream,
+                    crate::workspace::tar::Link { framing, remembered: None, acked: &|| None },
+                    &|_, _| {},
+                )
+                .unwrap();
                 let script = upload(base.to_str().unwrap(), "20260220T051228Z", &[], &[], "{}", framing);
                 let mut c = Command::new("sh").arg("-c").arg(&script).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
                 c.stdin.take().unwrap().write_all(&stream).unwrap();
@@ -834,7 +842,15 @@ mod tests {
                 extra.push((crate::layout::COMPLETE_MARKER.into(), Arc::default()));
             }
             let mut tar = Vec::new();
-            crate::workspace::stream_tar(&src, &entries, &extra, &mut tar, Framing::Tar, &|_, _| {}).unwrap();
+            crate::workspace::stream_tar(
+                &src,
+                &entries,
+                &extra,
+                &mut tar,
+                crate::workspace::tar::Link { framing: Framing::Tar, remembered: None, acked: &|| None },
+                &|_, _| {},
+            )
+            .unwrap();
             tar.truncate(tar.len() - cut);
             std::fs::write(c.join(untar(Framing::Tar).1), &tar).unwrap();
             std::fs::write(c.join("upload/manifest"), manifest).unwrap();

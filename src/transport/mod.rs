@@ -86,6 +86,19 @@ pub trait Transport {
 
     /// Bytes written to the target so far (for the summary and benchmarks).
     fn bytes_sent(&self) -> u64;
+
+    /// Round trips since the handshake, where they are counted: requests that wait for a
+    /// reply (a channel, a command), and waits for a command's answer to what it was sent.
+    fn round_trips(&self) -> Option<(u32, u32)> {
+        None
+    }
+
+    /// Reads how many bytes the peer has acknowledged on the connection so far: what the
+    /// link has really carried, where the bytes written may still sit in buffers. `None` from
+    /// the reader where the transport cannot tell.
+    fn acked_meter(&self) -> Box<dyn Fn() -> Option<u64>> {
+        Box::new(|| None)
+    }
 }
 
 /// Keeps output bounded: a failing `tar` can print one line per file.

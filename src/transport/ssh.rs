@@ -47,10 +47,16 @@ pub struct SshTransport {
     sent: u64,
 }
 
-/// The session plus its socket, for waiting.
+/// The session plus its socket, for waiting, and the round trips counted so far.
 struct Pump {
     sess: Session,
     socket: RawSock,
+    /// Requests that wait for their reply (a channel, a command).
+    requests: std::cell::Cell<u32>,
+    /// Waits for the remote command's answer to what the client sent it.
+    answers: std::cell::Cell<u32>,
+    /// The client sent the command data since the last answer came.
+    spoke: std::cell::Cell<bool>,
 }
 
 #[cfg(unix)]
@@ -90,6 +96,21 @@ impl Pump {
         };
         wait_ready(&[(self.socket, events)], 1000);
         Ok(())
+    }
+
+    /// A request that waits for the server's reply: one round trip.
+    fn request<T>(&self, f: impl FnMut() -> Result<T, ssh2::Error>) -> anyhow::Result<T> {
+        self.requests.set(self.requests.get() + 1);
+        self.retry(f)
+    }
+
+    /// Waits for the remote command's output. The first wait after the client sent it
+    /// something is a round trip; waiting on through a long build is not another.
+    fn await_output(&self) -> anyhow::Result<()> {
+        if self.spoke.replace(false) {
+            self.answers.set(self.answers.get() + 1);
+        }
+        self.wait()
     }
 
     fn retry<T>(&self, mut f: impl FnMut() -> Result<T, ssh2::Error>) -> anyhow::Result<T> {
@@ -157,7 +178,7 @@ impl Input for SshInput<'_, '_> {
                 break;
             }
             if !progress {
-                cw.pump.wait()?;
+                cw.pump.await_output()?;
             }
         }
         Ok(std::mem::take(&mut cw.out.stdout))
@@ -184,6 +205,7 @@ impl Write for ChanWriter<'_, '_> {
             match self.ch.write(buf) {
                 Ok(n) => {
                     *self.sent += n as u64;
+                    self.pump.spoke.set(true);
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -260,7 +282,13 @@ impl SshTransport {
         sess.set_timeout(0);
         sess.set_blocking(false);
         Ok(SshTransport {
-            pump: Pump { sess, socket },
+            pump: Pump {
+                sess,
+                socket,
+                requests: std::cell::Cell::new(0),
+                answers: std::cell::Cell::new(0),
+                spoke: std::cell::Cell::new(false),
+            },
             abandoned: Vec::new(),
             _tcp: tcp,
             _tunnel: tunnel,
@@ -275,8 +303,9 @@ impl SshTransport {
         // Always `sh`: the login shell may be fish or csh, our scripts are POSIX.
         let cmd = format!("sh -c {}", quote(script));
         let pump = &self.pump;
-        let mut ch = pump.retry(|| pump.sess.channel_session()).context("cannot open an SSH channel")?;
-        pump.retry(|| ch.exec(&cmd)).context("cannot start the remote command")?;
+        let mut ch = pump.request(|| pump.sess.channel_session()).context("cannot open an SSH channel")?;
+        // Its output follows the reply without another word from us: no round trip of its own.
+        pump.request(|| ch.exec(&cmd)).context("cannot start the remote command")?;
         let mut out = Output::default();
         if let Some(feed) = feed {
             let mut w = SshInput {
@@ -318,7 +347,7 @@ impl SshTransport {
                 break;
             }
             if !progress {
-                if let Err(e) = pump.wait() {
+                if let Err(e) = pump.await_output() {
                     self.abandoned.push(ch);
                     return Err(e);
                 }
@@ -373,7 +402,7 @@ impl Transport for SshTransport {
         let deadline = Instant::now() + timeout;
         let pump = &self.pump;
         let mut ch = pump
-            .retry(|| pump.sess.channel_direct_tcpip(host, port, None))
+            .request(|| pump.sess.channel_direct_tcpip(host, port, None))
             .map_err(|e| anyhow::anyhow!("cannot connect to {host}:{port} on the server: {}", root_message(&e)))?;
         let mut written = 0;
         while written < request.len() {
@@ -414,6 +443,38 @@ impl Transport for SshTransport {
     fn bytes_sent(&self) -> u64 {
         self.sent
     }
+
+    fn round_trips(&self) -> Option<(u32, u32)> {
+        Some((self.pump.requests.get(), self.pump.answers.get()))
+    }
+
+    fn acked_meter(&self) -> Box<dyn Fn() -> Option<u64>> {
+        // Through a jump host or ProxyCommand the socket is a local pair: acknowledged at
+        // once, whatever the link beyond it does.
+        if self._tunnel.is_some() {
+            return Box::new(|| None);
+        }
+        let socket = self.pump.socket;
+        Box::new(move || tcp_acked(socket))
+    }
+}
+
+/// `tcpi_bytes_acked` of the connection (Linux 4.1 and later).
+#[cfg(target_os = "linux")]
+fn tcp_acked(socket: RawSock) -> Option<u64> {
+    // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let r = unsafe { libc::getsockopt(socket, libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &mut len) };
+    // An older kernel fills a shorter struct: without the field, the count is unknown.
+    let needed = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + std::mem::size_of::<u64>();
+    (r == 0 && len as usize >= needed && info.tcpi_bytes_acked > 0).then_some(info.tcpi_bytes_acked)
+}
+
+/// Elsewhere the link is judged by the writes once they block (see `workspace::pace`).
+#[cfg(not(target_os = "linux"))]
+fn tcp_acked(_socket: RawSock) -> Option<u64> {
+    None
 }
 
 fn root_message(e: &anyhow::Error) -> String {

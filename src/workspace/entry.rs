@@ -191,7 +191,15 @@ mod tests {
             Entry { path: release_path(Path::new(r"apps\api\src\index.ts")), kind: Kind::File { exec: false }, stat: None, clean: None },
         ];
         let mut buf = Vec::new();
-        stream_tar(d.path(), &entries, &[], &mut buf, Framing::Gzip(1), &|_, _| {}).unwrap();
+        stream_tar(
+            d.path(),
+            &entries,
+            &[],
+            &mut buf,
+            crate::workspace::tar::Link { framing: Framing::Gzip(6), remembered: None, acked: &|| None },
+            &|_, _| {},
+        )
+        .unwrap();
         let mut tar = tar::Archive::new(flate2::read::MultiGzDecoder::new(&buf[..]));
         let got: Vec<(String, tar::EntryType, Option<PathBuf>)> = tar
             .entries()

@@ -1,24 +1,31 @@
-//! The per-link memo of whether gzip pays: on a fast link storing beats compressing, and
-//! the last measurement decides the next deploy's framing.
+//! The per-host memo of what the last upload learnt about the link: where it ended (a level,
+//! or storing) and how fast the link drained. The next upload starts from there and keeps
+//! measuring.
 
 use std::path::PathBuf;
 
-use super::tar::{Framing, Rates, Stats};
+use super::pace::START_LEVEL;
+use super::tar::{Framing, Stats};
 
 /// What the last measured upload to a host said about its link, kept in the user's cache
-/// directory. Where storing beat compression, the next uploads send bare tar. The verdict is
-/// measured again once it is a day old, or as soon as a bare upload moves fewer bytes per
-/// second than compression did (say the laptop left the LAN for a slower link).
+/// directory.
+/// - Where storing won, the next uploads send bare tar: gzip framing would cost the server a
+///   `gzip -d` for nothing. A bare upload still measures the link, and the verdict is dropped
+///   as soon as one finds that compression would have won (the laptop left the LAN), or once
+///   it is a day old.
+/// - Otherwise the next upload starts at the level the last one ended on. It is only a
+///   start: [`super::pace::Pace`] moves off it within the first fraction of a second if the
+///   link is not what it was.
 #[derive(Debug)]
 pub struct LinkMemo {
     file: Option<PathBuf>,
     /// The framing of this deploy's uploads.
     pub framing: Framing,
-    /// What compression reached when storing won (bytes per second).
-    gzip_rate: f64,
+    /// The drain rate remembered, bytes per second.
+    pub link_rate: Option<f64>,
 }
 
-const LINK_MAGIC: &str = "bst-link-1";
+const LINK_MAGIC: &str = "bst-link-2";
 const LINK_MAX_AGE_S: u64 = 24 * 3600;
 
 fn unix_now() -> u64 {
@@ -26,23 +33,25 @@ fn unix_now() -> u64 {
 }
 
 impl LinkMemo {
-    /// The memo for `host` (a target's host label); without one, gzip at `level`, probed.
-    pub fn for_host(host: &str, level: u32) -> LinkMemo {
-        LinkMemo::at(super::cache::cache_file("link", host), level)
+    /// The memo for `host` (a target's host label).
+    pub fn for_host(host: &str) -> LinkMemo {
+        LinkMemo::at(super::cache::cache_file("link", host))
     }
 
-    fn at(file: Option<PathBuf>, level: u32) -> LinkMemo {
+    fn at(file: Option<PathBuf>) -> LinkMemo {
         let saved = file.as_deref().and_then(|f| std::fs::read_to_string(f).ok());
         let now = unix_now();
-        // `store <plain B/s> <gzip B/s> <unix time>`; a time ahead of the clock is stale.
-        let fresh_store = saved.as_deref().and_then(|t| {
+        // `<level> <link B/s, 0 unknown> <unix time>`; a time ahead of the clock is stale.
+        let fresh = saved.as_deref().and_then(|t| {
             let f: Vec<&str> = t.strip_prefix(LINK_MAGIC)?.split_whitespace().collect();
-            let (gzip, at) = (f.get(2)?.parse::<f64>().ok()?, f.get(3)?.parse::<u64>().ok()?);
-            (f.first() == Some(&"store") && at <= now + 60 && now.saturating_sub(at) < LINK_MAX_AGE_S).then_some(gzip)
+            let (level, link, at) = (f.first()?.parse::<u32>().ok()?, f.get(1)?.parse::<f64>().ok()?, f.get(2)?.parse::<u64>().ok()?);
+            let usable = super::pace::LEVELS.contains(&level) && at <= now + 60 && now.saturating_sub(at) < LINK_MAX_AGE_S;
+            usable.then_some((level, (link > 0.0).then_some(link)))
         });
-        match fresh_store {
-            Some(gzip_rate) => LinkMemo { file, framing: Framing::Tar, gzip_rate },
-            None => LinkMemo { file, framing: Framing::Gzip(level), gzip_rate: 0.0 },
+        match fresh {
+            Some((0, link_rate)) => LinkMemo { file, framing: Framing::Tar, link_rate },
+            Some((level, link_rate)) => LinkMemo { file, framing: Framing::Gzip(level), link_rate },
+            None => LinkMemo { file, framing: Framing::Gzip(START_LEVEL), link_rate: None },
         }
     }
 
@@ -51,58 +60,75 @@ impl LinkMemo {
         self.file.is_some()
     }
 
-    /// Learns from a finished upload: the probe's verdict, or a bare upload slower than
-    /// compression was (forget the verdict: the next upload probes again).
+    /// Learns from a finished upload. Uploads too small to have measured anything (a
+    /// one-file redeploy) leave the memo as it was.
     pub fn record(&self, stats: &Stats) {
+        // By the snapshot's size, not the stream's: 24 MiB of text may gzip to 100 KB, over
+        // enough blocks to have measured the link.
         let Some(file) = &self.file else { return };
-        match (self.framing, stats.rates) {
-            (Framing::Gzip(_), Rates { plain: Some(plain), gzip: Some(gzip) }) => {
-                let verdict = if stats.level == Some(0) { "store" } else { "gzip" };
-                let line = format!("{LINK_MAGIC} {verdict} {plain:.0} {gzip:.0} {}\n", unix_now());
-                super::cache::write_atomic(file, line.as_bytes());
-            }
-            (Framing::Tar, Rates { plain: Some(plain), .. }) if plain < self.gzip_rate => {
-                let _ = std::fs::remove_file(file);
-            }
-            _ => {}
+        if stats.bytes < MEASURED_BYTES {
+            return;
         }
+        // Storing: what the link carried, against which a later bare upload is judged.
+        // Compressing: the drain rate, where the next upload's model starts.
+        let (level, rate) = match self.framing {
+            Framing::Tar if stats.gzip_would_win => (START_LEVEL, stats.link_rate),
+            Framing::Tar => (0, [self.link_rate, stats.peak_rate].into_iter().flatten().reduce(f64::max)),
+            Framing::Gzip(_) if stats.last_level == 0 => (0, stats.peak_rate),
+            Framing::Gzip(_) => (stats.last_level, stats.link_rate),
+        };
+        let line = format!("{LINK_MAGIC} {level} {:.0} {}\n", rate.unwrap_or(0.0), unix_now());
+        super::cache::write_atomic(file, line.as_bytes());
     }
 }
+
+/// Below this, an upload is a handful of blocks: too few to say anything of the link.
+pub const MEASURED_BYTES: u64 = 8 << 20;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_link_memo_sends_bare_tar_only_while_storing_won_recently() {
+    fn the_link_memo_starts_where_the_last_upload_ended_and_stores_only_while_storing_won() {
         let d = tempfile::tempdir().unwrap();
         let file = d.path().join("link");
-        let memo = || LinkMemo::at(Some(file.clone()), 1);
-        let measured = |level, plain, gzip| Stats { level: Some(level), rates: Rates { plain, gzip }, ..Stats::default() };
-        assert_eq!(memo().framing, Framing::Gzip(1), "nothing measured yet: probe");
-        // The probe stored: bare tar from now on.
-        memo().record(&measured(0, Some(90e6), Some(40e6)));
+        let memo = || LinkMemo::at(Some(file.clone()));
+        let measured = |last_level, link: Option<f64>, gzip_would_win| Stats {
+            last_level,
+            link_rate: link,
+            peak_rate: link,
+            gzip_would_win,
+            bytes: 64 << 20,
+            ..Stats::default()
+        };
+        assert_eq!(memo().framing, Framing::Gzip(START_LEVEL), "nothing measured yet");
+        // The upload ended storing: bare tar from now on.
+        memo().record(&measured(0, None, false));
         assert_eq!(memo().framing, Framing::Tar);
-        // A bare upload about as fast as storing was keeps the verdict; an unmeasured one too.
-        memo().record(&measured(0, Some(80e6), None));
-        memo().record(&Stats::default());
+        // A bare upload where storing still wins keeps it; a small one says nothing.
+        memo().record(&measured(0, Some(90e6), false));
+        memo().record(&Stats { gzip_would_win: true, ..Stats::default() });
         assert_eq!(memo().framing, Framing::Tar);
-        // Slower than compression was: forget it, probe again.
-        memo().record(&measured(0, Some(30e6), None));
-        assert_eq!(memo().framing, Framing::Gzip(1));
-        assert!(!file.exists());
-        // The probe kept compressing: keep probing.
-        memo().record(&measured(1, Some(10e6), Some(40e6)));
-        assert_eq!(memo().framing, Framing::Gzip(1));
+        assert_eq!(memo().link_rate, Some(90e6));
+        // A bare upload over a link where compression would have won: compress again.
+        memo().record(&measured(0, Some(2.5e6), true));
+        assert_eq!(memo().framing, Framing::Gzip(START_LEVEL));
+        // A slow link: the next upload starts at the level this one ended on.
+        memo().record(&measured(9, Some(2.5e6), false));
+        assert_eq!(memo().framing, Framing::Gzip(9));
+        assert_eq!(memo().link_rate, Some(2.5e6));
         // A verdict a day old, or from the future (the clock was set back), is measured again.
         let now = unix_now();
         for at in [now - LINK_MAX_AGE_S, now + 3600] {
-            std::fs::write(&file, format!("{LINK_MAGIC} store 90000000 40000000 {at}\n")).unwrap();
-            assert_eq!(memo().framing, Framing::Gzip(1), "at {at}, now {now}");
+            std::fs::write(&file, format!("{LINK_MAGIC} 0 90000000 {at}\n")).unwrap();
+            assert_eq!(memo().framing, Framing::Gzip(START_LEVEL), "at {at}, now {now}");
         }
-        std::fs::write(&file, format!("{LINK_MAGIC} store 90000000 40000000 {}\n", now - 60)).unwrap();
+        std::fs::write(&file, format!("{LINK_MAGIC} 0 90000000 {}\n", now - 60)).unwrap();
         assert_eq!(memo().framing, Framing::Tar);
-        std::fs::write(&file, "bst-link-0 store 1 1 1\n").unwrap();
-        assert_eq!(memo().framing, Framing::Gzip(1), "an unknown format is ignored");
+        for bad in ["bst-link-1 store 1 1 1\n".to_string(), format!("{LINK_MAGIC} 1 0 {now}\n"), format!("{LINK_MAGIC} 12 0 {now}\n")] {
+            std::fs::write(&file, bad).unwrap();
+            assert_eq!(memo().framing, Framing::Gzip(START_LEVEL), "an unknown format or level is ignored");
+        }
     }
 }

@@ -12,6 +12,7 @@ pub mod git;
 pub mod link_memo;
 pub mod listing;
 pub mod manifest;
+pub mod pace;
 pub mod tar;
 pub mod withheld;
 
@@ -20,7 +21,7 @@ pub use git::GitInfo;
 pub use link_memo::LinkMemo;
 pub use listing::{check_in_git, check_source, collect, git_info, Listing, Rules};
 pub use manifest::{decode, encode, encode_patch, encode_paths, local_manifest, normalized, plan, HashCache, ManifestCache, Plan, Record};
-pub use tar::{stream_tar, Extra, Framing, Stats};
+pub use tar::{stream_tar, Acked, Extra, Framing, Stats};
 
 /// Runs `script` in `sh` in `dir` and insists it succeeds: the tests build workspaces so.
 #[cfg(all(test, unix))]

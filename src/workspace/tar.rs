@@ -1,8 +1,9 @@
 //! The upload stream: a tar of the listed entries, as parallel 1 MiB gzip members (or bare
-//! tar), with the compression probe that stores blocks gzip cannot shrink.
+//! tar), each member at the level [`Pace`] picks for this link, or stored where the files are
+//! already compressed.
 //!
 //! Size: about 400 lines of code, the rest its tests against GNU tar. The block pipeline,
-//! its workers and the probe share one state (the next block, the running ratio): split, they
+//! its workers and the pacing share one state (the next block, the running ratio): split, they
 //! would talk through a wider interface than the one stream they are.
 
 use std::fs::File;
@@ -12,6 +13,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 
 use super::entry::{link_target, mtime, Entry, Kind};
+use super::pace::Pace;
 use crate::interrupt;
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -19,25 +21,27 @@ pub struct Stats {
     pub files: u64,
     /// Uncompressed content bytes.
     pub bytes: u64,
-    /// The gzip level the upload settled on (0: stored), when it was measured.
-    pub level: Option<u32>,
-    /// Snapshot bytes per second through the whole pipeline, when measured.
-    pub rates: Rates,
-}
-
-/// Uncompressed snapshot bytes per second through compressors, link and server, as one
-/// upload measured them: `plain` with nothing deflated (stored members or bare tar), `gzip`
-/// compressed.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Rates {
-    pub plain: Option<f64>,
-    pub gzip: Option<f64>,
+    /// The gzip level that carried most of the snapshot (0: stored or bare tar).
+    pub level: u32,
+    /// The level the upload ended on: where the next upload to this host starts.
+    pub last_level: u32,
+    /// Level changes during the upload.
+    pub switches: u32,
+    /// The link's drain rate in bytes per second, when it was the bottleneck at some point.
+    pub link_rate: Option<f64>,
+    /// Bare tar only: compression would have delivered the snapshot clearly faster over the
+    /// link as measured.
+    pub gzip_would_win: bool,
+    /// The most the link was seen to carry, bytes per second, bottleneck or not.
+    pub peak_rate: Option<f64>,
+    /// Bytes of the stream as written to the transport.
+    pub wire: u64,
 }
 
 /// How the tar stream travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
-    /// Gzip members, deflated at this level or stored as [`Probe`] measures mid-stream.
+    /// Gzip members, starting at this level; [`Pace`] picks each next block's level.
     Gzip(u32),
     /// Bare tar, for a link already measured to be faster than deflate: even stored gzip
     /// members cost the server a `gzip -d` (a CRC pass and one more pipe), 0.2 s per 60 MB.
@@ -164,62 +168,8 @@ struct Block {
     seq: u64,
     data: Vec<u8>,
     level: u32,
-    /// The level came from [`Probe`], not from the content being already compressed.
+    /// The level came from [`Pace`], not from the content being already compressed.
     adaptive: bool,
-}
-
-/// Picks the compression level by measurement: a few blocks at `level`, a few stored, then
-/// whichever moved more snapshot bytes per second through the whole pipeline (compressors,
-/// link, server) for the rest of the upload. Over a LAN or anything slower, compression wins;
-/// where the link is faster than deflate (loopback, a fast LAN with a slow laptop) storing
-/// wins, and the server's `gzip -d` has less to do too.
-struct Probe {
-    level: std::sync::Arc<std::sync::atomic::AtomicU32>,
-    max: u32,
-    /// Snapshot bytes and seconds observed per level (index 0: stored, 1: `max`).
-    seen: [(u64, f64, u32); 2],
-    decided: bool,
-}
-
-/// Blocks per probe phase; the first ones of a phase are not measured (pipeline refill).
-const PROBE_BLOCKS: u32 = 6;
-const PROBE_SKIP: u32 = 2;
-
-impl Probe {
-    /// Counts a block delivered; `i`: 0 plain, 1 deflated.
-    fn measure(&mut self, i: usize, raw: usize, secs: f64) -> u32 {
-        let s = &mut self.seen[i];
-        s.2 += 1;
-        if s.2 > PROBE_SKIP {
-            s.0 += raw as u64;
-            s.1 += secs;
-        }
-        s.2
-    }
-
-    fn rate(&self, i: usize) -> Option<f64> {
-        let (b, t, n) = self.seen[i];
-        (n >= PROBE_BLOCKS && t > 0.0).then(|| b as f64 / t)
-    }
-
-    fn observe(&mut self, block_level: u32, raw: usize, secs: f64) {
-        use std::sync::atomic::Ordering;
-        if self.decided || self.max == 0 {
-            return;
-        }
-        let i = usize::from(block_level != 0);
-        let n = self.measure(i, raw, secs);
-        if i == 1 && n >= PROBE_BLOCKS {
-            self.level.store(0, Ordering::Relaxed);
-        }
-        if i == 0 && n >= PROBE_BLOCKS {
-            let rate = |i| self.rate(i).unwrap_or(0.0);
-            // Ties go to compression: fewer bytes is kinder to a shared link.
-            let store = rate(0) > rate(1) * 1.1;
-            self.level.store(if store { 0 } else { self.max }, Ordering::Relaxed);
-            self.decided = true;
-        }
-    }
 }
 
 /// Cuts the raw tar stream into blocks for the compressors, noting how much of each block
@@ -279,38 +229,56 @@ impl Write for BlockWriter {
     }
 }
 
+/// Bytes the peer has acknowledged on the connection so far, where the transport can tell.
+pub type Acked<'a> = &'a dyn Fn() -> Option<u64>;
+
+/// What the stream knows of the link before it starts.
+pub struct Link<'a> {
+    pub framing: Framing,
+    /// What an earlier upload to this host measured, bytes per second: the drain rate, or
+    /// for bare tar what the link carried when storing won.
+    pub remembered: Option<f64>,
+    pub acked: Acked<'a>,
+}
+
 /// The tar of `entries` (then `extra`), framed as `framing` says. Gzip members are
 /// compressed on all cores while the caller's thread writes finished members, in order, to
 /// `w` (the SSH channel): reading, compressing and the network overlap instead of taking
-/// turns. Blocks of already-compressed files are stored, not deflated again. Bare tar goes
-/// through the same pipeline, so reading files still overlaps the writes.
+/// turns. Blocks of already-compressed files are stored, not deflated again, and the others
+/// get the level [`Pace`] picks from what the compressors and `acked` show. Bare tar goes
+/// through the same pipeline, so reading files still overlaps the writes, and is measured
+/// the same way.
 pub fn stream_tar(
     source: &Path,
     entries: &[Entry],
     extra: &[Extra],
     w: &mut dyn Write,
-    framing: Framing,
+    link: Link<'_>,
     progress: &(dyn Fn(&Entry, u64) + Sync),
 ) -> anyhow::Result<Stats> {
+    let Link { framing, remembered, acked } = link;
     use std::sync::mpsc::{sync_channel, Receiver};
     use std::sync::{Arc, Mutex};
-    // Four cores compress ~500 MB/s, more than a LAN carries; more workers only cost memory.
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
+    // Every core: at level 9 one core deflates ~20 MB/s, less than a LAN carries. More
+    // than 8 would only cost memory (each worker holds two blocks).
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
     let in_flight = workers + 2;
     let level = match framing {
         Framing::Gzip(level) => level,
         Framing::Tar => 0,
     };
     let shared_level = Arc::new(std::sync::atomic::AtomicU32::new(level));
-    let mut probe = Probe { level: Arc::clone(&shared_level), max: level, seen: [(0, 0.0, 0); 2], decided: false };
+    let mut pace = Pace::new(level, workers, remembered.filter(|_| framing != Framing::Tar));
     let (block_tx, block_rx) = sync_channel::<Block>(workers);
-    type Done = (u64, io::Result<Vec<u8>>, u32, bool, usize);
+    /// A finished block: sequence, output, level, adaptive, raw size, seconds compressing.
+    type Done = (u64, io::Result<Vec<u8>>, u32, bool, usize, f64);
     let (done_tx, done_rx) = sync_channel::<Done>(in_flight);
     let (token_tx, token_rx) = sync_channel::<()>(in_flight);
     for _ in 0..in_flight {
         let _ = token_tx.send(());
     }
     let block_rx: Arc<Mutex<Receiver<Block>>> = Arc::new(Mutex::new(block_rx));
+    let producer_level = Arc::clone(&shared_level);
     std::thread::scope(|scope| {
         let producer = scope.spawn(move || {
             let mut bw = BlockWriter {
@@ -318,7 +286,7 @@ pub fn stream_tar(
                 tokens: token_rx,
                 buf: Vec::with_capacity(BLOCK),
                 seq: 0,
-                level: shared_level,
+                level: producer_level,
                 incompressible: 0,
                 current_incompressible: false,
                 open: true,
@@ -347,6 +315,7 @@ pub fn stream_tar(
                 let next = rx.lock().map_err(|_| ()).and_then(|r| r.recv().map_err(|_| ()));
                 let Ok(block) = next else { break };
                 let raw = block.data.len();
+                let started = std::time::Instant::now();
                 let out = if framing == Framing::Tar {
                     Ok(block.data)
                 } else {
@@ -355,7 +324,8 @@ pub fn stream_tar(
                     let mut gz = flate2::write::GzEncoder::new(Vec::with_capacity(cap), flate2::Compression::new(block.level));
                     gz.write_all(&block.data).and_then(|()| gz.finish())
                 };
-                if tx.send((block.seq, out, block.level, block.adaptive, raw)).is_err() {
+                let secs = started.elapsed().as_secs_f64();
+                if tx.send((block.seq, out, block.level, block.adaptive, raw, secs)).is_err() {
                     break;
                 }
             });
@@ -364,21 +334,33 @@ pub fn stream_tar(
         let mut write_err: Option<anyhow::Error> = None;
         let mut next = 0u64;
         let mut waiting = std::collections::BTreeMap::new();
-        let mut last = std::time::Instant::now();
-        for (seq, out, lvl, adaptive, raw) in done_rx.iter() {
-            waiting.insert(seq, (out, lvl, adaptive, raw));
-            while let Some((out, lvl, adaptive, raw)) = waiting.remove(&next) {
-                let r = out.map_err(anyhow::Error::from).and_then(|bytes| w.write_all(&bytes).map_err(anyhow::Error::from));
-                if let Err(e) = r {
-                    write_err = Some(e);
-                    break;
+        let start = std::time::Instant::now();
+        let mut last = 0.0f64;
+        let (mut wire, mut blocked) = (0u64, 0.0f64);
+        for (seq, out, lvl, adaptive, raw, secs) in done_rx.iter() {
+            waiting.insert(seq, (out, lvl, adaptive, raw, secs));
+            while let Some((out, lvl, adaptive, raw, secs)) = waiting.remove(&next) {
+                let before = start.elapsed().as_secs_f64();
+                let r = out.map_err(anyhow::Error::from).and_then(|bytes| {
+                    w.write_all(&bytes)?;
+                    Ok(bytes.len())
+                });
+                let n = match r {
+                    Ok(n) => n,
+                    Err(e) => {
+                        write_err = Some(e);
+                        break;
+                    }
+                };
+                let now = start.elapsed().as_secs_f64();
+                blocked += now - before;
+                wire += n as u64;
+                if adaptive && lvl != 0 {
+                    pace.compressed(lvl, raw, n, secs);
                 }
-                let now = std::time::Instant::now();
-                let secs = (now - last).as_secs_f64();
-                if framing == Framing::Tar {
-                    probe.measure(0, raw, secs);
-                } else if adaptive {
-                    probe.observe(lvl, raw, secs);
+                let chosen = pace.sent(now, lvl, adaptive, raw, n, now - last, (wire, acked(), blocked));
+                if framing != Framing::Tar {
+                    shared_level.store(chosen, std::sync::atomic::Ordering::Relaxed);
                 }
                 last = now;
                 next += 1;
@@ -398,13 +380,17 @@ pub fn stream_tar(
             (None, Err(e)) => Err(e),
             (None, Ok(stats)) => {
                 w.flush()?;
-                let level = probe.decided.then(|| probe.level.load(std::sync::atomic::Ordering::Relaxed));
-                let rates = match framing {
-                    Framing::Tar => Rates { plain: probe.rate(0), gzip: None },
-                    Framing::Gzip(_) if probe.decided => Rates { plain: probe.rate(0), gzip: probe.rate(1) },
-                    Framing::Gzip(_) => Rates::default(),
-                };
-                Ok(Stats { level, rates, ..stats })
+                let gzip_would_win = framing == Framing::Tar && pace.compression_would_win(remembered);
+                Ok(Stats {
+                    level: pace.main_level(),
+                    last_level: pace.level(),
+                    switches: pace.switches(),
+                    link_rate: pace.link_rate(),
+                    peak_rate: pace.peak_rate(),
+                    gzip_would_win,
+                    wire,
+                    ..stats
+                })
             }
         }
     })
@@ -445,7 +431,9 @@ mod tests {
         std::fs::write(src.join("mod.ts"), &text).unwrap();
         let entries = collect(&src, &Rules { allow_no_git: true, ..Rules::default() }).unwrap().entries;
         let mut tgz = Vec::new();
-        let stats = stream_tar(&src, &entries, &[], &mut tgz, Framing::Gzip(1), &|_, _| {}).unwrap();
+        let stats =
+            stream_tar(&src, &entries, &[], &mut tgz, Link { framing: Framing::Gzip(6), remembered: None, acked: &|| None }, &|_, _| {})
+                .unwrap();
         assert_eq!(stats.bytes, (noise.len() + text.len()) as u64);
         // Stored blocks cost ~5 bytes per 64 KiB; the text still shrinks to well under half.
         assert!(tgz.len() > noise.len() && tgz.len() < noise.len() + text.len() / 2 + 4096, "{} bytes", tgz.len());
@@ -458,30 +446,6 @@ mod tests {
         assert_eq!(std::fs::read_to_string(d.path().join("out/mod.ts")).unwrap(), text);
     }
 
-    #[test]
-    fn the_probe_stores_only_when_storing_moves_more_bytes() {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        let run = |secs_stored: f64| {
-            let level = std::sync::Arc::new(AtomicU32::new(1));
-            let mut p = Probe { level: level.clone(), max: 1, seen: [(0, 0.0, 0); 2], decided: false };
-            for _ in 0..PROBE_BLOCKS {
-                p.observe(level.load(Ordering::Relaxed), BLOCK, 0.010);
-            }
-            assert_eq!(level.load(Ordering::Relaxed), 0, "the second phase stores");
-            for _ in 0..PROBE_BLOCKS {
-                p.observe(0, BLOCK, secs_stored);
-            }
-            assert!(p.decided);
-            level.load(Ordering::Relaxed)
-        };
-        // A link faster than deflate: stored blocks go through in half the time.
-        assert_eq!(run(0.005), 0);
-        // A slow link: stored blocks take longer per snapshot byte; keep compressing.
-        assert_eq!(run(0.016), 1);
-        // Within 10%: compression (fewer bytes on a shared link).
-        assert_eq!(run(0.0095), 1);
-    }
-
     #[cfg(unix)]
     #[test]
     fn bare_tar_round_trips_and_is_measured() {
@@ -492,9 +456,11 @@ mod tests {
         std::fs::write(src.join("mod.ts"), &text).unwrap();
         let entries = collect(&src, &Rules { allow_no_git: true, ..Rules::default() }).unwrap().entries;
         let mut raw = Vec::new();
-        let stats = stream_tar(&src, &entries, &[], &mut raw, Framing::Tar, &|_, _| {}).unwrap();
+        let stats =
+            stream_tar(&src, &entries, &[], &mut raw, Link { framing: Framing::Tar, remembered: None, acked: &|| None }, &|_, _| {})
+                .unwrap();
         assert!(raw.len() > text.len() && raw.len() < text.len() + 4096, "bare tar is the content plus headers: {} bytes", raw.len());
-        assert!(stats.rates.plain.is_some_and(|r| r > 0.0) && stats.rates.gzip.is_none(), "{:?}", stats.rates);
+        assert_eq!((stats.level, stats.wire), (0, raw.len() as u64), "{stats:?}");
         std::fs::create_dir(d.path().join("out")).unwrap();
         let mut child =
             Command::new("tar").args(["-xf", "-", "-C"]).arg(d.path().join("out")).stdin(std::process::Stdio::piped()).spawn().unwrap();
@@ -514,9 +480,11 @@ mod tests {
         // The server trusts only a stream that ends with the completion marker: a snapshot
         // that fails half-way must never send it, whatever members went out before.
         let extra = [(crate::layout::COMPLETE_MARKER.to_string(), std::sync::Arc::new(Vec::new()))];
-        for framing in [Framing::Gzip(1), Framing::Tar] {
+        for framing in [Framing::Gzip(6), Framing::Tar] {
             let mut buf = Vec::new();
-            assert!(stream_tar(d.path(), &entries, &extra, &mut buf, framing, &|_, _| {}).is_err());
+            assert!(
+                stream_tar(d.path(), &entries, &extra, &mut buf, Link { framing, remembered: None, acked: &|| None }, &|_, _| {}).is_err()
+            );
             let mut raw = Vec::new();
             let _ = flate2::read::MultiGzDecoder::new(&buf[..]).read_to_end(&mut raw);
             let tar_bytes = if framing == Framing::Tar { &buf } else { &raw };
@@ -540,7 +508,9 @@ mod tests {
         let src = d.path().join("src");
         let entries = collect(&src, &Rules { allow_no_git: true, ..Rules::default() }).unwrap().entries;
         let mut buf = Vec::new();
-        let stats = stream_tar(&src, &entries, &[], &mut buf, Framing::Gzip(1), &|_, _| {}).unwrap();
+        let stats =
+            stream_tar(&src, &entries, &[], &mut buf, Link { framing: Framing::Gzip(6), remembered: None, acked: &|| None }, &|_, _| {})
+                .unwrap();
         assert_eq!(stats.files, 3);
         std::fs::create_dir(d.path().join("out")).unwrap();
         let mut child =

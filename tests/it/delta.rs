@@ -224,17 +224,29 @@ fn new_mtimes_and_another_clone_send_only_real_changes() {
 }
 
 /// The level is picked by measurement: over a slow link compression moves the snapshot
-/// faster than storing, so the upload keeps compressing (and says so at -v). Where storing
-/// won, the client remembers it per host and sends bare tar (no `gzip -d` on the server);
-/// a bare upload slower than compression was makes it measure again.
+/// faster than storing, so the upload compresses (and says so at -v, with the link's rate).
+/// Where storing won, the client remembers it per host and sends bare tar (no `gzip -d` on
+/// the server); a bare upload over a link where compression would have won makes the next
+/// upload compress again.
 #[test]
 fn the_link_picks_compression_bare_tar_or_a_new_measurement() {
     let sshd = Sshd::start();
     let ws = Workspace::new();
-    // 24 MiB of source-like text (compresses ~4x): enough blocks for both probe phases.
-    let line = "export const handler = async (request, response) => { return queue.push(payload); };\n";
+    // 24 MiB of source-like text, words drawn at random (compresses ~5x, as real source
+    // does; a repeated line would shrink 100x and never load the link).
+    let words =
+        ["const", "let", "return", "await", "queue", "booking", "payload", "status", "event", "handler", "request", "=>", "{", "};"];
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
     for i in 0..24 {
-        ws.write(&format!("gen/chunk{i:02}.ts"), &line.repeat((1 << 20) / line.len()));
+        let mut text = String::with_capacity(1 << 20);
+        while text.len() < 1 << 20 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            text.push_str(words[(x % words.len() as u64) as usize]);
+            text.push(if x % 11 == 0 { '\n' } else { ' ' });
+        }
+        ws.write(&format!("gen/chunk{i:02}.ts"), &text);
     }
     ws.commit("text");
     let proxy = Proxy::start(sshd.port, None, Some(4 << 20));
@@ -270,24 +282,25 @@ fn the_link_picks_compression_bare_tar_or_a_new_measurement() {
     let run = env.bst(&["deploy", "t", "--json", "-v"]).ok();
     assert_eq!(run.json()["stream"], "tar.gz");
     let fast = memos();
-    assert_eq!(fast.len(), 1, "the probe's verdict is kept per host");
+    assert_eq!(fast.len(), 1, "the measurement is kept per host");
     let verdict = std::fs::read_to_string(&fast[0]).unwrap();
-    let said = if verdict.starts_with("bst-link-1 store ") {
-        "compression: stored (measured against gzip level 1); later uploads to this host send bare tar"
+    let level = verdict.strip_prefix("bst-link-2 ").and_then(|v| v.split(' ').next()).unwrap_or_else(|| panic!("{verdict}"));
+    let said = if level == "0" {
+        "compression: stored, the link kept up with everything sent".to_string()
     } else {
-        assert!(verdict.starts_with("bst-link-1 gzip "), "{verdict}");
-        "compression: gzip level 1 (measured against storing)"
+        format!("compression: gzip level {}", run.json()["compression"]["level"])
     };
-    assert!(run.stderr.contains(said), "-v should say `{said}` for {verdict}: {}", run.stderr);
-    std::fs::write(&fast[0], format!("bst-link-1 store 1000000000 1 {}\n", now())).unwrap();
+    assert!(run.stderr.contains(&said), "-v should say `{said}` for {verdict}: {}", run.stderr);
+    std::fs::write(&fast[0], format!("bst-link-2 0 0 {}\n", now())).unwrap();
     full_upload_next();
     let run = env.bst(&["deploy", "t", "--json", "-v"]).ok();
     assert!(run.stderr.contains("compression: none, bare tar"), "{}", run.stderr);
     let j = run.json();
     assert_eq!((j["stream"].as_str(), j["delta"].as_bool()), (Some("tar"), Some(false)));
+    assert_eq!(j["compression"]["level"], 0, "{j}");
     assert!(j["bytes_sent"].as_u64().unwrap() > j["bytes"].as_u64().unwrap(), "bare tar is not compressed: {j}");
     assert_eq!(tree(&env.base.join("current"), false), shipped(&ws));
-    assert!(std::fs::read_to_string(&fast[0]).unwrap().starts_with("bst-link-1 store "), "a fast bare upload keeps the verdict");
+    assert!(std::fs::read_to_string(&fast[0]).unwrap().starts_with("bst-link-2 0 "), "a fast bare upload keeps the verdict");
     // The cache job unpacked the bare archive as the pristine copy: the next deploy is a delta.
     env.wait_cache_job();
     assert!(!env.base.join(".bst-cache/snapshot.tar").exists(), "the tee'd archive outlived the cache job");
@@ -295,28 +308,39 @@ fn the_link_picks_compression_bare_tar_or_a_new_measurement() {
     let j = deploy_json(&env);
     assert_eq!((j["stream"].as_str(), j["delta"].as_bool(), j["files_sent"].as_u64()), (Some("tar"), Some(true), Some(1)));
     assert_eq!(tree(&env.base.join("current"), false), shipped(&ws));
+    assert!(std::fs::read_to_string(&fast[0]).unwrap().starts_with("bst-link-2 0 "), "a one-file upload measures nothing");
 
-    // The slow link (another host as far as the client knows): compression wins the probe.
+    // The slow link (4 MB/s, another host as far as the client knows): compression wins, and
+    // the link's rate is measured from what TCP acknowledged.
     full_upload_next();
     let run = bst_with(&slow, &["deploy", "t", "--json", "-v"], &[]).ok();
-    assert!(run.stderr.contains("compression: gzip level 1"), "{}", run.stderr);
+    assert!(run.stderr.contains("compression: gzip level "), "{}", run.stderr);
     let j = run.json();
     let (sent, raw) = (j["bytes_sent"].as_u64().unwrap(), j["bytes"].as_u64().unwrap());
     assert!(sent < raw / 2, "sent {sent} of {raw} bytes");
+    let c = &j["compression"];
+    assert!(c["level"].as_u64().is_some_and(|l| (2..=9).contains(&l)), "{j}");
+    assert!(c["stream_bytes"].as_u64().is_some_and(|b| b > 0 && b < sent), "{j}");
+    if cfg!(target_os = "linux") {
+        let rate = c["link_bytes_per_sec"].as_f64().unwrap_or_else(|| panic!("the link was the bottleneck at some point: {j}"));
+        assert!((1e6..8e6).contains(&rate), "the proxy passes 4 MB/s: {j}");
+        assert!(j["wire_bytes"].as_u64().is_some_and(|w| w >= sent), "{j}");
+    }
     assert_eq!(tree(&env.base.join("current"), false), shipped(&ws));
     let slow_memo: Vec<_> = memos().into_iter().filter(|m| !fast.contains(m)).collect();
     assert_eq!(slow_memo.len(), 1);
     let verdict = std::fs::read_to_string(&slow_memo[0]).unwrap();
     let f: Vec<&str> = verdict.split_whitespace().collect();
-    assert_eq!(f[1], "gzip", "{verdict}");
-    // Pretend storing had won here (the laptop was on the LAN then): the bare upload is
-    // slower than compression was, so the verdict is dropped and the next upload probes.
-    std::fs::write(&slow_memo[0], format!("bst-link-1 store 1000000000 {} {}\n", f[3], now())).unwrap();
+    assert_ne!(f[1], "0", "{verdict}");
+    // Pretend storing had won here (the laptop was on the LAN then): the bare upload finds a
+    // link where compression would have won, so the next upload compresses again.
+    std::fs::write(&slow_memo[0], format!("bst-link-2 0 0 {}\n", now())).unwrap();
     full_upload_next();
-    let j = bst_with(&slow, &["deploy", "t", "--json"], &[]).ok().json();
-    assert_eq!(j["stream"], "tar");
+    let run = bst_with(&slow, &["deploy", "t", "--json", "-v"], &[]).ok();
+    assert_eq!(run.json()["stream"], "tar");
+    assert!(run.stderr.contains("where gzip would have been faster: the next upload compresses"), "{}", run.stderr);
     assert_eq!(tree(&env.base.join("current"), false), shipped(&ws));
-    assert!(!slow_memo[0].exists(), "a bare upload slower than compression must forget the verdict");
+    assert!(!std::fs::read_to_string(&slow_memo[0]).unwrap().starts_with("bst-link-2 0 "), "the store verdict must be dropped");
     full_upload_next();
     let j = bst_with(&slow, &["deploy", "t", "--json"], &[]).ok().json();
     assert_eq!(j["stream"], "tar.gz");

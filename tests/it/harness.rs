@@ -272,7 +272,7 @@ impl Env {
         if bare {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
             std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-            std::fs::write(&file, format!("bst-link-1 store 1000000000 1 {now}\n")).unwrap();
+            std::fs::write(&file, format!("bst-link-2 0 0 {now}\n")).unwrap();
         } else {
             let _ = std::fs::remove_file(&file);
         }
@@ -520,6 +520,22 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         listener.set_nonblocking(true).unwrap();
+        if f.bytes_per_sec.is_some() {
+            // A slow link's buffer is small; the kernel's default receive buffer here would
+            // acknowledge megabytes the link has not carried yet (accepted sockets inherit it).
+            let size: libc::c_int = 64 * 1024;
+            // SAFETY: a valid socket and an int option of the size given.
+            let r = unsafe {
+                libc::setsockopt(
+                    std::os::unix::io::AsRawFd::as_raw_fd(&listener),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUF,
+                    (&raw const size).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(r, 0);
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let refuse = Arc::new(AtomicBool::new(false));
         let (stop2, refuse2) = (stop.clone(), refuse.clone());

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{ms, Deploy, Phases, Prepared, Uploaded, GZIP_LEVEL};
+use super::{ms, Compression, Deploy, Phases, Prepared, Uploaded};
 use crate::commands::lock;
 use crate::error::Error;
 use crate::release::Status;
@@ -76,18 +76,9 @@ impl Deploy<'_> {
             _ => 0,
         };
         phases.upload_ms = ms(upload_started).saturating_sub(phases.switch_ms);
+        self.compression.set(Compression::of(&stats));
         if p.verbose > 0 {
-            match (link.framing, stats.level) {
-                (workspace::Framing::Tar, _) => {
-                    p.verbose("compression: none, bare tar (storing beat gzip on this link when last measured)")
-                }
-                (_, Some(0)) => p.verbose(format!(
-                    "compression: stored (measured against gzip level {GZIP_LEVEL}){}",
-                    if link.kept() { "; later uploads to this host send bare tar" } else { "" }
-                )),
-                (_, Some(level)) => p.verbose(format!("compression: gzip level {level} (measured against storing)")),
-                (_, None) => {}
-            }
+            p.verbose(compression_line(link, &stats));
         }
         let local_files = prep.meta.files;
         p.status(match delta_used {
@@ -170,5 +161,33 @@ impl Deploy<'_> {
             warnings.push(w.clone());
         }
         Ok((reply.pruned, warnings, delta_used))
+    }
+}
+
+/// `-v`'s account of the compression: what was chosen, and what the link measured.
+fn compression_line(link: &workspace::LinkMemo, stats: &workspace::Stats) -> String {
+    let rate = match stats.link_rate {
+        Some(r) => format!("the link drained {}/s", human_bytes(r as u64)),
+        None => "the link kept up with everything sent".to_string(),
+    };
+    let switches = match stats.switches {
+        0 => String::new(),
+        1 => ", 1 level change".to_string(),
+        n => format!(", {n} level changes"),
+    };
+    match (link.framing, stats.level) {
+        (workspace::Framing::Tar, _) if stats.gzip_would_win => {
+            format!("compression: none, bare tar; {rate}, where gzip would have been faster: the next upload compresses")
+        }
+        (workspace::Framing::Tar, _) => format!("compression: none, bare tar (storing won on this link when last measured); {rate}"),
+        (_, 0) => format!(
+            "compression: stored, {rate}{switches}{}",
+            if link.kept() && stats.bytes >= workspace::link_memo::MEASURED_BYTES {
+                "; later uploads to this host send bare tar"
+            } else {
+                ""
+            }
+        ),
+        (_, level) => format!("compression: gzip level {level}, {rate}{switches}"),
     }
 }

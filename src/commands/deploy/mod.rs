@@ -24,10 +24,6 @@ mod upload;
 use plan::listing_rules;
 use upload::{announce, progress_bar, send_snapshot, show_continuation, upload_parts, Background};
 
-/// Level 1: ~4x faster than 6 for ~7% more bytes. The stream measures it against storing
-/// (see `workspace::Probe`) and keeps whichever moves the snapshot faster over this link.
-const GZIP_LEVEL: u32 = 1;
-
 #[derive(Debug, Serialize)]
 struct Summary<'a> {
     schema_version: u32,
@@ -50,6 +46,37 @@ struct Summary<'a> {
     files_sent: u64,
     /// How the snapshot travelled: `tar.gz` or `tar`.
     stream: &'static str,
+    compression: Compression,
+    /// Bytes the server's TCP acknowledged over the whole connection, handshake and SSH
+    /// framing included: what crossed the link. Null where the transport cannot tell
+    /// (not Linux, a jump host, local).
+    wire_bytes: Option<u64>,
+}
+
+/// What the upload chose and measured, for `--json` and benchmarks.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub(super) struct Compression {
+    /// The gzip level that carried most of the snapshot (0: stored, or bare tar).
+    level: u32,
+    /// Level changes during the upload, as the link or the content changed.
+    switches: u32,
+    /// The link's drain rate, bytes per second, when it was the bottleneck at some point;
+    /// null when the link kept up with everything sent.
+    link_bytes_per_sec: Option<f64>,
+    /// The snapshot stream's bytes as written to the connection (the rest of `bytes_sent`
+    /// is scripts and bst's own files).
+    stream_bytes: u64,
+}
+
+impl Compression {
+    pub(super) fn of(stats: &workspace::Stats) -> Compression {
+        Compression {
+            level: stats.level,
+            switches: stats.switches,
+            link_bytes_per_sec: stats.link_rate.map(f64::round),
+            stream_bytes: stats.wire,
+        }
+    }
 }
 
 /// Wall time per phase, for the summary and `--json` (benchmarks read it).
@@ -97,13 +124,15 @@ struct Deploy<'a> {
     combined: bool,
     started: Instant,
     upload_started: Instant,
+    /// What the upload that went through chose and measured (set once it is done).
+    compression: std::cell::Cell<Compression>,
 }
 
 pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let rules = listing_rules(target);
     let manifests = workspace::ManifestCache::for_target(&format!("{}:{}", target.host_label(), target.base));
-    let link = workspace::LinkMemo::for_host(&target.host_label(), GZIP_LEVEL);
+    let link = workspace::LinkMemo::for_host(&target.host_label());
     // Refused here, before anything touches the server; later listing errors still leave it
     // unchanged (the lock is released), but may have created an empty base on a first deploy.
     workspace::check_source(&target.source, &target.exclude)?;
@@ -164,7 +193,19 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
     let combined = !build && !gated;
     let mut broke = false;
     let mut listed: Option<Listed> = None;
-    let d = Deploy { target, globals, p, held, link, build, gated, combined, started, upload_started: Instant::now() };
+    let d = Deploy {
+        target,
+        globals,
+        p,
+        held,
+        link,
+        build,
+        gated,
+        combined,
+        started,
+        upload_started: Instant::now(),
+        compression: Default::default(),
+    };
     let mut attempts = 0;
     let (prep, first) = loop {
         attempts += 1;
@@ -174,6 +215,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
         let mut stats = workspace::Stats::default();
         let mut bar = None;
         let mut guard = None;
+        let acked = t.acked_meter();
         // One remote command: lock + state + manifest, then (same command) upload and switch.
         let r = t.converse(&session, &mut |i| {
             let head = i.read_until(&|b| crate::remote::split_session_head(b).is_some())?;
@@ -239,7 +281,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
             i.write_all(continuation.as_bytes())?;
             i.write_all(b"BST-GO\n")?;
             bar = progress_bar(p, target, &send);
-            stats = send_snapshot(target, &d.link, &send, &extra, i.as_write(), bar.as_ref(), combined.then_some(&mut guard))?;
+            stats = send_snapshot(target, &d.link, &send, &extra, i.as_write(), &*acked, bar.as_ref(), combined.then_some(&mut guard))?;
             Ok(())
         });
         drop(guard);
@@ -325,6 +367,16 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
             ));
             p.out(format!("{}: current -> releases/{id}", target.name));
             p.timing(started, "done");
+            if let Some((requests, answers)) = t.round_trips() {
+                // What a slow link charges for, beyond the bytes: each costs one RTT.
+                p.timing(
+                    started,
+                    format!(
+                        "round trips after the handshake: {} ({requests} for channels and commands, {answers} waiting for an answer)",
+                        requests + answers
+                    ),
+                );
+            }
             p.json(&Summary {
                 schema_version: 1,
                 target: &target.name,
@@ -343,6 +395,8 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
                 delta: delta_used.is_some(),
                 files_sent: delta_used.map_or(meta.files, |(sent, _)| sent as u64),
                 stream: if d.link.framing == workspace::Framing::Tar { "tar" } else { "tar.gz" },
+                compression: d.compression.get(),
+                wire_bytes: (t.acked_meter())(),
             });
             Ok(())
         }

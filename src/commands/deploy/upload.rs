@@ -29,8 +29,9 @@ impl Deploy<'_> {
         let script = format!("{}{script}{}", prep.prologue, prep.tail);
         let bar = progress_bar(p, target, &send);
         let mut guard = None;
+        let acked = t.acked_meter();
         let out = t.run_with_input(&script, &mut |w| {
-            stats = send_snapshot(target, link, &send, &extra, w, bar.as_ref(), critical.then_some(&mut guard))?;
+            stats = send_snapshot(target, link, &send, &extra, w, &*acked, bar.as_ref(), critical.then_some(&mut guard))?;
             Ok(())
         })?;
         drop(guard);
@@ -210,15 +211,20 @@ pub(super) fn upload_parts<'a>(
     }
 }
 
-/// Streams the upload with the bar ticking, and keeps what it measured of the link. With
+/// Streams the upload with the bar ticking, and keeps what it measured of the link
+/// (`acked` reads what the peer has acknowledged). With
 /// `critical`, Ctrl-C is held back from the moment the last byte is out: the script is then
 /// completing the deploy, and must not be reported failed.
+// Each argument is a different party to the upload (the target, the link, the entries,
+// the stream, the bar, Ctrl-C); a struct would only name them twice.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn send_snapshot(
     target: &Target,
     link: &workspace::LinkMemo,
     send: &[workspace::Entry],
     extra: &[workspace::Extra],
     w: &mut dyn std::io::Write,
+    acked: workspace::Acked<'_>,
     bar: Option<&indicatif::ProgressBar>,
     critical: Option<&mut Option<crate::interrupt::Critical>>,
 ) -> anyhow::Result<workspace::Stats> {
@@ -227,7 +233,14 @@ pub(super) fn send_snapshot(
             b.inc(n);
         }
     };
-    let stats = workspace::stream_tar(&target.source, send, extra, w, link.framing, &tick)?;
+    let stats = workspace::stream_tar(
+        &target.source,
+        send,
+        extra,
+        w,
+        workspace::tar::Link { framing: link.framing, remembered: link.link_rate, acked },
+        &tick,
+    )?;
     w.flush()?;
     link.record(&stats);
     if let Some(guard) = critical {

@@ -1,0 +1,489 @@
+//! The gzip level of each upload block, chosen for the most snapshot bytes delivered per
+//! second over this link, and chosen again as the blocks go out.
+//!
+//! Two inputs decide it:
+//! - what the compressors do: each block's ratio and speed at its level, scaled onto a table of
+//!   how zlib-rs's levels compare with each other;
+//! - what the link drains, from the bytes TCP has acknowledged where the transport can read
+//!   them. Bytes written tell nothing for the first megabytes, which vanish into socket and
+//!   SSH buffers whatever the link. Without acknowledgements, the writes' own pace counts
+//!   once they block.
+//!
+//! Level `l` delivers `min(workers × speed[l], link / ratio[l])` raw bytes per second, and
+//! storing has no CPU limit. Levels the upload has used recently are judged by what they
+//! actually delivered. That covers what the model leaves out, such as a server that unpacks
+//! slower than the link carries. A switch needs a clear gain, so noise does not flip the
+//! level back and forth.
+//!
+//! Level 1 is never chosen. zlib-rs's level 1 is a different, much weaker algorithm than
+//! zlib's (a 5,000-file workspace: 34 MB against 29.8 MB at level 2), and level 2 costs
+//! little more CPU.
+
+/// Stored, then zlib-rs's levels 2 to 9.
+pub const LEVELS: [u32; 9] = [0, 2, 3, 4, 5, 6, 7, 8, 9];
+
+/// Where an upload starts when nothing is known about the link yet. Level 6 is gzip's
+/// default. On a slow link it is within 1% of level 9's size, and it leaves the CPU free
+/// enough that storing wins quickly on a fast one.
+pub const START_LEVEL: u32 = 6;
+
+/// zlib-rs per level, on the source text of a `make-workspace.py` tree cut into 1 MiB
+/// members: compressed size over raw size, and raw MB/s on one core of the bench machine.
+/// Only the shape matters: what the blocks measure scales it.
+const PRIOR: [(f64, f64); 10] = [
+    (1.0002, 2300.0),
+    (0.300, 355.0),
+    (0.211, 287.0),
+    (0.198, 194.0),
+    (0.182, 131.0),
+    (0.176, 111.0),
+    (0.158, 34.4),
+    (0.157, 26.1),
+    (0.156, 19.3),
+    (0.1558, 18.0),
+];
+
+/// Seconds of history the link rate is computed over.
+const WINDOW: f64 = 0.5;
+/// The shortest span that gives a link rate at all.
+const MIN_SPAN: f64 = 0.15;
+/// A level's own deliveries count for this long, then the model judges it again: the link may
+/// have changed.
+const MEMORY: f64 = 4.0;
+/// A switch needs this much predicted gain.
+const HYSTERESIS: f64 = 1.08;
+/// Deliveries at a level before they count as its measured rate.
+const MIN_SAMPLES: u32 = 3;
+/// Where it is not known what the link carried when storing won: a drain this slow
+/// (160 Mbit/s) is a link that compression beats on any two cores.
+const UNKNOWN_FLOOR: f64 = 20e6;
+/// Written but not acknowledged, in bytes: the link is behind, however short the span.
+const FAR_BEHIND: f64 = 512.0 * 1024.0;
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    t: f64,
+    /// Compressed bytes written to the transport before this block. The block itself is
+    /// left out: right after a write it cannot have been acknowledged yet, whatever the link.
+    wire: u64,
+    /// Bytes the peer has acknowledged so far, when the transport can tell.
+    acked: Option<u64>,
+    /// Seconds the writer has spent blocked so far.
+    blocked: f64,
+}
+
+/// What one level delivered recently: raw bytes per second, smoothed.
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    rate: f64,
+    samples: u32,
+    at: f64,
+}
+
+#[derive(Clone)]
+pub struct Pace {
+    level: u32,
+    workers: f64,
+    /// Measured over prior, for ratio and speed, smoothed.
+    ratio_scale: f64,
+    speed_scale: f64,
+    history: std::collections::VecDeque<Sample>,
+    seen: [Seen; 10],
+    /// The link's drain rate (wire bytes per second) when it was last the bottleneck, and
+    /// when that was.
+    link: Option<(f64, f64)>,
+    /// Whether the latest window found the link behind the writer.
+    link_bound: bool,
+    /// How much the model overpromised, from the levels measured (at most 1).
+    trust: f64,
+    /// The highest wire rate seen over a window, bottleneck or not: what the link carried at
+    /// least.
+    peak: f64,
+    /// Raw bytes sent per level, for the report.
+    pub raw_at: [u64; 10],
+    switches: u32,
+}
+
+impl std::fmt::Debug for Pace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let seen: Vec<String> =
+            (0..10).filter(|&l| self.seen[l].samples > 0).map(|l| format!("{l}: {:.1} MB/s", self.seen[l].rate / 1e6)).collect();
+        let mb: Vec<String> = (0..10).filter(|&l| self.raw_at[l] > 0).map(|l| format!("{l}: {} MiB", self.raw_at[l] >> 20)).collect();
+        write!(
+            f,
+            "level {} (mostly {}), link {:?} MB/s{}, trust {:.2}, {} switches; delivered [{}]; sent [{}]",
+            self.level,
+            self.main_level(),
+            self.link_rate().map(|l| (l / 1e5).round() / 10.0),
+            if self.link_bound { " (the bottleneck)" } else { "" },
+            self.trust,
+            self.switches,
+            seen.join(", "),
+            mb.join(", ")
+        )
+    }
+}
+
+impl Pace {
+    /// Starts at `level`. `link` is a drain rate remembered from an earlier upload to this host.
+    pub fn new(level: u32, workers: usize, link: Option<f64>) -> Pace {
+        Pace {
+            level: level.min(9),
+            workers: workers.max(1) as f64,
+            ratio_scale: 1.0,
+            speed_scale: 1.0,
+            history: std::collections::VecDeque::new(),
+            seen: [Seen::default(); 10],
+            link: link.map(|l| (l, 0.0)),
+            link_bound: link.is_some(),
+            trust: 1.0,
+            peak: 0.0,
+            raw_at: [0; 10],
+            switches: 0,
+        }
+    }
+
+    pub fn level(&self) -> u32 {
+        self.level
+    }
+
+    /// The level that carried the most raw bytes.
+    pub fn main_level(&self) -> u32 {
+        (0..10u32).max_by_key(|&l| self.raw_at[l as usize]).unwrap_or(self.level)
+    }
+
+    /// The link's drain rate in wire bytes per second, when it was ever the bottleneck.
+    pub fn link_rate(&self) -> Option<f64> {
+        self.link.map(|(l, _)| l)
+    }
+
+    /// The most the link was seen to carry, wire bytes per second.
+    pub fn peak_rate(&self) -> Option<f64> {
+        (self.peak > 0.0).then_some(self.peak)
+    }
+
+    pub fn switches(&self) -> u32 {
+        self.switches
+    }
+
+    /// Bare tar only: whether some level would have delivered clearly more than storing did
+    /// (the laptop left the LAN). `carried` is what the link carried when storing won. The
+    /// model alone cannot tell a slow link from a slow server, which looks the same from
+    /// here, so the link must also have become much slower than it was.
+    pub fn compression_would_win(&self, carried: Option<f64>) -> bool {
+        let Some(link) = self.link_rate() else { return false };
+        let bound = Pace { link_bound: true, ..self.clone() };
+        let gains = LEVELS[1..].iter().any(|&l| bound.model(l) > link * 1.15);
+        gains && link < carried.map_or(UNKNOWN_FLOOR, |c| 0.5 * c)
+    }
+
+    /// A block compressed at `level`: `raw` bytes in, `out` bytes out, `secs` on one worker.
+    pub fn compressed(&mut self, level: u32, raw: usize, out: usize, secs: f64) {
+        if level == 0 || level > 9 || raw < 4096 {
+            return;
+        }
+        let (p_ratio, p_speed) = PRIOR[level as usize];
+        let ratio = out as f64 / raw as f64 / p_ratio;
+        self.ratio_scale = 0.7 * self.ratio_scale + 0.3 * ratio;
+        if secs > 0.0 {
+            let speed = raw as f64 / secs / 1e6 / p_speed;
+            self.speed_scale = 0.7 * self.speed_scale + 0.3 * speed;
+        }
+    }
+
+    /// The transport took a block: `raw` snapshot bytes as `wire` bytes at `level` (`adaptive`:
+    /// the level came from here, not from the content). `dt` is the time since the previous
+    /// block went out. Totals: `wire_total` written, `acked` acknowledged, `blocked` seconds
+    /// the writer waited. Returns the level for the next blocks.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sent(&mut self, t: f64, level: u32, adaptive: bool, raw: usize, wire: usize, dt: f64, totals: (u64, Option<u64>, f64)) -> u32 {
+        let (wire_total, acked, blocked) = totals;
+        self.raw_at[level.min(9) as usize] += raw as u64;
+        self.history.push_back(Sample { t, wire: wire_total.saturating_sub(wire as u64), acked, blocked });
+        while self.history.len() > 2 && self.history.get(1).is_some_and(|s| t - s.t >= WINDOW) {
+            self.history.pop_front();
+        }
+        let drain = self.drain(t);
+        let span = self.span();
+        // Until the link has had time to show whether it keeps up, a fast write may only have
+        // gone into a buffer: it says nothing of what the level delivers.
+        if adaptive && raw >= 4096 && (drain.is_some() || span >= MIN_SPAN) {
+            // What this block cost: the wall time it took to go out, or, while the buffers are
+            // still swallowing writes, the time the link needs for its bytes.
+            let cost = match drain {
+                Some(d) if d > 0.0 => dt.max(wire as f64 / d),
+                _ => dt,
+            };
+            if cost > 0.0 {
+                let s = &mut self.seen[level as usize];
+                let rate = raw as f64 / cost;
+                // Deliveries far in the past say little about the link now.
+                if t - s.at > MEMORY {
+                    s.samples = 0;
+                }
+                s.rate = if s.samples == 0 { rate } else { 0.6 * s.rate + 0.4 * rate };
+                s.samples += 1;
+                s.at = t;
+            }
+        }
+        self.decide(t);
+        self.level
+    }
+
+    /// The link's drain rate over the window, when the writer is ahead of it; `None` while
+    /// the link keeps up (or there is not enough history).
+    fn drain(&mut self, t: f64) -> Option<f64> {
+        let (first, last) = (self.history.front()?, self.history.back()?);
+        let span = last.t - first.t;
+        let written = (last.wire - first.wire) as f64;
+        // Far behind already: a stored block on a LAN. Said at once, before the buffers
+        // have swallowed megabytes that compression would have shrunk.
+        let far_behind = match (first.acked, last.acked) {
+            (Some(a0), Some(a1)) => span >= 0.02 && written - a1.saturating_sub(a0) as f64 > FAR_BEHIND,
+            _ => false,
+        };
+        if span < MIN_SPAN && !far_behind {
+            return self.link_bound.then_some(self.link_rate()?);
+        }
+        let bound_and_rate = match (first.acked, last.acked) {
+            (Some(a0), Some(a1)) => {
+                let acked = a1.saturating_sub(a0) as f64;
+                // Behind: the buffers fill faster than the peer acknowledges.
+                (far_behind || written > acked * 1.15 + 65536.0 || last.blocked - first.blocked > 0.3 * span, acked / span)
+            }
+            _ => (last.blocked - first.blocked > 0.3 * span, written / span),
+        };
+        let (bound, rate) = bound_and_rate;
+        self.link_bound = bound;
+        self.peak = self.peak.max(rate);
+        // Bound: the drain rate is measured. Not bound but faster than remembered: the link
+        // carries at least that much now.
+        if rate > 0.0 && (bound || self.link.is_some_and(|(l, _)| rate > l)) {
+            self.link = Some((rate, t));
+        }
+        self.link_bound.then_some(self.link_rate()?)
+    }
+
+    fn span(&self) -> f64 {
+        match (self.history.front(), self.history.back()) {
+            (Some(a), Some(b)) => b.t - a.t,
+            _ => 0.0,
+        }
+    }
+
+    /// What the model says `level` delivers, raw bytes per second.
+    fn model(&self, level: u32) -> f64 {
+        let (p_ratio, p_speed) = PRIOR[level as usize];
+        let cpu = if level == 0 { f64::INFINITY } else { self.workers * p_speed * 1e6 * self.speed_scale };
+        let ratio = if level == 0 { 1.0 } else { (p_ratio * self.ratio_scale).clamp(0.01, 1.0) };
+        let link = match (self.link_bound, self.link_rate()) {
+            (true, Some(l)) => l / ratio,
+            _ => f64::INFINITY,
+        };
+        cpu.min(link)
+    }
+
+    fn predict(&self, level: u32, t: f64) -> f64 {
+        let s = self.seen[level as usize];
+        if s.samples >= MIN_SAMPLES && t - s.at <= MEMORY {
+            s.rate
+        } else {
+            self.model(level) * self.trust
+        }
+    }
+
+    fn decide(&mut self, t: f64) {
+        // Where a measured level fell short of its model, the model is optimistic here (a
+        // slow server, a busy CPU): the levels not yet measured are discounted alike.
+        let mut trust: f64 = 1.0;
+        for &l in &LEVELS {
+            let s = self.seen[l as usize];
+            if s.samples >= MIN_SAMPLES && t - s.at <= MEMORY {
+                let m = self.model(l);
+                if m.is_finite() && m > 0.0 {
+                    trust = trust.min(s.rate / m);
+                }
+            }
+        }
+        self.trust = trust.clamp(0.05, 1.0);
+        // Nothing is known of the link until the acknowledgements (or blocked writes) have
+        // had time to tell; until then the starting level stands.
+        if self.link.is_none() && self.span() < MIN_SPAN || self.seen[self.level as usize].samples < MIN_SAMPLES && self.history.len() < 4 {
+            return;
+        }
+        let here = self.predict(self.level, t);
+        let mut best = (self.level, here);
+        for &l in &LEVELS {
+            let p = self.predict(l, t);
+            // Among near-equals the smaller output wins: kinder to a shared link.
+            if p > best.1 * HYSTERESIS || (p >= best.1 && l > best.0) {
+                best = (l, p);
+            }
+        }
+        if best.0 != self.level && best.1 > here * HYSTERESIS {
+            self.level = best.0;
+            self.switches += 1;
+            // What the link did at the old level says little about the new one: a window
+            // that straddles both would average them.
+            while self.history.len() > 1 {
+                self.history.pop_front();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A simulated upload: `workers` compressors at PRIOR speeds times `cpu`, a link that
+    /// drains `link(t)` wire bytes per second behind a buffer of `buffer` bytes, and a
+    /// server that takes at most `server` raw bytes per second. Returns the pace at the end,
+    /// the seconds the upload took, and the wire bytes.
+    fn simulate(
+        mb: usize,
+        workers: usize,
+        cpu: f64,
+        buffer: f64,
+        link: &dyn Fn(f64) -> f64,
+        server: f64,
+        acked_known: bool,
+    ) -> (Pace, f64, f64) {
+        const RAW: usize = 1 << 20;
+        let mut pace = Pace::new(START_LEVEL, workers, None);
+        let mut t = 0.0f64;
+        // Bytes written and bytes drained; the buffer holds the difference.
+        let (mut written, mut drained) = (0.0f64, 0.0f64);
+        let mut blocked = 0.0f64;
+        // The server unpacks at most `server` raw bytes per second: through TCP's flow
+        // control, that caps the wire rate at its share of the current ratio.
+        let rate = |s: f64, ratio: f64| link(s).min(server * ratio);
+        let drained_to = |t_now: f64, drained: &mut f64, written: f64, from: f64, ratio: f64| {
+            // Drains at the link rate from `from` to `t_now`, never past what was written.
+            let mut s = from;
+            while s < t_now && *drained < written {
+                let step = (t_now - s).min(0.001);
+                *drained = (*drained + rate(s, ratio) * step).min(written);
+                s += step;
+            }
+        };
+        for _ in 0..mb {
+            let level = pace.level();
+            let (p_ratio, p_speed) = PRIOR[level as usize];
+            let ratio = if level == 0 { 1.0 } else { p_ratio };
+            let wire = RAW as f64 * ratio;
+            // Compressors run ahead in parallel: one block costs 1/workers of its time.
+            let compress = RAW as f64 / (p_speed * 1e6 * cpu);
+            let before = t;
+            let mut now = t + compress / workers as f64;
+            drained_to(now, &mut drained, written, before, ratio);
+            // Blocked until the buffer has room.
+            let start_block = now;
+            while written - drained + wire > buffer + 1.0 {
+                let need = (written - drained + wire - buffer) / rate(now, ratio);
+                let from = now;
+                now += need.max(1e-6);
+                drained_to(now, &mut drained, written, from, ratio);
+            }
+            blocked += now - start_block;
+            written += wire;
+            if level != 0 {
+                pace.compressed(level, RAW, wire as usize, compress);
+            }
+            t = now;
+            let acked = acked_known.then_some(drained as u64);
+            pace.sent(t, level, true, RAW, wire as usize, t - before, (written as u64, acked, blocked));
+        }
+        // The upload ends when the buffer is empty.
+        let last = if pace.level() == 0 { 1.0 } else { PRIOR[pace.level() as usize].0 };
+        while drained + 1.0 < written {
+            let from = t;
+            t += ((written - drained) / rate(t, last)).max(1e-6);
+            drained_to(t, &mut drained, written, from, last);
+        }
+        (pace, t, written)
+    }
+
+    const MB: f64 = 1e6;
+    const BUF: f64 = 4.0 * MB;
+
+    #[test]
+    fn a_link_faster_than_any_compressor_gets_stored_blocks() {
+        let (pace, ..) = simulate(200, 2, 1.0, BUF, &|_| 2000.0 * MB, f64::INFINITY, true);
+        assert_eq!(pace.level(), 0, "{pace:?}");
+        assert_eq!(pace.main_level(), 0);
+    }
+
+    #[test]
+    fn a_slow_link_gets_strong_compression_even_while_buffers_swallow_writes() {
+        // 20 Mbit/s: 2.5 MB/s. The first 4 MB of writes vanish into buffers at once.
+        let (pace, secs, wire) = simulate(60, 2, 1.0, BUF, &|_| 2.5 * MB, f64::INFINITY, true);
+        assert!(pace.level() >= 6, "{pace:?}");
+        assert!(pace.link_rate().is_some_and(|r| (r - 2.5 * MB).abs() < 0.3 * MB), "{:?}", pace.link_rate());
+        // Every raw MB at level 6 or above costs 0.158 MB on the wire: 60 MB in ~4 s.
+        assert!(wire < 60.0 * 1048576.0 * 0.2, "{wire}");
+        assert!(secs < 5.0, "{secs}");
+    }
+
+    #[test]
+    fn a_lan_gets_the_level_that_keeps_both_cpu_and_link_busy() {
+        // 100 Mbit/s, two workers: level 2 would saturate the link with too many bytes, 9
+        // starves it for CPU; the best delivers ~70 MB/s of snapshot.
+        let (pace, secs, _) = simulate(200, 2, 1.0, BUF, &|_| 12.5 * MB, f64::INFINITY, true);
+        let level = pace.level();
+        assert!((4..=6).contains(&level), "{pace:?}");
+        let best = (2..=9u32)
+            .map(|l| {
+                let (r, s) = PRIOR[l as usize];
+                (2.0 * s * MB).min(12.5 * MB / r)
+            })
+            .fold(0.0f64, f64::max);
+        let raw = 200.0 * 1048576.0;
+        assert!(raw / secs > 0.85 * best, "{:.1} MB/s delivered, best {:.1}: {pace:?}", raw / secs / MB, best / MB);
+    }
+
+    #[test]
+    fn the_level_follows_a_link_that_slows_down_mid_upload() {
+        let (pace, ..) = simulate(300, 2, 1.0, BUF, &|t| if t < 0.25 { 2000.0 * MB } else { 2.5 * MB }, f64::INFINITY, true);
+        assert!(pace.level() >= 6, "{pace:?}");
+        assert!(pace.raw_at[0] > 0, "stored while the link was fast: {pace:?}");
+        assert!(pace.switches() >= 2);
+    }
+
+    #[test]
+    fn a_server_slower_than_the_link_does_not_drive_the_level_up() {
+        // Fast link, but the server unpacks only 80 MB/s: each level up shrinks the wire rate,
+        // which must not read as a slower link that the next level up would help.
+        let (pace, secs, _) = simulate(300, 2, 1.0, BUF, &|_| 1000.0 * MB, 80.0 * MB, true);
+        assert!(pace.main_level() <= 5, "{pace:?}");
+        let raw = 300.0 * 1048576.0;
+        assert!(raw / secs > 0.9 * 80.0 * MB, "{:.1} MB/s", raw / secs / MB);
+    }
+
+    #[test]
+    fn without_acknowledgements_blocked_writes_still_find_a_slow_link() {
+        let (pace, ..) = simulate(100, 2, 1.0, BUF, &|_| 2.5 * MB, f64::INFINITY, false);
+        assert!(pace.level() >= 6, "{pace:?}");
+    }
+
+    #[test]
+    fn a_remembered_link_rate_starts_the_decision_but_never_pins_it() {
+        // Remembered as slow, now fast: storing wins within the upload.
+        let mut pace = Pace::new(9, 2, Some(2.5 * MB));
+        let mut t = 0.0;
+        let mut wire = 0u64;
+        for _ in 0..200 {
+            let level = pace.level();
+            let (r, s) = PRIOR[level as usize];
+            let out = if level == 0 { 1 << 20 } else { ((1 << 20) as f64 * r) as u64 };
+            let dt = if level == 0 { 0.0005 } else { (1 << 20) as f64 / (2.0 * s * MB) };
+            t += dt;
+            wire += out;
+            if level != 0 {
+                pace.compressed(level, 1 << 20, out as usize, dt * 2.0);
+            }
+            pace.sent(t, level, true, 1 << 20, out as usize, dt, (wire, Some(wire), 0.0));
+        }
+        assert_eq!(pace.level(), 0, "{pace:?}");
+    }
+}
