@@ -1324,6 +1324,11 @@ mod tests {
         let out = String::from_utf8(session(&list(g1))).unwrap();
         job.wait().unwrap();
         assert!(out.contains(&format!("SG 0 {g1}\nMSAME ")), "{out}");
+        // This base under another name (a symlink) is no sibling of itself.
+        std::os::unix::fs::symlink(&base, d.path().join("alias")).unwrap();
+        let alias = vec![(d.path().join("alias").to_str().unwrap().to_string(), String::new())];
+        let out = String::from_utf8(session(&alias)).unwrap();
+        assert!(out.contains("\nSN 0 it is this base, under another name\n"), "{out}");
         // A copy of its own: no sibling is looked at.
         proven_cache(&base, g1, &[("own.txt", "own")]);
         let out = String::from_utf8_lossy(&session(&list(""))).into_owned();

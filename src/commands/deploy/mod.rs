@@ -157,6 +157,10 @@ pub fn run(target: &Target, siblings: &[Sibling], globals: &Globals, p: &Printer
     let owner = lock::new_owner("deploy");
     let held = Held { token: owner.token.clone() };
     let known = manifests.generation();
+    // Only a deploy without a pristine copy of its own can use a sibling's, and a client that
+    // has deployed here (it kept the manifest it left) will almost surely find one: the
+    // siblings' part of the script travels only with a first deploy from this client.
+    let siblings = if known.is_none() { siblings } else { &[] };
     // A sibling's manifest this client left there need not travel either.
     let sibling_manifests: Vec<workspace::ManifestCache> =
         siblings.iter().map(|s| workspace::ManifestCache::for_target(&format!("{}:{}", target.host_label(), s.base))).collect();

@@ -21,9 +21,10 @@ bst_sib_job() {
 bst_sib_pick() {
   bst_i=0
   while [ $# -ge 2 ]; do
-    bst_s=$1/$bst_cache; bst_sk=$2; shift 2
+    bst_b=$1; bst_s=$1/$bst_cache; bst_sk=$2; shift 2
     bst_why=; bst_g=
-    if [ ! -d "$bst_s" ]; then bst_why='no pristine copy there'
+    if [ "$(cd "$bst_b" 2>/dev/null && pwd -P)" = "$(pwd -P)" ]; then bst_why='it is this base, under another name'
+    elif [ ! -d "$bst_s" ]; then bst_why='no pristine copy there'
     elif [ ! -O "$bst_s" ]; then bst_why='its cache is owned by another user'
     elif [ ! -r "$bst_s" ] || [ ! -x "$bst_s" ]; then bst_why='its cache is not readable'
     else
