@@ -54,6 +54,9 @@ pub struct RawTarget {
     pub env_dialect: Option<String>,
     /// How many `.bak.*` copies of the env file `env set`/`unset` keep (default 10).
     pub env_backups_keep: Option<usize>,
+    /// The first deploy may start from another target's pristine copy on the same server
+    /// (default true); see `commands::deploy` and `settings::siblings`.
+    pub seed_from_siblings: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -135,6 +138,7 @@ impl RawTarget {
             expect_env: self.expect_env.or(d.expect_env),
             env_dialect: self.env_dialect.or(d.env_dialect),
             env_backups_keep: self.env_backups_keep.or(d.env_backups_keep),
+            seed_from_siblings: self.seed_from_siblings.or(d.seed_from_siblings),
         }
     }
 }

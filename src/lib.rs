@@ -132,7 +132,9 @@ fn dispatch(cli: &Cli, globals: &Globals, p: &Printer) -> anyhow::Result<()> {
     let reports_of = |r: &cli::ReportsArg| r.reports.clone().unwrap_or_else(|| target.reports.clone());
 
     match &cli.command {
-        Command::Deploy { build, no_restart, .. } => commands::deploy::run(&target, globals, p, *build, !*no_restart),
+        Command::Deploy { build, no_restart, .. } => {
+            commands::deploy::run(&target, &settings::siblings(&config, &target), globals, p, *build, !*no_restart)
+        }
         Command::List { .. } => commands::list::run(&target, globals, p),
         Command::Rollback { release_id, no_restart, .. } => {
             commands::rollback::run(&target, globals, p, release_id.as_deref(), !*no_restart)

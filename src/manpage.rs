@@ -260,6 +260,7 @@ const TARGET_KEYS: &[(&str, &str)] = &[
     ("health_timeout", "How long a restarted service may take to become healthy (default 30s; at most 24h)."),
     ("settle", "How long a (re)started unit must keep its PID and NRestarts (default 3s)."),
     ("confirm_margin", "How much longer the server's watchdog waits before switching back (default 30s)."),
+    ("seed_from_siblings", "The first deploy starts from the pristine copy of another target of this file on the same server (same host, port and user), once it is proven, and sends only the difference (default true); false: always a full first upload."),
 ];
 
 const SERVICE_KEYS: &[(&str, &str)] = &[

@@ -170,6 +170,11 @@ impl State {
     }
 }
 
+/// `<release id> <nonce>`: which upload a pristine copy holds (`.bst-cache/generation`).
+pub fn is_generation(s: &str) -> bool {
+    s.split(' ').next().is_some_and(is_release_id) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b' ')
+}
+
 /// Parses the listing printed by [`crate::remote::read_state`]: `B` when the base exists,
 /// `R <id>` per release dir, `M <json>` for its meta, `C <link target>` for `current`.
 /// Directory names that are not release ids are ignored: they are not ours.
@@ -187,9 +192,7 @@ pub fn parse_state(listing: &str) -> State {
             "B" => state.base_exists = true,
             "P " => state.real_base = Some(rest.to_string()),
             // `<release id> <nonce>`: which upload the pristine copy holds.
-            "G " if rest.split(' ').next().is_some_and(is_release_id) && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b' ') => {
-                state.cache_generation = Some(rest.to_string())
-            }
+            "G " if is_generation(rest) => state.cache_generation = Some(rest.to_string()),
             "WD" => state.watchdog.push(rest.trim_start().to_string()),
             "CR" => resolved = Some(rest.trim_start().to_string()),
             "R " if is_release_id(rest) => state.releases.push(Release { id: rest.to_string(), meta: None }),

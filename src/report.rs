@@ -225,6 +225,19 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// `4,998`: a count as people read it.
+pub fn count(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// `2026-02-20T05-49-54-811Z`: the team's evidence timestamp (sortable, filename-safe).
 pub fn evidence_stamp() -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
@@ -340,5 +353,14 @@ mod evidence_tests {
         unique.dedup();
         assert_eq!(unique.len(), 24, "{names:?}");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 48);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_are_grouped_by_thousands() {
+        let shown: Vec<String> = [0, 7, 999, 1000, 4998, 50_000, 1_234_567].into_iter().map(super::count).collect();
+        assert_eq!(shown, ["0", "7", "999", "1,000", "4,998", "50,000", "1,234,567"]);
     }
 }

@@ -50,6 +50,7 @@ const TARGET: &[(&str, Shape, &str)] = &[
     ("expect_env", Shape::StrMap, "expect_env = { INGEST_QUEUE_ENABLED = \"true\" }"),
     ("env_dialect", Shape::Str, "env_dialect = \"systemd\""),
     ("env_backups_keep", Shape::Count, "env_backups_keep = 10"),
+    ("seed_from_siblings", Shape::Bool, "seed_from_siblings = false"),
 ];
 
 const SERVICE: &[(&str, Shape, &str)] = &[

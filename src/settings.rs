@@ -250,6 +250,8 @@ pub struct Target {
     pub env_dialect: Dialect,
     /// At least 1: the backup `env set` just made is never pruned.
     pub env_backups_keep: usize,
+    /// A first deploy may start from a sibling's pristine copy ([`siblings`]).
+    pub seed_from_siblings: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -470,7 +472,48 @@ pub fn resolve_target(config: &Config, name: &str) -> anyhow::Result<Target> {
         byproducts,
         install: raw.install.clone().filter(|s| !s.trim().is_empty()),
         build: raw.build.clone().filter(|s| !s.trim().is_empty()),
+        seed_from_siblings: raw.seed_from_siblings.unwrap_or(true),
     })
+}
+
+/// Another target of the same targets.toml, on the same server under the same login: its
+/// pristine copy may seed this target's first deploy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sibling {
+    pub name: String,
+    pub base: String,
+}
+
+/// The other targets of `config` that bst would reach exactly as it reaches `target` (the
+/// resolved host, port and user, and the same way there), with a base of their own; in
+/// config order. Nothing on the server is searched: a server hosts what this file deploys to
+/// it, and the server still proves whatever copy it offers (see `remote::deploy_session`).
+/// A target that does not resolve is no sibling; its error belongs to its own commands.
+pub fn siblings(config: &Config, target: &Target) -> Vec<Sibling> {
+    if !target.seed_from_siblings {
+        return Vec::new();
+    }
+    config
+        .targets
+        .keys()
+        .filter(|name| **name != target.name)
+        .filter_map(|name| resolve_target(config, name).ok())
+        .filter(|other| same_login(&other.host, &target.host) && other.base != target.base)
+        .map(|other| Sibling { name: other.name, base: other.base })
+        .collect()
+}
+
+/// The same account on the same machine, as connected to. The jump chain counts: one private
+/// address behind two bastions can be two machines. Key and known_hosts choices do not: they
+/// say how to log in, not where.
+fn same_login(a: &Host, b: &Host) -> bool {
+    match (a, b) {
+        (Host::Local, Host::Local) => true,
+        (Host::Ssh(a), Host::Ssh(b)) => {
+            (&a.host, a.port, &a.user, &a.proxy_jump, &a.proxy_command) == (&b.host, b.port, &b.user, &b.proxy_jump, &b.proxy_command)
+        }
+        _ => false,
+    }
 }
 
 fn resolve_service(name: &str, raw: &crate::config::RawService) -> Result<Service, String> {
@@ -699,6 +742,42 @@ mod tests {
         assert!(e.contains("targets.toml:9:1:") && e.contains("refusing to use `/`"), "{e}");
         let e = resolve_target(&c, "nope").unwrap_err().to_string();
         assert!(e.contains("unknown target `nope`") && e.contains("bad, demo"), "{e}");
+    }
+
+    /// Siblings share the login bst resolves (host, port, user): another port or user is
+    /// another account, the same base is the same target, and a target that opted out has
+    /// none. (An ssh config alias and its HostName being one server: `tests/it/siblings.rs`.)
+    #[test]
+    fn siblings_share_the_resolved_login() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("targets.toml");
+        let login = "host = \"10.1.2.3\"\nuser = \"deploy\"\n";
+        std::fs::write(
+            &p,
+            format!(
+                "[defaults]\nidentity_file = \"/k\"\n\
+                 [targets.a]\n{login}base = \"/srv/a\"\n\
+                 [targets.b]\n{login}port = 22\nbase = \"/srv/b\"\nknown_hosts = \"/elsewhere\"\n\
+                 [targets.c]\n{login}port = 2222\nbase = \"/srv/c\"\n\
+                 [targets.d]\nhost = \"10.1.2.3\"\nuser = \"other\"\nbase = \"/srv/d\"\n\
+                 [targets.e]\n{login}base = \"/srv//a/\"\n\
+                 [targets.f]\n{login}base = \"/srv/f\"\nseed_from_siblings = false\n\
+                 [targets.g]\nhost = \"local\"\nbase = \"/srv/g\"\n\
+                 [targets.h]\n{login}base = \"/\"\n"
+            ),
+        )
+        .unwrap();
+        let c = Config::load(&p).unwrap();
+        let names = |t: &str| -> Vec<String> {
+            siblings(&c, &resolve_target(&c, t).unwrap()).into_iter().map(|s| format!("{}:{}", s.name, s.base)).collect()
+        };
+        // e is a's base, written differently: the same directory, no sibling of a; h does
+        // not resolve (its base is `/`), so it is no one's sibling.
+        assert_eq!(names("a"), ["b:/srv/b", "f:/srv/f"]);
+        assert_eq!(names("b"), ["a:/srv/a", "e:/srv/a", "f:/srv/f"]);
+        assert!(names("c").is_empty() && names("d").is_empty() && names("g").is_empty());
+        assert!(names("f").is_empty(), "opted out");
+        assert!(!resolve_target(&c, "f").unwrap().seed_from_siblings && resolve_target(&c, "a").unwrap().seed_from_siblings);
     }
 
     #[test]

@@ -78,7 +78,7 @@ pub fn show(p: &Printer, t: &Target, origins: Option<&std::collections::BTreeMap
         "confirm_margin_ms": u64::try_from(t.confirm_margin.as_millis()).unwrap_or(u64::MAX),
         "settle_ms": u64::try_from(t.settle.as_millis()).unwrap_or(u64::MAX),
         "forbidden_paths": t.forbidden_paths, "env_file": format!("{}/shared/{}", t.base, t.env_file),
-        "env_dialect": t.env_dialect.name(), "env_backups_keep": t.env_backups_keep,
+        "env_dialect": t.env_dialect.name(), "env_backups_keep": t.env_backups_keep, "seed_from_siblings": t.seed_from_siblings,
         "required_env": t.required_env, "expect_env": t.expect_env.iter().map(|(k, v)| json!({"key": k, "value": v})).collect::<Vec<_>>(),
         "services": services,
         "ssh": ssh,
@@ -122,6 +122,7 @@ pub fn show(p: &Printer, t: &Target, origins: Option<&std::collections::BTreeMap
     };
     p.out(format!("env_dialect     {}  ({dialect_from})", t.env_dialect.name()));
     p.out(format!("env_backups_keep {}  ({})", t.env_backups_keep, from("env_backups_keep")));
+    p.out(format!("seed_from_siblings {}  ({})", t.seed_from_siblings, from("seed_from_siblings")));
     p.out(format!("required_env    {}  ({})", list(&t.required_env), from("required_env")));
     let expect: Vec<String> = t.expect_env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     p.out(format!("expect_env      {}  ({})", list(&expect), from("expect_env")));

@@ -70,7 +70,9 @@ const READ_ENV: &str = include_str!("sh/read_env.sh");
 const REAL_PATH: &str = include_str!("sh/real_path.sh");
 const REGISTER: &str = include_str!("sh/register.sh");
 const SESSION: &str = include_str!("sh/session.sh");
+const SEED: &str = include_str!("sh/seed.sh");
 const SESSION_MANIFEST: &str = include_str!("sh/session_manifest.sh");
+const SIBLINGS: &str = include_str!("sh/siblings.sh");
 const STAGING: &str = include_str!("sh/staging.sh");
 const STATE: &str = include_str!("sh/state.sh");
 const STRICT: &str = include_str!("sh/strict.sh");
@@ -160,8 +162,47 @@ pub fn lock(base: &str, owner_json: &str, create: bool, forbidden: &[String]) ->
 /// and the pristine copy's manifest (`BST-MANIFEST-GZ <bytes>` then gzip data), then
 /// `BST-READY`, and reads the rest of its own script from stdin up to a `BST-GO` line; the
 /// upload stream follows it. If the client goes away before `BST-GO`, it unlocks and exits.
-pub fn deploy_session(base: &str, owner_json: &str, token: &str, known_generation: &str, forbidden: &[String]) -> String {
-    lock_script(base, owner_json, true, Some(known_generation), forbidden).var("bst_token", token).part(SESSION).part(UNLOCK).build()
+///
+/// `siblings`: the base of each sibling target and the generation of its manifest this client
+/// has (`""`: none). Without a pristine copy of its own, the state names the first sibling
+/// whose copy is proven and sends its manifest instead (see `siblings.sh`,
+/// [`sibling_report`]): a first deploy can then be a delta seeded from it, in the same command.
+pub fn deploy_session(
+    base: &str,
+    owner_json: &str,
+    token: &str,
+    known_generation: &str,
+    forbidden: &[String],
+    siblings: &[(String, String)],
+) -> String {
+    let s = lock_script(base, owner_json, true, Some(known_generation), forbidden);
+    let s = if siblings.is_empty() { s } else { s.list("bst_siblings", siblings.iter().flat_map(|(b, g)| [b, g])).part(SIBLINGS) };
+    s.var("bst_token", token).part(SESSION).part(UNLOCK).build()
+}
+
+/// What a session's state says of the siblings (`siblings.sh`).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SiblingReport {
+    /// The sibling (index into the list sent) whose manifest follows the state, and its
+    /// generation.
+    pub offered: Option<(usize, String)>,
+    /// Siblings passed over, and why.
+    pub passed: Vec<(usize, String)>,
+}
+
+pub fn sibling_report(listing: &str) -> SiblingReport {
+    let mut r = SiblingReport::default();
+    for line in listing.lines() {
+        let parse = |rest: &str| rest.split_once(' ').and_then(|(i, t)| Some((i.parse::<usize>().ok()?, t.to_string())));
+        if let Some((i, g)) = line.strip_prefix("SG ").and_then(parse) {
+            if r.offered.is_none() && crate::release::is_generation(&g) {
+                r.offered = Some((i, g));
+            }
+        } else if let Some(passed) = line.strip_prefix("SN ").and_then(parse) {
+            r.passed.push(passed);
+        }
+    }
+    r
 }
 
 /// Splits a deploy session's first answer into the state listing and the manifest, once the
@@ -298,7 +339,9 @@ fn upload_start(base: &str, id: &str, delta: bool) -> Script {
 pub const DELTA_STALE: i32 = 75;
 
 /// Receives only what changed and applies it to the pristine copy and the spare (see
-/// `upload_delta.sh`).
+/// `upload_delta.sh`). With `seed` (a sibling target's base), the pristine copy is first a
+/// copy of the sibling's, proven unchanged around the copy (see `seed.sh`).
+#[allow(clippy::too_many_arguments)]
 pub fn upload_delta(
     base: &str,
     id: &str,
@@ -307,13 +350,14 @@ pub fn upload_delta(
     shared_dirs: &[String],
     meta_json: &str,
     framing: Framing,
+    seed: Option<&str>,
 ) -> String {
-    let s = upload_start(base, id, true)
-        .var("bst_generation", generation)
-        .var("bst_stale", &DELTA_STALE.to_string())
-        .var("bst_x", untar(framing).0)
-        .part(COMPLETE)
-        .part(UPLOAD_DELTA);
+    let s = upload_start(base, id, true).var("bst_generation", generation).var("bst_stale", &DELTA_STALE.to_string());
+    let s = match seed {
+        Some(sibling) => s.var("bst_seed_base", sibling).part(SEED),
+        None => s,
+    };
+    let s = s.var("bst_x", untar(framing).0).part(COMPLETE).part(UPLOAD_DELTA);
     staging(s, shared_files, shared_dirs, meta_json).build()
 }
 
@@ -715,7 +759,7 @@ mod tests {
         use std::process::{Command, Stdio};
         let d = tempfile::tempdir().unwrap();
         let base = d.path().join("base");
-        let script = deploy_session(base.to_str().unwrap(), "{\"token\":\"tok-1\"}", "tok-1", "", &[]);
+        let script = deploy_session(base.to_str().unwrap(), "{\"token\":\"tok-1\"}", "tok-1", "", &[], &[]);
         let run = |input: &[u8]| {
             let mut c = Command::new("sh").arg("-c").arg(&script).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
             c.stdin.take().unwrap().write_all(input).unwrap();
@@ -749,7 +793,7 @@ mod tests {
         gunzip.stdin.take().unwrap().write_all(manifest.unwrap()).unwrap();
         assert_eq!(gunzip.wait_with_output().unwrap().stdout, b"bst-manifest-2\nrecords\n");
         assert!(!base.join(LOCK_DIR).exists());
-        let script = deploy_session(base.to_str().unwrap(), "{\"token\":\"tok-1\"}", "tok-1", "g1", &[]);
+        let script = deploy_session(base.to_str().unwrap(), "{\"token\":\"tok-1\"}", "tok-1", "g1", &[], &[]);
         let c2 = Command::new("sh").arg("-c").arg(&script).stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap();
         let out = String::from_utf8(c2.wait_with_output().unwrap().stdout).unwrap();
         assert!(out.ends_with("G g1\nMSAME 23\nBST-READY\n"), "{out}");
@@ -1176,7 +1220,7 @@ mod tests {
         let b = base.to_str().unwrap();
         // The spare's check never ran (no session): the spare is dropped, the pristine copy
         // is checked against its recorded listing, which does not exist: stale.
-        let (rc, _, err) = run_sh(&upload_delta(b, id, "g1", &[], &[], "{}", Framing::Tar), &stream);
+        let (rc, _, err) = run_sh(&upload_delta(b, id, "g1", &[], &[], "{}", Framing::Tar, None), &stream);
         assert_eq!(rc, DELTA_STALE, "{err}");
         assert!(err.contains("the pristine copy changed since it was verified"), "{err}");
         assert!(!c.join("spare").exists() && !c.join("generation").exists());
@@ -1185,9 +1229,9 @@ mod tests {
         let (rc, _, err) =
             run_sh(&format!("{}cd \"$B/{CACHE_DIR}\" && bst_stat_listing > pristine.stat", Script::at(b).part(LISTINGS).build()), b"");
         assert_eq!(rc, 0, "{err}");
-        let (rc, _, err) = run_sh(&upload_delta(b, id, "g2", &[], &[], "{}", Framing::Tar), &stream);
+        let (rc, _, err) = run_sh(&upload_delta(b, id, "g2", &[], &[], "{}", Framing::Tar, None), &stream);
         assert_eq!(rc, DELTA_STALE, "another generation: {err}");
-        let (rc, _, err) = run_sh(&upload_delta(b, id, "g1", &[], &[], "{\"s\":1}", Framing::Tar), &stream);
+        let (rc, _, err) = run_sh(&upload_delta(b, id, "g1", &[], &[], "{\"s\":1}", Framing::Tar, None), &stream);
         assert_eq!(rc, 0, "{err}");
         let rel = base.join("releases").join(id);
         for tree in [rel.clone(), c.join("pristine")] {
@@ -1200,6 +1244,171 @@ mod tests {
         assert_eq!(std::fs::read_to_string(c.join("manifest")).unwrap(), "bst-manifest-2\npatch\n");
         assert!(!c.join("generation").exists(), "the cache job writes it, once proven");
         assert!(!base.join(INCOMING_DIR).exists());
+    }
+
+    /// A sibling's cache as its cache job leaves it once proven: `files` as the pristine copy,
+    /// a manifest, the generation and the recorded stat listing.
+    #[cfg(unix)]
+    fn proven_cache(base: &std::path::Path, generation: &str, files: &[(&str, &str)]) {
+        let c = base.join(CACHE_DIR);
+        for (p, data) in files {
+            let f = c.join("pristine").join(p);
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, data).unwrap();
+        }
+        std::fs::write(c.join("manifest"), format!("bst-manifest-2\0{generation}\0")).unwrap();
+        let b = base.to_str().unwrap();
+        let (rc, _, err) =
+            run_sh(&format!("{}cd \"$B/{CACHE_DIR}\" && bst_stat_listing > pristine.stat", Script::at(b).part(LISTINGS).build()), b"");
+        assert_eq!(rc, 0, "{err}");
+        std::fs::write(c.join("generation"), format!("{generation}\n")).unwrap();
+    }
+
+    /// Every file under `dir` with its bytes, and the stat listing bst proves a copy by.
+    #[cfg(unix)]
+    fn untouched(base: &std::path::Path) -> (Vec<(String, Vec<u8>)>, String) {
+        let mut files = Vec::new();
+        let mut stack = vec![base.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    files.push((e.path().display().to_string(), std::fs::read(e.path()).unwrap()));
+                }
+            }
+        }
+        files.sort();
+        let b = base.to_str().unwrap();
+        let (_, listing, _) =
+            run_sh(&format!("{}cd \"$B/{CACHE_DIR}\" && bst_stat_listing | tr '\\0' '\\n'", Script::at(b).part(LISTINGS).build()), b"");
+        (files, listing)
+    }
+
+    /// Without a pristine copy of its own, the session offers the first sibling whose copy is
+    /// proven (its manifest follows, or MSAME when the client has it), says why each one before
+    /// it was passed over, waits for a sibling's cache job still at work, and changes nothing
+    /// there. With a copy of its own, siblings are not even looked at.
+    #[cfg(unix)]
+    #[test]
+    fn a_session_offers_the_first_proven_sibling_copy() {
+        use std::process::{Command, Stdio};
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path().join("new");
+        let (missing, damaged, good) = (d.path().join("missing"), d.path().join("damaged"), d.path().join("it's $(touch pwned) good"));
+        let (g1, g2) = ("20260220T051228Z 1a2b", "20260221T051228Z 3c4d");
+        proven_cache(&damaged, g1, &[("a.txt", "a")]);
+        std::fs::write(damaged.join(CACHE_DIR).join("pristine/a.txt"), "b").unwrap();
+        proven_cache(&good, g2, &[("a.txt", "a"), ("dir/b.txt", "b")]);
+        let before = untouched(&good);
+        let list = |known: &str| {
+            [missing.clone(), damaged.clone(), good.clone()].map(|p| (p.to_str().unwrap().to_string(), known.to_string())).to_vec()
+        };
+        let session = |sibs: &[(String, String)]| {
+            let script = deploy_session(base.to_str().unwrap(), "{\"token\":\"t\"}", "t", "", &[], sibs);
+            let out = Command::new("sh").arg("-c").arg(&script).current_dir(d.path()).stdin(Stdio::null()).output().unwrap();
+            out.stdout
+        };
+        let out = session(&list(""));
+        let (listing, manifest) = split_session_head(&out).unwrap();
+        let r = sibling_report(&String::from_utf8_lossy(listing));
+        assert_eq!(r.offered, Some((2, g2.to_string())));
+        assert_eq!(
+            r.passed,
+            [(0, "no pristine copy there".to_string()), (1, "its pristine copy changed since its cache job proved it".to_string())]
+        );
+        let gunzip = Command::new("sh").arg("-c").arg("gzip -dc").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        std::io::Write::write_all(&mut gunzip.stdin.as_ref().unwrap(), manifest.unwrap()).unwrap();
+        assert_eq!(gunzip.wait_with_output().unwrap().stdout, format!("bst-manifest-2\0{g2}\0").into_bytes());
+        let out = String::from_utf8(session(&list(g2))).unwrap();
+        assert!(out.ends_with(&format!("SG 2 {g2}\nMSAME {}\nBST-READY\n", "bst-manifest-2\0\0".len() + g2.len())), "{out}");
+        assert!(!d.path().join("pwned").exists());
+        assert_eq!(untouched(&good), before, "the sibling changed");
+        // A sibling's cache job at work (its generation not yet written) is waited for.
+        proven_cache(&missing, g1, &[("c.txt", "c")]);
+        std::fs::remove_file(missing.join(CACHE_DIR).join("generation")).unwrap();
+        let mut job = Command::new("sh")
+            .arg("-c")
+            .arg("sleep 1; printf '%s\\n' \"$1\" > \"$2\"")
+            .arg(CACHE_JOB)
+            .arg(g1)
+            .arg(missing.join(CACHE_DIR).join("generation"))
+            .spawn()
+            .unwrap();
+        std::fs::write(missing.join(CACHE_DIR).join("job.pid"), job.id().to_string()).unwrap();
+        let out = String::from_utf8(session(&list(g1))).unwrap();
+        job.wait().unwrap();
+        assert!(out.contains(&format!("SG 0 {g1}\nMSAME ")), "{out}");
+        // This base under another name (a symlink) is no sibling of itself.
+        std::os::unix::fs::symlink(&base, d.path().join("alias")).unwrap();
+        let alias = vec![(d.path().join("alias").to_str().unwrap().to_string(), String::new())];
+        let out = String::from_utf8(session(&alias)).unwrap();
+        assert!(out.contains("\nSN 0 it is this base, under another name\n"), "{out}");
+        // A copy of its own: no sibling is looked at.
+        proven_cache(&base, g1, &[("own.txt", "own")]);
+        let out = String::from_utf8_lossy(&session(&list(""))).into_owned();
+        assert!(!out.contains("\nSG ") && !out.contains("\nSN "), "{out}");
+    }
+
+    /// A seeded delta: the sibling's proven copy becomes this target's pristine copy and, with
+    /// the changes, the release; the sibling is not changed (not a byte, not its listing: no
+    /// hardlinks). A sibling that no longer matches what was proven is not copied from: stale.
+    #[cfg(unix)]
+    #[test]
+    fn a_seeded_delta_copies_the_sibling_and_never_changes_it() {
+        let d = tempfile::tempdir().unwrap();
+        let (base, sib) = (d.path().join("new"), d.path().join("sib"));
+        let g = "20260220T051228Z 1a2b";
+        proven_cache(&sib, g, &[("keep.txt", "keep"), ("old.txt", "old"), ("x.sh", "#!/bin/sh\n")]);
+        sh_ok(&format!("chmod +x '{}/{CACHE_DIR}/pristine/x.sh'", sib.display()));
+        proven_cache(&sib, g, &[]);
+        let before = untouched(&sib);
+        std::fs::create_dir_all(base.join("releases")).unwrap();
+        // A leftover of this target's own (no generation: never proven) is set aside.
+        std::fs::create_dir_all(base.join(CACHE_DIR).join("pristine")).unwrap();
+        std::fs::write(base.join(CACHE_DIR).join("pristine/stale.txt"), "stale").unwrap();
+        let stream = tar_of(&[
+            ("new.txt", b"new"),
+            (".bst-upload/removed", b"old.txt\0"),
+            (".bst-upload/manifest-patch", b"patch\0"),
+            (crate::layout::COMPLETE_MARKER, b""),
+        ]);
+        let (b, s) = (base.to_str().unwrap(), sib.to_str().unwrap());
+        let id = "20260222T000000Z";
+        let (rc, _, err) = run_sh(&upload_delta(b, id, g, &[], &[], "{}", Framing::Tar, Some(s)), &stream);
+        assert_eq!(rc, 0, "{err}");
+        let rel = base.join("releases").join(id);
+        let c = base.join(CACHE_DIR);
+        for tree in [rel.clone(), c.join("pristine")] {
+            assert_eq!(std::fs::read_to_string(tree.join("keep.txt")).unwrap(), "keep");
+            assert_eq!(std::fs::read_to_string(tree.join("new.txt")).unwrap(), "new");
+            assert!(!tree.join("old.txt").exists() && !tree.join("stale.txt").exists());
+            assert!(std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(tree.join("x.sh")).unwrap().permissions()) & 0o111 != 0);
+        }
+        assert_eq!(std::fs::read(c.join("manifest")).unwrap(), format!("bst-manifest-2\0{g}\0patch\0").into_bytes());
+        assert!(!c.join("generation").exists(), "the cache job writes this target's own, once proven");
+        assert!(!base.join(INCOMING_DIR).exists());
+        assert_eq!(untouched(&sib), before, "the sibling changed");
+        // Changed after the session proved it: not copied from, and nothing is left half made.
+        std::fs::write(sib.join(CACHE_DIR).join("pristine/keep.txt"), "KEEP").unwrap();
+        let id = "20260223T000000Z";
+        std::fs::remove_dir_all(&c).unwrap();
+        let (rc, _, err) = run_sh(&upload_delta(b, id, g, &[], &[], "{}", Framing::Tar, Some(s)), &stream);
+        assert_eq!(rc, DELTA_STALE, "{err}");
+        assert!(err.contains("V the sibling's pristine copy changed while it was copied"), "{err}");
+        assert!(!base.join("releases").join(id).exists() && !base.join(INCOMING_DIR).exists());
+        assert!(!c.join("generation").exists());
+        // Another generation there (its cache job ran meanwhile): stale too.
+        proven_cache(&sib, "20260224T000000Z 5e6f", &[]);
+        let (rc, _, _) = run_sh(&upload_delta(b, id, g, &[], &[], "{}", Framing::Tar, Some(s)), &stream);
+        assert_eq!(rc, DELTA_STALE);
+    }
+
+    #[cfg(unix)]
+    fn sh_ok(script: &str) {
+        let (rc, _, err) = run_sh(script, b"");
+        assert_eq!(rc, 0, "{err}");
     }
 
     /// Only bst's own lines count: a build's output around them is not a reply.

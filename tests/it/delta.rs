@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::harness::*;
 
 /// path -> (kind, mode, content or link target), for everything bst ships.
-fn tree(root: &Path, skip_git: bool) -> BTreeMap<String, (char, u32, Vec<u8>)> {
+pub(crate) fn tree(root: &Path, skip_git: bool) -> BTreeMap<String, (char, u32, Vec<u8>)> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -32,7 +32,7 @@ fn tree(root: &Path, skip_git: bool) -> BTreeMap<String, (char, u32, Vec<u8>)> {
     out
 }
 
-fn shipped(ws: &Workspace) -> BTreeMap<String, (char, u32, Vec<u8>)> {
+pub(crate) fn shipped(ws: &Workspace) -> BTreeMap<String, (char, u32, Vec<u8>)> {
     let mut t = tree(ws.path(), true);
     // What .gitignore keeps out never ships.
     t.retain(|p, _| !p.starts_with("node_modules/") && p != "ignored.txt" && p != ".env");

@@ -281,19 +281,7 @@ impl Env {
     /// Waits until the server-side cache job of the last deploy has ended (it runs after bst
     /// returns), for tests that inspect or tamper with `.bst-cache`.
     pub fn wait_cache_job(&self) {
-        let pid_file = self.base.join(".bst-cache/job.pid");
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let alive = std::fs::read_to_string(&pid_file)
-                .ok()
-                .and_then(|p| std::fs::read(format!("/proc/{}/cmdline", p.trim())).ok())
-                .is_some_and(|c| String::from_utf8_lossy(&c).contains("bst-cache-job"));
-            if !alive {
-                return;
-            }
-            assert!(std::time::Instant::now() < deadline, "cache job still running after 60 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_cache_job_at(&self.base);
     }
 
     pub fn meta(&self, id: &str) -> serde_json::Value {
@@ -307,6 +295,23 @@ impl Drop for Env {
         if !std::thread::panicking() {
             self.wait_background();
         }
+    }
+}
+
+/// [`Env::wait_cache_job`] for the target whose base is `base` (a second target of a test).
+pub fn wait_cache_job_at(base: &Path) {
+    let pid_file = base.join(".bst-cache/job.pid");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let alive = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| std::fs::read(format!("/proc/{}/cmdline", p.trim())).ok())
+            .is_some_and(|c| String::from_utf8_lossy(&c).contains("bst-cache-job"));
+        if !alive {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "cache job still running after 60 s");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -19,6 +19,7 @@ mod layers;
 mod locks;
 mod model;
 mod reconnect;
+mod siblings;
 mod ssh;
 mod ssh_oracle;
 mod systemd;

@@ -39,7 +39,14 @@ impl Deploy<'_> {
         }
         let (mut out, stats) = match uploaded {
             Some((out, _)) if prep.plan.is_some() && out.status == crate::remote::DELTA_STALE => {
-                p.warn("the server's pristine copy changed under us; sending the full snapshot");
+                // A sibling's copy was an offer: not taking it up is no news for the operator.
+                match prep.seed.take() {
+                    Some(s) => p.verbose(format!(
+                        "sibling target {}'s pristine copy could not be used after all; sending the full snapshot",
+                        s.name
+                    )),
+                    None => p.warn("the server's pristine copy changed under us; sending the full snapshot"),
+                }
                 prep.plan = None;
                 self.upload_once(t, prep, entries, manifest, combined)?
             }

@@ -12,7 +12,7 @@ use super::lock::{self, Held};
 use crate::error::Error;
 use crate::release::{self, Meta, State};
 use crate::report::{human_bytes, Printer};
-use crate::settings::{Globals, Target};
+use crate::settings::{Globals, Sibling, Target};
 use crate::transport;
 use crate::workspace;
 
@@ -46,6 +46,8 @@ struct Summary<'a> {
     files_sent: u64,
     /// How the snapshot travelled: `tar.gz` or `tar`.
     stream: &'static str,
+    /// The sibling target whose pristine copy this first deploy started from, if any.
+    seeded_from: Option<&'a str>,
     compression: Compression,
     /// Bytes the server's TCP acknowledged over the whole connection, handshake and SSH
     /// framing included: what crossed the link. Null where the transport cannot tell
@@ -108,6 +110,8 @@ struct Prepared {
     generation: String,
     /// Manifest records to append on the server instead of a whole manifest (delta only).
     patch: Option<Vec<u8>>,
+    /// The sibling whose pristine copy the delta starts from (this target had none).
+    seed: Option<Sibling>,
 }
 
 /// One deploy's fixed inputs: what every step after the lock needs and none of them changes.
@@ -128,7 +132,9 @@ struct Deploy<'a> {
     compression: std::cell::Cell<Compression>,
 }
 
-pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart: bool) -> anyhow::Result<()> {
+/// `siblings`: other targets on the same server and login (`settings::siblings`); a first
+/// deploy may start from one's pristine copy.
+pub fn run(target: &Target, siblings: &[Sibling], globals: &Globals, p: &Printer, build: bool, restart: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let rules = listing_rules(target);
     let manifests = workspace::ManifestCache::for_target(&format!("{}:{}", target.host_label(), target.base));
@@ -180,12 +186,22 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
     let owner = lock::new_owner("deploy");
     let held = Held { token: owner.token.clone() };
     let known = manifests.generation();
+    // Only a deploy without a pristine copy of its own can use a sibling's, and a client that
+    // has deployed here (it kept the manifest it left) will almost surely find one: the
+    // siblings' part of the script travels only with a first deploy from this client.
+    let siblings = if known.is_none() { siblings } else { &[] };
+    // A sibling's manifest this client left there need not travel either.
+    let sibling_manifests: Vec<workspace::ManifestCache> =
+        siblings.iter().map(|s| workspace::ManifestCache::for_target(&format!("{}:{}", target.host_label(), s.base))).collect();
+    let sibling_known: Vec<(String, String)> =
+        siblings.iter().zip(&sibling_manifests).map(|(s, m)| (s.base.clone(), m.generation().unwrap_or_default())).collect();
     let session = crate::remote::deploy_session(
         &target.base,
         &serde_json::to_string(&owner)?,
         &owner.token,
         known.as_deref().unwrap_or(""),
         &target.forbidden_paths,
+        &sibling_known,
     );
     let gated = restart && !target.restart.is_empty();
     // Without a build or a health gate nothing needs the client between the upload and the
@@ -227,10 +243,21 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
             let listing = String::from_utf8_lossy(listing);
             let state = release::parse_state(&listing);
             super::tell_watchdog(p, &state);
+            // No pristine copy of its own: the server offers a sibling's, whose manifest is
+            // the one that follows (`siblings.sh`).
+            let report = crate::remote::sibling_report(&listing);
+            for (i, why) in &report.passed {
+                if let Some(s) = siblings.get(*i) {
+                    p.verbose(format!("sibling target {} ({}) not used: {why}", s.name, s.base));
+                }
+            }
+            let seed = report.offered.and_then(|(i, g)| Some((siblings.get(i)?, &sibling_manifests[i], g)));
+            let base_generation = seed.as_ref().map(|(_, _, g)| g).or(state.cache_generation.as_ref());
             // The server still holds the manifest this client left there: no need to send it.
             let same: Option<usize> = listing.lines().find_map(|l| l.strip_prefix("MSAME ")?.parse().ok());
-            let cached = match (same, &state.cache_generation) {
-                (Some(_), Some(g)) => preloaded.take().flatten().or_else(|| manifests.load()).filter(|(cg, _)| cg == g),
+            let cached = match (same, base_generation, &seed) {
+                (Some(_), Some(g), None) => preloaded.take().flatten().or_else(|| manifests.load()).filter(|(cg, _)| cg == g),
+                (Some(_), Some(g), Some((_, m, _))) => m.load().filter(|(cg, _)| cg == g),
                 _ => None,
             };
             let remote = match (remote_manifest, cached, same) {
@@ -239,12 +266,17 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
                 _ => Remote::None,
             };
             if p.verbose > 0 {
+                let whose = seed.as_ref().map_or("server manifest".to_string(), |(s, _, _)| {
+                    format!("server manifest: none; sibling target {}'s manifest", s.name)
+                });
                 match &remote {
-                    Remote::Gz(gz) => p.verbose(format!("server manifest: received ({} bytes gzip'd)", gz.len())),
-                    Remote::Known(..) => p.verbose("server manifest: as this client left it, not sent"),
+                    Remote::Gz(gz) => p.verbose(format!("{whose}: received ({} bytes gzip'd)", gz.len())),
+                    Remote::Known(..) => p.verbose(format!("{whose}: as this client left it, not sent")),
+                    Remote::None if seed.is_some() => p.verbose(format!("{whose}: not received (full upload)")),
                     Remote::None => p.verbose("server manifest: none (full upload)"),
                 }
             }
+            let seed = seed.map(|(s, _, g)| (s.clone(), g));
             let l = match &mut listed {
                 Some(l) => l,
                 None => match scan.take().expect("the listing is taken once") {
@@ -263,7 +295,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
             // an edit does.
             let mut git = git.get().clone();
             git.dirty = git.dirty.map(|d| d || l.untracked > 0);
-            let pr = match d.prepare(state, remote, &l.local, &git) {
+            let pr = match d.prepare(state, remote, seed, &l.local, &git) {
                 Ok(pr) => pr,
                 Err(e) => {
                     refusal = Some(e);
@@ -395,6 +427,7 @@ pub fn run(target: &Target, globals: &Globals, p: &Printer, build: bool, restart
                 delta: delta_used.is_some(),
                 files_sent: delta_used.map_or(meta.files, |(sent, _)| sent as u64),
                 stream: if d.link.framing == workspace::Framing::Tar { "tar" } else { "tar.gz" },
+                seeded_from: prep.seed.as_ref().map(|s| s.name.as_str()),
                 compression: d.compression.get(),
                 wire_bytes: (t.acked_meter())(),
             });

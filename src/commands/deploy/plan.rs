@@ -7,16 +7,18 @@ use crate::commands::lock;
 use crate::commands::Audit;
 use crate::error::Error;
 use crate::release::{self, Meta, Release, State, Status};
-use crate::settings::Target;
+use crate::settings::{Sibling, Target};
 use crate::workspace;
 
 impl Deploy<'_> {
     /// Refusals that need the server's state, the new id and meta, the delta plan, and the end of
-    /// the deploy as script text.
+    /// the deploy as script text. `seed`: the sibling (and its copy's generation) whose
+    /// manifest `remote` is, when this target has no pristine copy of its own.
     pub(super) fn prepare(
         &self,
         state: State,
         remote: Remote<'_>,
+        seed: Option<(Sibling, String)>,
         local: &[workspace::Record],
         git: &workspace::GitInfo,
     ) -> anyhow::Result<Prepared> {
@@ -54,26 +56,55 @@ impl Deploy<'_> {
             duration_ms: None,
             error: None,
         };
-        // Delta when the server kept a pristine copy and most files are unchanged.
+        // Delta when the server kept a pristine copy (this target's, else a sibling's) and most
+        // files are unchanged.
         let decoded = match remote {
             Remote::Gz(gz) => decode_manifest(gz).unwrap_or_else(|e| {
-                p.warn(format!("cannot read the server's manifest ({e:#}); sending the full snapshot"));
+                // A sibling's copy is an offer, not this target's state: no warning.
+                let msg = format!("cannot read the server's manifest ({e:#}); sending the full snapshot");
+                if seed.is_some() {
+                    p.verbose(msg);
+                } else {
+                    p.warn(msg);
+                }
                 None
             }),
             Remote::Known(recs, len) => Some((recs, Some(len))),
             Remote::None => None,
         };
-        let (mut plan, remote_len) = match (&state.cache_generation, decoded) {
-            (Some(generation), Some((remote, raw_len))) => (Some((generation.clone(), workspace::plan(local, &remote))), raw_len),
+        let (mut seed, base_generation) = match seed {
+            Some((sibling, g)) => (Some(sibling), Some(g)),
+            None => (None, state.cache_generation.clone()),
+        };
+        let (mut plan, remote_len) = match (base_generation, decoded) {
+            (Some(generation), Some((remote, raw_len))) => (Some((generation, workspace::plan(local, &remote))), raw_len),
             _ => (None, None),
         };
         if p.verbose > 0 {
-            if let Some((g, pl)) = &plan {
-                p.verbose(format!("delta against {g}: {} to send, {} to remove, of {}", pl.send.len(), pl.remove.len(), local.len()));
+            match (&plan, &seed) {
+                (Some((_, pl)), Some(s)) => p.verbose(format!(
+                    "seeding from sibling target {} ({}): {} of {} files reused; {} to send, {} to remove",
+                    s.name,
+                    s.base,
+                    crate::report::count(local.len() - pl.send.len()),
+                    crate::report::count(local.len()),
+                    pl.send.len(),
+                    pl.remove.len()
+                )),
+                (Some((g, pl)), None) => {
+                    p.verbose(format!("delta against {g}: {} to send, {} to remove, of {}", pl.send.len(), pl.remove.len(), local.len()))
+                }
+                _ => {}
             }
         }
         if plan.as_ref().is_some_and(|(_, pl)| pl.send.len() * 5 > local.len() * 4) {
+            if let Some(s) = &seed {
+                p.verbose(format!("sibling target {} shares too few files with this workspace; sending the full snapshot", s.name));
+            }
             plan = None;
+        }
+        if plan.is_none() {
+            seed = None;
         }
         let meta_json = serde_json::to_string(&meta)?;
         let mut ok_meta = meta.clone();
@@ -128,6 +159,7 @@ impl Deploy<'_> {
             gated,
             generation,
             patch,
+            seed,
         })
     }
 }

@@ -203,6 +203,7 @@ pub(super) fn upload_parts<'a>(
                     &target.shared_dirs,
                     &prep.meta_json,
                     framing,
+                    prep.seed.as_ref().map(|s| s.base.as_str()),
                 ),
                 std::borrow::Cow::Owned(pl.send.iter().filter_map(|p| find(entries, p, |e| &e.path)).cloned().collect()),
                 vec![manifest, file("removed", Arc::new(workspace::encode_paths(&pl.remove))), complete],
