@@ -23,6 +23,9 @@ pub struct LinkMemo {
     pub framing: Framing,
     /// The drain rate remembered, bytes per second.
     pub link_rate: Option<f64>,
+    /// When a bare upload last lost to compression here: storing is not tried again for a
+    /// day, or every other deploy would try it and lose.
+    no_store_since: Option<u64>,
 }
 
 const LINK_MAGIC: &str = "bst-link-2";
@@ -41,17 +44,19 @@ impl LinkMemo {
     fn at(file: Option<PathBuf>) -> LinkMemo {
         let saved = file.as_deref().and_then(|f| std::fs::read_to_string(f).ok());
         let now = unix_now();
-        // `<level> <link B/s, 0 unknown> <unix time>`; a time ahead of the clock is stale.
+        // `<level> <link B/s, 0 unknown> <unix time> [<unix time storing lost>]`; a time
+        // ahead of the clock is stale.
+        let fresh_at = |at: u64| at <= now + 60 && now.saturating_sub(at) < LINK_MAX_AGE_S;
         let fresh = saved.as_deref().and_then(|t| {
             let f: Vec<&str> = t.strip_prefix(LINK_MAGIC)?.split_whitespace().collect();
             let (level, link, at) = (f.first()?.parse::<u32>().ok()?, f.get(1)?.parse::<f64>().ok()?, f.get(2)?.parse::<u64>().ok()?);
-            let usable = super::pace::LEVELS.contains(&level) && at <= now + 60 && now.saturating_sub(at) < LINK_MAX_AGE_S;
-            usable.then_some((level, (link > 0.0).then_some(link)))
+            let lost = f.get(3).and_then(|l| l.parse::<u64>().ok()).filter(|&l| fresh_at(l));
+            (super::pace::LEVELS.contains(&level) && fresh_at(at)).then_some((level, (link > 0.0).then_some(link), lost))
         });
         match fresh {
-            Some((0, link_rate)) => LinkMemo { file, framing: Framing::Tar, link_rate },
-            Some((level, link_rate)) => LinkMemo { file, framing: Framing::Gzip(level), link_rate },
-            None => LinkMemo { file, framing: Framing::Gzip(START_LEVEL), link_rate: None },
+            Some((0, link_rate, _)) => LinkMemo { file, framing: Framing::Tar, link_rate, no_store_since: None },
+            Some((level, link_rate, lost)) => LinkMemo { file, framing: Framing::Gzip(level), link_rate, no_store_since: lost },
+            None => LinkMemo { file, framing: Framing::Gzip(START_LEVEL), link_rate: None, no_store_since: None },
         }
     }
 
@@ -69,15 +74,17 @@ impl LinkMemo {
         if stats.bytes < MEASURED_BYTES {
             return;
         }
-        // Storing: what the link carried, against which a later bare upload is judged.
-        // Compressing: the drain rate, where the next upload's model starts.
-        let (level, rate) = match self.framing {
-            Framing::Tar if stats.gzip_would_win => (START_LEVEL, stats.link_rate),
-            Framing::Tar => (0, [self.link_rate, stats.peak_rate].into_iter().flatten().reduce(f64::max)),
-            Framing::Gzip(_) if stats.last_level == 0 => (0, stats.peak_rate),
-            Framing::Gzip(_) => (stats.last_level, stats.link_rate),
+        // Storing: what compression delivered when storing looked better, against which a
+        // later bare upload is judged. Compressing: the drain rate, where the next upload's
+        // model starts.
+        let (level, rate, lost) = match self.framing {
+            Framing::Tar if stats.gzip_would_win => (START_LEVEL, stats.link_rate, Some(unix_now())),
+            Framing::Tar => (0, self.link_rate, None),
+            Framing::Gzip(_) if (stats.storing_may_win || stats.last_level == 0) && self.no_store_since.is_none() => (0, stats.delivered, None),
+            Framing::Gzip(_) => (stats.last_level.max(2), stats.link_rate, self.no_store_since),
         };
-        let line = format!("{LINK_MAGIC} {level} {:.0} {}\n", rate.unwrap_or(0.0), unix_now());
+        let lost = lost.map_or(String::new(), |l| format!(" {l}"));
+        let line = format!("{LINK_MAGIC} {level} {:.0} {}{lost}\n", rate.unwrap_or(0.0), unix_now());
         super::cache::write_atomic(file, line.as_bytes());
     }
 }
@@ -97,24 +104,33 @@ mod tests {
         let measured = |last_level, link: Option<f64>, gzip_would_win| Stats {
             last_level,
             link_rate: link,
-            peak_rate: link,
+            delivered: link,
             gzip_would_win,
             bytes: 64 << 20,
             ..Stats::default()
         };
         assert_eq!(memo().framing, Framing::Gzip(START_LEVEL), "nothing measured yet");
-        // The upload ended storing: bare tar from now on.
-        memo().record(&measured(0, None, false));
+        // The upload ended storing: bare tar from now on, judged against what compression
+        // delivered then.
+        memo().record(&measured(0, Some(90e6), false));
         assert_eq!(memo().framing, Framing::Tar);
         // A bare upload where storing still wins keeps it; a small one says nothing.
-        memo().record(&measured(0, Some(90e6), false));
+        memo().record(&measured(0, Some(300e6), false));
         memo().record(&Stats { gzip_would_win: true, ..Stats::default() });
         assert_eq!(memo().framing, Framing::Tar);
         assert_eq!(memo().link_rate, Some(90e6));
-        // A bare upload over a link where compression would have won: compress again.
+        // A bare upload over a link where compression would have won: compress again, and do
+        // not try storing again for a day, even where the compressed upload suggests it.
         memo().record(&measured(0, Some(2.5e6), true));
         assert_eq!(memo().framing, Framing::Gzip(START_LEVEL));
+        memo().record(&Stats { storing_may_win: true, ..measured(2, Some(80e6), false) });
+        assert_eq!(memo().framing, Framing::Gzip(2));
+        let lost = std::fs::read_to_string(&file).unwrap().split_whitespace().nth(4).unwrap().parse::<u64>().unwrap();
+        std::fs::write(&file, format!("{LINK_MAGIC} 2 80000000 {} {}\n", unix_now(), lost - LINK_MAX_AGE_S)).unwrap();
+        memo().record(&Stats { storing_may_win: true, ..measured(2, Some(80e6), false) });
+        assert_eq!(memo().framing, Framing::Tar, "a day later storing is tried again");
         // A slow link: the next upload starts at the level this one ended on.
+        std::fs::remove_file(&file).unwrap();
         memo().record(&measured(9, Some(2.5e6), false));
         assert_eq!(memo().framing, Framing::Gzip(9));
         assert_eq!(memo().link_rate, Some(2.5e6));

@@ -16,7 +16,7 @@ use super::entry::{link_target, mtime, Entry, Kind};
 use super::pace::Pace;
 use crate::interrupt;
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Stats {
     pub files: u64,
     /// Uncompressed content bytes.
@@ -32,10 +32,14 @@ pub struct Stats {
     /// Bare tar only: compression would have delivered the snapshot clearly faster over the
     /// link as measured.
     pub gzip_would_win: bool,
-    /// The most the link was seen to carry, bytes per second, bottleneck or not.
-    pub peak_rate: Option<f64>,
+    /// Raw snapshot bytes per second over the whole upload.
+    pub delivered: Option<f64>,
+    /// Gzip only: the upload ended at one of the fastest levels with the link keeping up.
+    pub storing_may_win: bool,
     /// Bytes of the stream as written to the transport.
     pub wire: u64,
+    /// How the pacing ended, for `-vv`: rates per level and the link's.
+    pub pacing: Option<String>,
 }
 
 /// How the tar stream travels.
@@ -386,9 +390,11 @@ pub fn stream_tar(
                     last_level: pace.level(),
                     switches: pace.switches(),
                     link_rate: pace.link_rate(),
-                    peak_rate: pace.peak_rate(),
+                    delivered: pace.delivered(),
+                    storing_may_win: framing != Framing::Tar && pace.storing_may_win(),
                     gzip_would_win,
                     wire,
+                    pacing: Some(format!("{pace:?}")),
                     ..stats
                 })
             }

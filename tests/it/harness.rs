@@ -598,6 +598,7 @@ impl Proxy {
                     let _ = c.set_read_timeout(f.idle);
                     let mut buf = [0u8; 16 * 1024];
                     let started = Instant::now();
+                    let mut link_clock = 0.0f64;
                     loop {
                         let n = match std::io::Read::read(&mut c, &mut buf) {
                             Ok(0) | Err(_) => break,
@@ -617,9 +618,12 @@ impl Proxy {
                             break;
                         }
                         if let Some(rate) = f.bytes_per_sec {
-                            let due = Duration::from_secs_f64(now as f64 / rate as f64);
-                            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                                std::thread::sleep(wait);
+                            // A link does not bank the time it sat idle: at most 64 KiB
+                            // (a router's buffer) goes through at once after a pause.
+                            let elapsed = started.elapsed().as_secs_f64();
+                            link_clock = link_clock.max(elapsed - 65536.0 / rate as f64) + n as f64 / rate as f64;
+                            if link_clock > elapsed {
+                                std::thread::sleep(Duration::from_secs_f64(link_clock - elapsed));
                             }
                         }
                     }

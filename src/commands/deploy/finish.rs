@@ -87,6 +87,9 @@ impl Deploy<'_> {
         if p.verbose > 0 {
             p.verbose(compression_line(link, &stats));
         }
+        if let (true, Some(pacing)) = (p.verbose > 1, &stats.pacing) {
+            p.verbose(format!("pacing: {pacing}"));
+        }
         let local_files = prep.meta.files;
         p.status(match delta_used {
             Some((sent, removed)) => format!(
@@ -187,14 +190,10 @@ fn compression_line(link: &workspace::LinkMemo, stats: &workspace::Stats) -> Str
             format!("compression: none, bare tar; {rate}, where gzip would have been faster: the next upload compresses")
         }
         (workspace::Framing::Tar, _) => format!("compression: none, bare tar (storing won on this link when last measured); {rate}"),
-        (_, 0) => format!(
-            "compression: stored, {rate}{switches}{}",
-            if link.kept() && stats.bytes >= workspace::link_memo::MEASURED_BYTES {
-                "; later uploads to this host send bare tar"
-            } else {
-                ""
-            }
-        ),
-        (_, level) => format!("compression: gzip level {level}, {rate}{switches}"),
+        (_, level) => {
+            let next = stats.storing_may_win && link.kept() && stats.bytes >= workspace::link_memo::MEASURED_BYTES;
+            let what = if level == 0 { "stored".to_string() } else { format!("gzip level {level}") };
+            format!("compression: {what}, {rate}{switches}{}", if next { "; later uploads to this host send bare tar" } else { "" })
+        }
     }
 }
