@@ -80,7 +80,9 @@ impl LinkMemo {
         let (level, rate, lost) = match self.framing {
             Framing::Tar if stats.gzip_would_win => (START_LEVEL, stats.link_rate, Some(unix_now())),
             Framing::Tar => (0, self.link_rate, None),
-            Framing::Gzip(_) if (stats.storing_may_win || stats.last_level == 0) && self.no_store_since.is_none() => (0, stats.delivered, None),
+            Framing::Gzip(_) if (stats.storing_may_win || stats.last_level == 0) && self.no_store_since.is_none() => {
+                (0, stats.delivered, None)
+            }
             Framing::Gzip(_) => (stats.last_level.max(2), stats.link_rate, self.no_store_since),
         };
         let lost = lost.map_or(String::new(), |l| format!(" {l}"));
