@@ -166,6 +166,24 @@ fn seed_from_siblings_false_sends_the_full_snapshot() {
     assert_eq!(tree(&b.base.join("current"), false), shipped(&ws));
 }
 
+/// Where storing won on the link (loopback, a fast LAN: bare tar remembered), a full upload
+/// costs about what copying a sibling's tree on the server does, twice over: no seeding.
+#[test]
+fn a_link_where_storing_wins_does_not_seed() {
+    let sshd = Sshd::start();
+    let ws = monorepo();
+    let env = Env::new(Some(&sshd), &ws, "");
+    let b = Sibling::add(&env, &sshd, &ws, "b", "");
+    env.remember_bare_tar(sshd.port, true);
+    b.bst(&env, &["deploy", "t", "--json"]).ok();
+    env.wait_cache_job();
+    let run = b.bst(&env, &["deploy", "b", "--json", "-v"]).ok();
+    let j = run.json();
+    assert_eq!((j["stream"].as_str(), j["delta"].as_bool(), j["seeded_from"].as_str()), (Some("tar"), Some(false), None), "{j}");
+    assert!(run.stderr.contains("not seeding from a sibling target: this link carries a full upload"), "{}", run.stderr);
+    assert_eq!(tree(&b.base.join("current"), false), shipped(&ws));
+}
+
 /// The sibling's copy changes after the server offered it and before this deploy copies it (its
 /// own deploy or cache job started meanwhile): the copy is not used, and the deploy sends the
 /// full snapshot instead, with no warning. The upload is throttled so that the change lands,

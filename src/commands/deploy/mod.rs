@@ -190,6 +190,15 @@ pub fn run(target: &Target, siblings: &[Sibling], globals: &Globals, p: &Printer
     // has deployed here (it kept the manifest it left) will almost surely find one: the
     // siblings' part of the script travels only with a first deploy from this client.
     let siblings = if known.is_none() { siblings } else { &[] };
+    // Where storing beats compression (loopback, a fast LAN), the link carries the snapshot
+    // about as fast as the server copies a sibling's tree, twice (its pristine copy and the
+    // release): at 50,000 files seeding took 10 s where the full upload took 6.
+    let siblings = if link.framing == workspace::Framing::Tar && !siblings.is_empty() {
+        p.verbose("not seeding from a sibling target: this link carries a full upload about as fast as the server copies one");
+        &[]
+    } else {
+        siblings
+    };
     // A sibling's manifest this client left there need not travel either.
     let sibling_manifests: Vec<workspace::ManifestCache> =
         siblings.iter().map(|s| workspace::ManifestCache::for_target(&format!("{}:{}", target.host_label(), s.base))).collect();
