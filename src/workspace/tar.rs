@@ -339,7 +339,6 @@ pub fn stream_tar(
         let mut next = 0u64;
         let mut waiting = std::collections::BTreeMap::new();
         let start = std::time::Instant::now();
-        let mut last = 0.0f64;
         let (mut wire, mut blocked) = (0u64, 0.0f64);
         for (seq, out, lvl, adaptive, raw, secs) in done_rx.iter() {
             waiting.insert(seq, (out, lvl, adaptive, raw, secs));
@@ -362,11 +361,10 @@ pub fn stream_tar(
                 if adaptive && lvl != 0 {
                     pace.compressed(lvl, raw, n, secs);
                 }
-                let chosen = pace.sent(now, lvl, adaptive, raw, n, now - last, (wire, acked(), blocked));
+                let chosen = pace.sent(now, lvl, raw, n, (wire, acked(), blocked));
                 if framing != Framing::Tar {
                     shared_level.store(chosen, std::sync::atomic::Ordering::Relaxed);
                 }
-                last = now;
                 next += 1;
                 let _ = token_tx.send(());
             }
