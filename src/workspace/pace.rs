@@ -61,8 +61,6 @@ const STORE_TRY: f64 = 40e6;
 const HEADROOM: f64 = 2.0;
 /// A switch needs this much predicted gain.
 const HYSTERESIS: f64 = 1.08;
-/// Deliveries at a level before they count as its measured rate.
-const MIN_SAMPLES: u32 = 3;
 /// Where it is not known what the link carried when storing won: a drain this slow
 /// (160 Mbit/s) is a link that compression beats on any two cores.
 const UNKNOWN_FLOOR: f64 = 20e6;
@@ -79,15 +77,13 @@ struct Sample {
     blocked: f64,
 }
 
-/// What one level delivered recently: raw bytes per second, smoothed.
-#[derive(Debug, Clone, Copy, Default)]
+/// What one level delivered over its latest run: raw bytes per second, and when.
+#[derive(Debug, Clone, Copy)]
 struct Seen {
     rate: f64,
-    samples: u32,
     at: f64,
 }
 
-#[derive(Clone)]
 pub struct Pace {
     level: u32,
     workers: f64,
@@ -95,7 +91,7 @@ pub struct Pace {
     ratio_scale: f64,
     speed_scale: f64,
     history: std::collections::VecDeque<Sample>,
-    seen: [Seen; 10],
+    seen: [Option<Seen>; 10],
     /// The link's drain rate (wire bytes per second) when it was last the bottleneck, and
     /// when that was.
     link: Option<(f64, f64)>,
@@ -110,11 +106,9 @@ pub struct Pace {
     /// Raw bytes sent, and when the last block went.
     raw_total: u64,
     last_t: f64,
-    /// Wire bytes still queued (written, not acknowledged) after the last block, in raw
-    /// bytes' worth.
-    queued_raw: f64,
-    /// The acknowledgement count when the upload started.
-    acked_at_start: Option<Option<u64>>,
+    /// The whole upload as one run, and the raw bytes it had delivered by the last block.
+    origin: Option<Stint>,
+    delivered_raw: f64,
     /// Raw bytes sent per level, for the report.
     pub raw_at: [u64; 10],
     switches: u32,
@@ -128,10 +122,24 @@ struct Stint {
     acked: Option<u64>,
 }
 
+impl Stint {
+    /// Raw bytes delivered since this run began: those sent, less what still sits in
+    /// buffers (written, not acknowledged), in raw bytes' worth. Without acknowledgements,
+    /// all that was sent.
+    fn delivered(&self, raw_total: u64, wire_total: u64, acked: Option<u64>) -> f64 {
+        let raw_sent = (raw_total - self.raw) as f64;
+        let wire_sent = (wire_total - self.wire) as f64;
+        let queued = match (self.acked, acked) {
+            (Some(a0), Some(a1)) => (wire_sent - a1.saturating_sub(a0) as f64).max(0.0),
+            _ => 0.0,
+        };
+        raw_sent - queued * raw_sent / wire_sent.max(1.0)
+    }
+}
+
 impl std::fmt::Debug for Pace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let seen: Vec<String> =
-            (0..10).filter(|&l| self.seen[l].samples > 0).map(|l| format!("{l}: {:.1} MB/s", self.seen[l].rate / 1e6)).collect();
+        let seen: Vec<String> = (0..10).filter_map(|l| Some(format!("{l}: {:.1} MB/s", self.seen[l]?.rate / 1e6))).collect();
         let mb: Vec<String> = (0..10).filter(|&l| self.raw_at[l] > 0).map(|l| format!("{l}: {} MiB", self.raw_at[l] >> 20)).collect();
         write!(
             f,
@@ -157,7 +165,7 @@ impl Pace {
             ratio_scale: 1.0,
             speed_scale: 1.0,
             history: std::collections::VecDeque::new(),
-            seen: [Seen::default(); 10],
+            seen: [None; 10],
             link: link.map(|l| (l, 0.0)),
             link_bound: link.is_some(),
             trust: 1.0,
@@ -165,8 +173,8 @@ impl Pace {
             stint: None,
             raw_total: 0,
             last_t: 0.0,
-            queued_raw: 0.0,
-            acked_at_start: None,
+            origin: None,
+            delivered_raw: 0.0,
             raw_at: [0; 10],
             switches: 0,
         }
@@ -225,30 +233,21 @@ impl Pace {
         self.raw_at[level.min(9) as usize] += raw as u64;
         self.raw_total += raw as u64;
         self.last_t = t;
-        let start = *self.acked_at_start.get_or_insert(acked.map(|a| a.saturating_sub(wire as u64)));
-        if let (Some(a0), Some(a1)) = (start, acked) {
-            let queued = wire_total.saturating_sub(a1.saturating_sub(a0)) as f64;
-            self.queued_raw = queued * self.raw_total as f64 / wire_total.max(1) as f64;
-        }
+        // The upload began before its first block: nothing sent, nothing of it acknowledged.
+        let origin = *self.origin.get_or_insert(Stint { t: 0.0, raw: 0, wire: 0, acked: acked.map(|a| a.saturating_sub(wire as u64)) });
+        self.delivered_raw = origin.delivered(self.raw_total, wire_total, acked);
         self.history.push_back(Sample { t, wire: wire_total.saturating_sub(wire as u64), acked, blocked });
         while self.history.len() > 2 && self.history.get(1).is_some_and(|s| t - s.t >= WINDOW) {
             self.history.pop_front();
         }
         let stint = *self.stint.get_or_insert(Stint { t, raw: self.raw_total, wire: wire_total, acked });
-        self.drain(t);
-        // What this level delivered over its whole run so far: raw bytes sent, less what still
-        // sits in buffers (written, not acknowledged). Block by block, a write into an empty
-        // buffer would look like a link of any speed.
+        self.watch_link(t);
+        // What this level delivered over its whole run so far. Block by block, a write into
+        // an empty buffer would look like a link of any speed.
         let span = t - stint.t;
         if span >= MIN_SPAN {
-            let raw_sent = (self.raw_total - stint.raw) as f64;
-            let wire_sent = (wire_total - stint.wire) as f64;
-            let queued = match (stint.acked, acked) {
-                (Some(a0), Some(a1)) => (wire_sent - a1.saturating_sub(a0) as f64).max(0.0),
-                _ => 0.0,
-            };
-            let delivered = raw_sent - queued * raw_sent / wire_sent.max(1.0);
-            self.seen[self.level as usize] = Seen { rate: delivered.max(0.0) / span, samples: MIN_SAMPLES, at: t };
+            let delivered = stint.delivered(self.raw_total, wire_total, acked);
+            self.seen[self.level as usize] = Some(Seen { rate: delivered.max(0.0) / span, at: t });
         }
         self.decide(t);
         self.level
@@ -257,7 +256,7 @@ impl Pace {
     /// Raw snapshot bytes per second over the whole upload, less what still sat in buffers
     /// when the last block was written.
     pub fn delivered(&self) -> Option<f64> {
-        (self.last_t > 0.0).then(|| (self.raw_total as f64 - self.queued_raw).max(0.0) / self.last_t)
+        (self.last_t > 0.0).then(|| self.delivered_raw.max(0.0) / self.last_t)
     }
 
     /// Whether bare tar is worth a try next time: the upload ended with the link keeping up
@@ -266,18 +265,18 @@ impl Pace {
     /// busy link from a busy server; the next upload settles it by delivering more or less
     /// than this one did.
     pub fn storing_may_win(&self) -> bool {
-        let fastest = !self.link_bound && self.level <= 2 && self.seen[self.level as usize].samples > 0;
+        let fastest = !self.link_bound && self.level <= 2 && self.seen[self.level as usize].is_some();
         fastest || self.delivered().is_some_and(|d| d >= STORE_TRY)
     }
 
-    /// The link's drain rate over the window, when the writer is ahead of it; `None` while
-    /// the link keeps up (or there is not enough history).
-    fn drain(&mut self, t: f64) -> Option<f64> {
-        let (first, last) = (self.history.front()?, self.history.back()?);
+    /// Reads the window: whether the writer is ahead of the link, and the link's rate (the
+    /// drain rate when it is the bottleneck). Too short a window changes nothing.
+    fn watch_link(&mut self, t: f64) {
+        let (Some(first), Some(last)) = (self.history.front(), self.history.back()) else { return };
         let span = last.t - first.t;
         let written = (last.wire - first.wire) as f64;
         if span < MIN_SPAN {
-            return self.link_bound.then_some(self.link_rate()?);
+            return;
         }
         let bound_and_rate = match (first.acked, last.acked) {
             (Some(a0), Some(a1)) => {
@@ -295,7 +294,6 @@ impl Pace {
         if rate > 0.0 && (bound || self.link.is_some_and(|(l, _)| rate > l)) {
             self.link = Some((rate, t));
         }
-        self.link_bound.then_some(self.link_rate()?)
     }
 
     fn span(&self) -> f64 {
@@ -322,13 +320,14 @@ impl Pace {
         cpu.min(link / ratio)
     }
 
+    /// What `level` delivered in its latest run, if that run is recent enough to speak for
+    /// the link now.
+    fn recent(&self, level: u32, t: f64) -> Option<f64> {
+        self.seen[level as usize].filter(|s| t - s.at <= MEMORY).map(|s| s.rate)
+    }
+
     fn predict(&self, level: u32, t: f64) -> f64 {
-        let s = self.seen[level as usize];
-        if s.samples >= MIN_SAMPLES && t - s.at <= MEMORY {
-            s.rate
-        } else {
-            self.model(level) * self.trust
-        }
+        self.recent(level, t).unwrap_or_else(|| self.model(level) * self.trust)
     }
 
     fn decide(&mut self, t: f64) {
@@ -336,18 +335,17 @@ impl Pace {
         // slow server, a busy CPU): the levels not yet measured are discounted alike.
         let mut trust: f64 = 1.0;
         for &l in &LEVELS {
-            let s = self.seen[l as usize];
-            if s.samples >= MIN_SAMPLES && t - s.at <= MEMORY {
+            if let Some(rate) = self.recent(l, t) {
                 let m = self.model(l);
                 if m.is_finite() && m > 0.0 {
-                    trust = trust.min(s.rate / m);
+                    trust = trust.min(rate / m);
                 }
             }
         }
         self.trust = trust.clamp(0.05, 1.0);
         // Nothing is known of the link until the acknowledgements (or blocked writes) have
         // had time to tell; until then the starting level stands.
-        if self.link.is_none() && self.span() < MIN_SPAN || self.seen[self.level as usize].samples < MIN_SAMPLES && self.history.len() < 4 {
+        if self.link.is_none() && self.span() < MIN_SPAN || self.seen[self.level as usize].is_none() && self.history.len() < 4 {
             return;
         }
         let here = self.predict(self.level, t);
