@@ -133,7 +133,7 @@ fn dispatch(cli: &Cli, globals: &Globals, p: &Printer) -> anyhow::Result<()> {
 
     match &cli.command {
         Command::Deploy { build, no_restart, .. } => {
-            commands::deploy::run(&target, &settings::siblings(&config, &target), globals, p, *build, !*no_restart)
+            commands::deploy::run(&target, &|| settings::siblings(&config, &target), globals, p, *build, !*no_restart)
         }
         Command::List { .. } => commands::list::run(&target, globals, p),
         Command::Rollback { release_id, no_restart, .. } => {

@@ -132,9 +132,17 @@ struct Deploy<'a> {
     compression: std::cell::Cell<Compression>,
 }
 
-/// `siblings`: other targets on the same server and login (`settings::siblings`); a first
-/// deploy may start from one's pristine copy.
-pub fn run(target: &Target, siblings: &[Sibling], globals: &Globals, p: &Printer, build: bool, restart: bool) -> anyhow::Result<()> {
+/// `siblings` finds the other targets on the same server and login (`settings::siblings`);
+/// a first deploy may start from one's pristine copy. Called only for a first deploy from
+/// this client: it resolves every other target, ssh config included.
+pub fn run(
+    target: &Target,
+    siblings: &dyn Fn() -> Vec<Sibling>,
+    globals: &Globals,
+    p: &Printer,
+    build: bool,
+    restart: bool,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let rules = listing_rules(target);
     let manifests = workspace::ManifestCache::for_target(&format!("{}:{}", target.host_label(), target.base));
@@ -189,16 +197,14 @@ pub fn run(target: &Target, siblings: &[Sibling], globals: &Globals, p: &Printer
     // Only a deploy without a pristine copy of its own can use a sibling's, and a client that
     // has deployed here (it kept the manifest it left) will almost surely find one: the
     // siblings' part of the script travels only with a first deploy from this client.
-    let siblings = if known.is_none() { siblings } else { &[] };
+    let mut siblings = if known.is_none() { siblings() } else { Vec::new() };
     // Where storing beats compression (loopback, a fast LAN), the link carries the snapshot
     // about as fast as the server copies a sibling's tree, twice (its pristine copy and the
     // release): at 50,000 files seeding took 10 s where the full upload took 6.
-    let siblings = if link.framing == workspace::Framing::Tar && !siblings.is_empty() {
+    if link.framing == workspace::Framing::Tar && !siblings.is_empty() {
         p.verbose("not seeding from a sibling target: this link carries a full upload about as fast as the server copies one");
-        &[]
-    } else {
-        siblings
-    };
+        siblings.clear();
+    }
     // A sibling's manifest this client left there need not travel either.
     let sibling_manifests: Vec<workspace::ManifestCache> =
         siblings.iter().map(|s| workspace::ManifestCache::for_target(&format!("{}:{}", target.host_label(), s.base))).collect();
