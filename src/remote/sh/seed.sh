@@ -16,11 +16,11 @@
 # listing on both sides of the copy prove that what was copied is what was proven and what the
 # client diffed against. Anything else exits bst_stale: the client then sends everything.
 # needs: B, I, C (upload_start.sh), bst_seed_base (the sibling's base), bst_generation,
-#   bst_stale, bst_cache, bst_incoming, bst_stat_listing (listings.sh)
+#   bst_stale, bst_cache, bst_incoming, bst_unchanged (listings.sh)
 # shellcheck disable=SC2154 # set by the prologue
 S="$bst_seed_base/$bst_cache"
 T="$I.seed"
-bst_seed_stable() { [ "$(cat "$S/generation" 2>/dev/null)" = "$bst_generation" ] && (cd "$S" && bst_stat_listing 2>/dev/null | cmp -s - pristine.stat); }
+bst_seed_stable() { [ "$(cat "$S/generation" 2>/dev/null)" = "$bst_generation" ] && bst_unchanged "$S"; }
 # Run as an `if` condition: `set -e` is off inside, every failure is a return.
 bst_seed() {
   if [ -e "$C" ] || [ -L "$C" ]; then rm -rf "$C.old" && mv "$C" "$C.old" || return 1; fi

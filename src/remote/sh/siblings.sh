@@ -11,7 +11,7 @@
 # still at work there (its target was deployed moments ago) is waited for until it has
 # written its generation, up to 30 s. seed.sh checks the copy again around copying it.
 # needs: bst_siblings (a list: base, known generation, per sibling), bst_cache, bst_lock,
-#   bst_job_name, bst_stat_listing (listings.sh); run in the base, after state.sh
+#   bst_job_name, bst_unchanged (listings.sh); run in the base, after state.sh
 # shellcheck disable=SC2154 # set by the prologue
 bst_sib_job() {
   [ -n "$1" ] || return 1
@@ -38,7 +38,7 @@ bst_sib_pick() {
         bst_why='its pristine copy is owned by another user'
       elif [ ! -r "$bst_s/manifest" ] || [ "$(head -c 14 "$bst_s/manifest" 2>/dev/null)" != bst-manifest-2 ]; then
         bst_why='its manifest cannot be read'
-      elif ! (cd "$bst_s" && bst_stat_listing 2>/dev/null | cmp -s - pristine.stat); then
+      elif ! bst_unchanged "$bst_s"; then
         bst_why='its pristine copy changed since its cache job proved it'
       elif [ "$(cat "$bst_s/generation" 2>/dev/null)" != "$bst_g" ]; then
         bst_why='its pristine copy changed while it was checked'
